@@ -1,0 +1,32 @@
+"""Errors meant for people: each says what is wrong and where (file, line, field)."""
+
+from __future__ import annotations
+
+
+class ContrastkitError(Exception):
+    """Base class of every error contrastkit raises on purpose."""
+
+
+class DataError(ContrastkitError, ValueError):
+    """Input data is malformed: the message names the file, line and field."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        where = []
+        if path is not None:
+            where.append(str(path))
+        if line is not None:
+            where.append(f"line {line}")
+        prefix = " ".join(where)
+        if field is not None:
+            message = f'field "{field}": {message}'
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.path, self.line, self.field = path, line, field
+
+
+class ModelLoadError(ContrastkitError, ValueError):
+    """A model path or folder cannot be loaded as an encoder."""
+
+
+class ConfigError(ContrastkitError, ValueError):
+    """A training or evaluation configuration is invalid."""
