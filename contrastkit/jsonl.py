@@ -1,0 +1,84 @@
+"""Read JSON Lines strictly: every problem is reported with the file and line number."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from contrastkit.errors import DataError
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
+    """Yield (line number, parsed value) for each non-blank line; streams, never loads the whole file.
+
+    Raises DataError naming the file and line for a missing file, bad UTF-8 or malformed JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found" if not path.exists() else "not a file", path=str(path))
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not valid UTF-8 (byte {exc.start})", path=str(path), line=line_no) from exc
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"not valid JSON: {exc.msg} (column {exc.colno})",
+                                path=str(path), line=line_no) from exc
+
+
+def read_texts(path: str | Path, field: str = "text") -> list[str]:
+    """Texts from a JSONL file: each line a JSON string or an object with `field` (plus optional title).
+
+    For objects with a "title", the text is title + " " + field, as BEIR corpora are encoded.
+    """
+    texts = []
+    for line_no, value in iter_jsonl(path):
+        texts.append(_text_of(value, field, path, line_no))
+    if not texts:
+        raise DataError("the file is empty: no texts to read", path=str(path))
+    return texts
+
+
+def read_corpus(path: str | Path) -> tuple[list[str], list[str], list[str]]:
+    """A corpus JSONL (BEIR style: `_id`, `title`, `text`) → (ids, titles, texts to encode).
+
+    An empty document is kept (real corpora have them: Cranfield has two) so ids and counts stay
+    true to the file; it simply never matches anything well.
+    """
+    ids, titles, texts = [], [], []
+    for line_no, value in iter_jsonl(path):
+        text = _text_of(value, "text", path, line_no, allow_empty=True)
+        doc_id = value.get("_id", value.get("id")) if isinstance(value, dict) else None
+        ids.append(str(doc_id) if doc_id is not None else str(len(ids)))
+        titles.append(str(value.get("title") or "") if isinstance(value, dict) else "")
+        texts.append(text)
+    if not texts:
+        raise DataError("the file is empty: no documents to read", path=str(path))
+    return ids, titles, texts
+
+
+def _text_of(value: object, field: str, path: str | Path, line_no: int, allow_empty: bool = False) -> str:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, dict):
+        if field not in value:
+            raise DataError("missing", path=str(path), line=line_no, field=field)
+        text = value[field]
+        if not isinstance(text, str):
+            raise DataError(f"expected a string, got {type(text).__name__}", path=str(path), line=line_no,
+                            field=field)
+        title = value.get("title")
+        if isinstance(title, str) and title.strip():
+            text = f"{title} {text}"
+    else:
+        raise DataError(f"expected a JSON object or string, got {type(value).__name__}", path=str(path),
+                        line=line_no)
+    if not text.strip() and not allow_empty:
+        raise DataError("is empty", path=str(path), line=line_no, field=field)
+    return text.strip()

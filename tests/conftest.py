@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny randomly initialised BERT for fast tests, the real default model for a few."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+
+
+def build_tiny_bert_folder(path: Path, *, seed: int = 0, dropout: float = 0.1) -> Path:
+    """Save a 2-layer, 32-wide randomly initialised BERT with the default model's tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from contrastkit.encoder import default_model_path
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=128,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A plain Hugging Face folder with a tiny random BERT (session-wide, read-only by convention)."""
+    return build_tiny_bert_folder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def tiny_encoder(tiny_model_dir):
+    """A fresh tiny Encoder (mean pooling, normalised, max_seq_length 64) for each test."""
+    from contrastkit.encoder import Encoder
+
+    return Encoder.from_pretrained(tiny_model_dir, max_seq_length=64)
+
+
+@pytest.fixture(scope="session")
+def default_encoder():
+    """The real all-MiniLM-L6-v2 (loaded once per session); for the few end-to-end tests."""
+    from contrastkit.encoder import Encoder
+
+    return Encoder.from_pretrained("default")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, the read-only real data sets (Cranfield, debian-packages)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real data expected at {SHARED_DATA.resolve()}")
+    return SHARED_DATA

@@ -1,0 +1,118 @@
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from contrastkit import cli
+from contrastkit.encoder import Encoder
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["contrastkit", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_help_lists_the_commands(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "--help")
+    assert code == 0
+    for command in ("encode", "search", "demo"):
+        assert command in out
+
+
+def test_encode_texts_to_npy(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    out_file = tmp_path / "emb.npy"
+    code, out, err = run_cli(monkeypatch, capsys, "encode", "-m", tiny_model_dir, "-t", "hello", "-t",
+                             "wing lift", "-o", out_file)
+    assert code == 0, err
+    saved = np.load(out_file)
+    expected = Encoder.from_pretrained(tiny_model_dir).encode(["hello", "wing lift"])
+    np.testing.assert_allclose(saved, expected, atol=1e-6)
+    assert "wrote 2 × 32 embeddings" in out
+
+
+def test_encode_jsonl_file(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}, "b", {"text": "c", "title": "t"}])
+    code, _, err = run_cli(monkeypatch, capsys, "encode", "-m", tiny_model_dir, "-i", data, "-o",
+                           tmp_path / "e.npy")
+    assert code == 0, err
+    expected = Encoder.from_pretrained(tiny_model_dir).encode(["a", "b", "t c"])
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected, atol=1e-6)
+
+
+def test_search_prints_ranked_hits(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [
+        {"_id": "d1", "title": "wings", "text": "lift of thin wings"},
+        {"_id": "d2", "title": "engines", "text": "jet engine noise"},
+        {"_id": "d3", "title": "", "text": "lift of thin wings"},
+    ])
+    code, out, err = run_cli(monkeypatch, capsys, "search", "lift of thin wings", "-c", corpus, "-m",
+                             tiny_model_dir, "-k", "2")
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.strip().startswith(("1.", "2.", "3."))]
+    assert len(lines) == 2
+    assert "d3: lift of thin wings" in lines[0]  # identical text ranks first with score 1
+    assert "[1.0000]" in lines[0]
+
+
+@pytest.mark.slow
+def test_search_with_default_model_finds_the_relevant_abstract(monkeypatch, capsys, tmp_path):
+    rows = [json.loads(line) for line in (cli.DEMO_DIR / "corpus.jsonl").read_text().splitlines()[:30]]
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    code, out, err = run_cli(monkeypatch, capsys, "search", "aerodynamics of a wing in a propeller slipstream",
+                             "-c", corpus, "-k", "3")
+    assert code == 0, err
+    first = [line for line in out.splitlines() if line.strip().startswith("1.")][0]
+    assert " 1: experimental investigation of the aerodynamics of a wing in a slipstream" in first
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "in.jsonl: the file is empty: no texts to read"),
+    ('{"text": "ok"}\n{"text": "broken"\n', "in.jsonl line 2: not valid JSON"),
+    ('{"text": "ok"}\n{"body": "x"}\n', 'in.jsonl line 2: field "text": missing'),
+    ('{"text": 3}\n', 'in.jsonl line 1: field "text": expected a string, got int'),
+    ('{"text": "  "}\n', 'in.jsonl line 1: field "text": is empty'),
+    ('[1, 2]\n', "in.jsonl line 1: expected a JSON object or string, got list"),
+])
+def test_encode_bad_input_files(monkeypatch, capsys, tiny_model_dir, tmp_path, content, message):
+    data = tmp_path / "in.jsonl"
+    data.write_text(content, encoding="utf-8")
+    code, _, err = run_cli(monkeypatch, capsys, "encode", "-m", tiny_model_dir, "-i", data, "-o",
+                           tmp_path / "e.npy")
+    assert code == 2
+    assert message in err
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_bad_utf8_names_the_line(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(b'{"text": "ok"}\n{"text": "\xff\xfe"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "encode", "-m", tiny_model_dir, "-i", data, "-o",
+                           tmp_path / "e.npy")
+    assert code == 2 and "in.jsonl line 2: not valid UTF-8" in err
+
+
+def test_cli_model_errors(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "encode", "-m", tmp_path / "missing", "-t", "x", "-o",
+                           tmp_path / "e.npy")
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "empty_model").mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "encode", "-m", tmp_path / "empty_model", "-t", "x", "-o",
+                           tmp_path / "e.npy")
+    assert code == 2 and "neither a Hugging Face model folder" in err
+
+
+def test_encode_needs_exactly_one_source(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "encode", "-o", tmp_path / "e.npy")
+    assert code == 2 and "either --text" in err

@@ -1,0 +1,145 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from contrastkit.encoder import Encoder
+from contrastkit.errors import ModelLoadError
+
+TEXTS = [
+    "what is the lift of a thin wing",
+    "boundary layer transition at supersonic speeds over a flat plate with heat transfer",
+    "a",
+    "shock waves",
+    "the effect of compressibility on the pressure distribution of an aerofoil in subsonic flow",
+]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_saved_folder_loads_in_sentence_transformers(tiny_model_dir, tmp_path, pooling, normalize):
+    ours = Encoder.from_pretrained(tiny_model_dir, pooling=pooling, normalize=normalize, max_seq_length=48)
+    ours.save(tmp_path / "m")
+    st = SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    assert st.max_seq_length == 48
+    np.testing.assert_allclose(st.encode(TEXTS, batch_size=2), ours.encode(TEXTS), atol=1e-5)
+    norms = np.linalg.norm(ours.encode(TEXTS), axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-5) == normalize
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "lasttoken"])
+def test_folder_saved_by_sentence_transformers_loads_in_ours(tiny_model_dir, tmp_path, pooling):
+    from sentence_transformers import models
+
+    transformer = models.Transformer(str(tiny_model_dir), max_seq_length=40)
+    pooler = models.Pooling(32, pooling_mode=pooling)
+    st = SentenceTransformer(modules=[transformer, pooler, models.Normalize()], device="cpu")
+    st.save(str(tmp_path / "st"))
+    ours = Encoder.from_pretrained(tmp_path / "st")
+    assert (ours.pooling, ours.normalize, ours.max_seq_length) == (
+        {"lasttoken": "last"}.get(pooling, pooling), True, 40)
+    np.testing.assert_allclose(ours.encode(TEXTS), st.encode(TEXTS), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_default_model_round_trip_both_ways(default_encoder, tmp_path):
+    from contrastkit.encoder import default_model_path
+
+    reference = SentenceTransformer(str(default_model_path()), device="cpu")
+    np.testing.assert_allclose(default_encoder.encode(TEXTS), reference.encode(TEXTS), atol=1e-5)
+    default_encoder.save(tmp_path / "ours")
+    reloaded = SentenceTransformer(str(tmp_path / "ours"), device="cpu")
+    np.testing.assert_allclose(reloaded.encode(TEXTS), default_encoder.encode(TEXTS), atol=1e-5)
+    assert default_encoder.max_seq_length == 256 and default_encoder.embedding_dim == 384
+
+
+def test_plain_hf_folder_defaults(tiny_model_dir):
+    enc = Encoder.from_pretrained(tiny_model_dir)
+    assert (enc.pooling, enc.normalize, enc.max_seq_length) == ("mean", True, 128)
+    out = enc.encode(TEXTS)
+    assert out.dtype == np.float32 and out.shape == (len(TEXTS), 32)
+
+
+def test_sorted_batching_gives_the_same_vectors_as_one_by_one(tiny_encoder):
+    one_by_one = np.stack([tiny_encoder.encode([t])[0] for t in TEXTS])
+    for batch_size in (2, 3, len(TEXTS)):
+        np.testing.assert_allclose(tiny_encoder.encode(TEXTS, batch_size=batch_size), one_by_one, atol=1e-5)
+
+
+def test_encode_is_in_input_order_and_deterministic(tiny_encoder):
+    a = tiny_encoder.encode(TEXTS, batch_size=2)
+    b = tiny_encoder.encode(TEXTS[::-1], batch_size=2)[::-1]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not np.allclose(a[0], a[1])  # different texts, different vectors
+
+
+def test_encode_leaves_training_mode_alone(tiny_encoder):
+    tiny_encoder.train()
+    tiny_encoder.encode(TEXTS[:2])
+    assert tiny_encoder.training
+
+
+def test_bf16_autocast_is_close_to_fp32(tiny_encoder):
+    fp32 = tiny_encoder.encode(TEXTS)
+    bf16 = tiny_encoder.encode(TEXTS, bf16=True)
+    assert bf16.dtype == np.float32
+    assert np.abs(fp32 - bf16).max() < 5e-2
+    assert not np.array_equal(fp32, bf16)
+
+
+def test_max_seq_length_truncates(tiny_model_dir):
+    short = Encoder.from_pretrained(tiny_model_dir, max_seq_length=4)
+    long_text = TEXTS[1]
+    assert short.token_lengths([long_text]) == [4]
+    np.testing.assert_allclose(short.encode([long_text]), short.encode([long_text + " and more words"]),
+                               atol=1e-6)
+
+
+def test_prompt_is_prepended(tiny_encoder):
+    np.testing.assert_allclose(tiny_encoder.encode(["x"], prompt="query: "), tiny_encoder.encode(["query: x"]),
+                               atol=1e-6)
+
+
+def test_empty_input_gives_empty_array(tiny_encoder):
+    assert tiny_encoder.encode([]).shape == (0, 32)
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"model path '.*nope' does not exist.*local folders only"):
+        Encoder.from_pretrained(tmp_path / "nope")
+
+
+def test_folder_that_is_neither_hf_nor_st(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelLoadError, match="neither a Hugging Face model folder .no config.json. nor a "
+                                             "sentence-transformers folder .no modules.json."):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_pickled_weights_are_refused(tiny_model_dir, tmp_path):
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path, safe_serialization=False)
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
+    if not any(tmp_path.glob("*.bin")):  # transformers >= 5 may always write safetensors
+        torch.save({}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="no .safetensors weights"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_unsupported_sentence_transformers_pipeline(tiny_model_dir, tmp_path):
+    Encoder.from_pretrained(tiny_model_dir).save(tmp_path)
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ModelLoadError, match="Transformer → Pooling → Normalize → Dense"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_model_path_that_is_a_file(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="is a file; expected a model folder"):
+        Encoder.from_pretrained(tmp_path / "model.safetensors")
