@@ -81,6 +81,34 @@ def search(
 
 
 @app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML or TOML config (see docs/training.md)")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="model to fine-tune")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="pair file or BEIR folder")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output", "-o", help="output folder")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: key=value")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the newest complete checkpoint")] = False,
+) -> None:
+    """Fine-tune a model on pairs with a contrastive loss; the output folder loads in sentence-transformers."""
+    from contrastkit.encoder import Encoder
+    from contrastkit.train import Trainer, load_config, load_training_pairs
+    from contrastkit.train.config import parse_override
+
+    overrides = dict(parse_override(item) for item in set_ or [])
+    for key, value in (("model", model), ("data", data), ("output_dir", output_dir)):
+        if value is not None:
+            overrides[key] = value
+    settings = load_config(config, overrides)
+    pairs = load_training_pairs(settings.data, settings.split)
+    encoder = Encoder.from_pretrained(settings.model, max_seq_length=settings.max_seq_length)
+    trainer = Trainer(settings, encoder, pairs)
+    typer.echo(f"training on {len(pairs)} pairs: {trainer.total_steps} steps of {settings.batch_size}"
+               + (f" (gradient cache, mini-batch {settings.mini_batch_size})" if settings.mini_batch_size else ""))
+    out = trainer.train(resume=resume)
+    typer.echo(f"saved the model to {out}")
+
+
+@app.command()
 def demo(
     query: Annotated[str, typer.Option(help="the query to search the bundled corpus with")] = DEMO_QUERY,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1)] = 3,

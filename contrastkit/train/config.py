@@ -1,0 +1,190 @@
+"""The training configuration: every knob in one dataclass, validated once, before any training."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from contrastkit.errors import ConfigError
+
+LOSSES = ("infonce", "contrastive", "triplet")
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """What to train, on what, and how. Load from YAML/TOML with `load_config`; see docs/training.md."""
+
+    # what and where
+    model: str = "default"
+    data: str = ""                      # pair file (JSONL/CSV/TSV/Parquet) or BEIR folder
+    split: str = "train"                # qrels split, for a BEIR folder
+    output_dir: str = "runs/contrastkit"
+    max_seq_length: int | None = None   # None: the model's own
+    # the objective
+    loss: str = "infonce"
+    temperature: float = 0.05
+    learnable_temperature: bool = False
+    symmetric: bool = False
+    similarity: str = "cosine"
+    margin: float = 0.5                 # contrastive / triplet margin
+    num_hard_negatives: int = 0         # per pair, from the data's `negatives`; 0: in-batch only
+    mask_margin: float | None = None    # false-negative masking by similarity (InfoNCE)
+    # batching
+    batch_size: int = 32
+    mini_batch_size: int | None = None  # gradient caching when set: memory bound by this, not batch_size
+    chunk_size: int | None = 16         # without caching: forward in length-sorted chunks (None: one pass)
+    drop_last: bool = True
+    # optimisation
+    epochs: int = 1
+    max_steps: int | None = None        # stop after this many steps (overrides epochs)
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    scheduler: str = "linear"
+    max_grad_norm: float | None = 1.0
+    bf16: bool = False
+    seed: int = 0
+    max_nonfinite_steps: int = 5        # stop after this many non-finite steps in a row
+    # bookkeeping
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    eval_every: int | None = None
+    metric_for_best: str = "ndcg@10"
+    tensorboard: bool = False
+    show_progress: bool = True
+
+    def validate(self, *, check_files: bool = True) -> "TrainConfig":
+        """Raise ConfigError for any impossible setting; return self."""
+        _check_types(self)
+        def bad(msg: str) -> None:
+            raise ConfigError(msg)
+        if self.loss not in LOSSES:
+            bad(f"loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
+        if self.scheduler not in SCHEDULERS:
+            bad(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {self.scheduler!r}")
+        if self.similarity not in ("cosine", "dot", "neg_euclidean"):
+            bad(f"similarity must be cosine, dot or neg_euclidean; got {self.similarity!r}")
+        for name in ("batch_size", "epochs", "checkpoint_every", "log_every", "keep_checkpoints",
+                     "max_nonfinite_steps"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be at least 1; got {getattr(self, name)}")
+        for name in ("mini_batch_size", "chunk_size", "max_steps", "eval_every", "max_seq_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                bad(f"{name} must be at least 1 (or null); got {value}")
+        if self.mini_batch_size is not None and self.mini_batch_size > self.batch_size:
+            bad(f"batch_size ({self.batch_size}) is smaller than mini_batch_size ({self.mini_batch_size}); "
+                f"the mini-batch is a slice of the batch")
+        if self.loss == "infonce" and self.batch_size < 2 and self.num_hard_negatives == 0:
+            bad("InfoNCE with in-batch negatives needs batch_size >= 2 (or hard negatives)")
+        if self.loss == "triplet" and self.num_hard_negatives != 1:
+            bad("the triplet loss takes exactly one negative per pair: set num_hard_negatives = 1")
+        if not self.temperature > 0:
+            bad(f"temperature must be > 0; got {self.temperature}")
+        if not 0 <= self.warmup_ratio < 1:
+            bad(f"warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
+        if not self.lr > 0:
+            bad(f"lr must be > 0; got {self.lr}")
+        if self.num_hard_negatives < 0:
+            bad(f"num_hard_negatives must be >= 0; got {self.num_hard_negatives}")
+        if check_files:
+            if not self.data:
+                bad("data is not set: give a pair file or a BEIR folder")
+            if not Path(self.data).exists():
+                bad(f"data file '{self.data}' does not exist")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _allowed_types(tp: object) -> tuple[type, ...]:
+    if isinstance(tp, str):
+        tp = eval(tp, vars(sys.modules[__name__]))  # resolve postponed annotations
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(tp) for t in _allowed_types(arg))
+    return (type(None),) if tp is None or tp is type(None) else (tp,)
+
+
+def _check_types(config: TrainConfig) -> None:
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        allowed = _allowed_types(f.type)
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            setattr(config, f.name, float(value))
+            continue
+        if float in allowed and isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                setattr(config, f.name, float(value))
+                continue
+            except ValueError:
+                pass
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if not ok:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(f"key '{f.name}' must be {names}; got {type(value).__name__} ({value!r})")
+
+
+def _read_file(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError
+        raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """'key=value' → (key, value), the value typed as YAML reads it (1 → int, true → bool, null)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None, *,
+                check_files: bool = True) -> TrainConfig:
+    """Merge a YAML/TOML file and overrides into a validated TrainConfig.
+
+    Unknown keys are refused with a suggestion (`unknown key 'lr_rate' (did you mean 'lr'?)`).
+    """
+    values: dict = {}
+    source = "config"
+    if path is not None:
+        values.update(_read_file(Path(path)))
+        source = str(path)
+    values.update({k: v for k, v in (overrides or {}).items()})
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in values:
+        if key not in known:
+            close = [k for k in known if key.startswith(k + "_") or k.startswith(key)] or \
+                difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+    try:
+        return TrainConfig(**values).validate(check_files=check_files)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

@@ -1,0 +1,102 @@
+"""Gradient caching (Gao et al. 2021) and length-sorted chunking: big contrastive batches, bounded memory.
+
+A contrastive loss needs every embedding of the batch at once, but the encoder's activations do not
+have to be alive at once. Gradient caching splits the step in two passes:
+
+1. embed every chunk of the batch without a graph and remember each chunk's RNG state;
+2. compute the loss on the detached embeddings and back-propagate it to them (cheap: B × D);
+3. re-embed each chunk with a graph, RNG restored so dropout draws the same masks, and push the
+   cached embedding gradients through it.
+
+Peak memory is one chunk's activations, whatever the batch size. Chunks are cut from texts sorted by
+token length, so each is padded only to its own longest text.
+
+Without caching, `embed_in_chunks` runs the same length-sorted chunks once, each keeping its graph:
+the same maths as one padded forward pass, with far less padding.
+
+@inproceedings{gao2021scaling,
+  title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
+  author={Luyu Gao and Yunyi Zhang and Jiawei Han and Jamie Callan},
+  booktitle={RepL4NLP}, year={2021}
+}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+EmbedFn = Callable[[list[str]], Tensor]  # texts → embeddings [n, D] (with a graph when grad is on)
+
+
+class RandState:
+    """A snapshot of the CPU (and CUDA) random generators, to replay dropout exactly."""
+
+    def __init__(self) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def length_sorted_chunks(lengths: Sequence[int], chunk_size: int | None) -> list[np.ndarray]:
+    """Indices sorted longest first, cut into chunks of `chunk_size` (None: one chunk of all)."""
+    order = np.argsort([-n for n in lengths], kind="stable")
+    size = chunk_size or max(len(order), 1)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def embed_in_chunks(embed_fn: EmbedFn, texts: Sequence[str], chunks: list[np.ndarray]) -> Tensor:
+    """Embed `texts` chunk by chunk (graphs kept) and return [N, D] in the original order."""
+    pieces = [embed_fn([texts[i] for i in chunk]) for chunk in chunks]
+    order = torch.as_tensor(np.concatenate(chunks))
+    out = torch.cat(pieces)
+    return out[torch.argsort(order)]
+
+
+def grad_cache_backward(embed_fn: EmbedFn, groups: Sequence[Sequence[str]], chunks: Sequence[list[np.ndarray]],
+                        loss_fn: Callable[..., Tensor]) -> Tensor:
+    """One gradient-cached backward pass; returns the (detached) loss.
+
+    Args:
+        embed_fn: texts → embeddings; called without a graph, then again with one.
+        groups: the batch's text groups (e.g. anchors [B], positives [B], negatives [M]).
+        chunks: for each group, its chunks of indices (see `length_sorted_chunks`).
+        loss_fn: called as loss_fn(*embeddings, one [n_g, D] tensor per group) → 0-dim loss.
+            Parameters it holds (a learnable temperature) get their gradients in step 2.
+
+    Parameter gradients accumulate into `.grad` exactly as `loss_fn(*embed(groups)).backward()` with
+    the same chunks and the same starting RNG state would.
+    """
+    states: list[list[RandState]] = []
+    cached: list[Tensor] = []
+    with torch.no_grad():
+        for texts, group_chunks in zip(groups, chunks):
+            group_states, pieces = [], []
+            for chunk in group_chunks:
+                group_states.append(RandState())
+                pieces.append(embed_fn([texts[i] for i in chunk]))
+            states.append(group_states)
+            order = torch.as_tensor(np.concatenate(group_chunks))
+            cached.append(torch.cat(pieces)[torch.argsort(order)])
+    after_first_pass = RandState()
+
+    leaves = [e.detach().requires_grad_() for e in cached]
+    loss = loss_fn(*leaves)
+    loss.backward()
+
+    for texts, group_chunks, group_states, leaf in zip(groups, chunks, states, leaves):
+        if leaf.grad is None:  # this group does not reach the loss
+            continue
+        for chunk, state in zip(group_chunks, group_states):
+            state.restore()
+            embeddings = embed_fn([texts[i] for i in chunk])
+            embeddings.backward(leaf.grad[torch.as_tensor(chunk)])
+    after_first_pass.restore()
+    return loss.detach()

@@ -1,0 +1,307 @@
+"""The training loop: one readable loop, every knob in `TrainConfig`, nothing hidden in callbacks."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from contrastkit.data import Pair, load_beir, pairs_from_beir, read_pairs
+from contrastkit.encoder import Encoder, autocast
+from contrastkit.errors import ConfigError, ContrastkitError
+from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
+from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_atomically
+from contrastkit.train.config import TrainConfig
+from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
+from contrastkit.train.sampler import no_duplicate_batches
+
+Evaluator = Callable[[Encoder], dict[str, float]]
+
+
+class TrainingError(ContrastkitError, RuntimeError):
+    """Training cannot go on (e.g. the loss stayed non-finite)."""
+
+
+def load_training_pairs(source: str | Path, split: str = "train") -> list[Pair]:
+    """Pairs from a pair file (JSONL/CSV/TSV/Parquet) or a BEIR folder's split, fully validated."""
+    if Path(source).is_dir():
+        return pairs_from_beir(load_beir(source, split))
+    return read_pairs(source)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
+    """Learning-rate multiplier at `step`: linear warm-up, then linear or cosine decay to 0, or constant."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return max(0.0, 1.0 - progress)
+
+
+def build_loss(config: TrainConfig) -> nn.Module:
+    """The loss module the config names (InfoNCE holds the learnable temperature)."""
+    if config.loss == "infonce":
+        return InfoNCELoss(config.temperature, learnable_temperature=config.learnable_temperature,
+                           similarity=config.similarity, symmetric=config.symmetric,
+                           mask_margin=config.mask_margin)
+    distance = "euclidean" if config.similarity == "neg_euclidean" else "cosine"
+    if config.loss == "triplet":
+        return TripletLoss(config.margin, distance=distance)
+    return MarginContrastiveLoss(config.margin, distance=distance)
+
+
+def check_examples(examples: Sequence, config: TrainConfig) -> None:
+    """Refuse, before training, data that cannot make a single batch or lacks the negatives asked for."""
+    if len(examples) < config.batch_size and config.drop_last:
+        raise ConfigError(f"only {len(examples)} training pairs, fewer than batch_size {config.batch_size}")
+    k = config.num_hard_negatives
+    for i, ex in enumerate(examples):
+        if len(ex.negatives) < k:
+            raise ConfigError(f"training pair {i + 1} has {len(ex.negatives)} negatives but "
+                              f"num_hard_negatives = {k}; mine negatives first (contrastkit mine) or lower it")
+
+
+class Trainer:
+    """Fine-tunes an Encoder on (anchor, positive[, negatives]) examples with a contrastive loss."""
+
+    def __init__(self, config: TrainConfig, encoder: Encoder, examples: Sequence[Pair],
+                 evaluator: Evaluator | None = None) -> None:
+        config.validate(check_files=False)
+        check_examples(examples, config)
+        self.config = config
+        self.encoder = encoder
+        if config.max_seq_length:
+            encoder.max_seq_length = config.max_seq_length
+        self.examples = list(examples)
+        self.evaluator = evaluator
+        self.loss_fn = build_loss(config)
+        self.output_dir = Path(config.output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.batches_per_epoch = len(self._batches(0))
+        if self.batches_per_epoch == 0:
+            raise ConfigError("no complete batch can be formed without repeating a text; lower batch_size")
+        self.total_steps = config.max_steps or config.epochs * self.batches_per_epoch
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
+        warmup = int(config.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, config.scheduler))
+        self.step = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self.best_metric: float | None = None
+        self._lengths: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ setup
+    def _param_groups(self) -> list[dict]:
+        decay, no_decay = [], []
+        for name, param in self.encoder.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(param)
+        loss_params = [p for p in self.loss_fn.parameters() if p.requires_grad]
+        return [{"params": decay, "weight_decay": self.config.weight_decay},
+                {"params": no_decay + loss_params, "weight_decay": 0.0}]
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        k = self.config.num_hard_negatives
+        texts = [(ex.anchor, ex.positive, *ex.negatives[:k]) for ex in self.examples]
+        return no_duplicate_batches(texts, self.config.batch_size, self.config.seed, epoch,
+                                    drop_last=self.config.drop_last)
+
+    def _token_length(self, texts: Sequence[str]) -> list[int]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._lengths]
+        if missing:
+            self._lengths.update(zip(missing, self.encoder.token_lengths(missing)))
+        return [self._lengths[t] for t in texts]
+
+    # ------------------------------------------------------------------ one step
+    def _groups(self, batch: list[int]) -> list[list[str]]:
+        k = self.config.num_hard_negatives
+        anchors = [self.examples[i].anchor for i in batch]
+        positives = [self.examples[i].positive for i in batch]
+        negatives = [n for i in batch for n in self.examples[i].negatives[:k]]
+        return [anchors, positives, negatives] if k else [anchors, positives]
+
+    def _loss_on(self, groups: list[list[str]]) -> Callable[..., Tensor]:
+        """loss(*embeddings of the groups): the configured loss, with ids for false-negative masking."""
+        config = self.config
+        if config.loss == "infonce":
+            text_ids: dict[str, int] = {}
+            ids = [torch.tensor([text_ids.setdefault(t, len(text_ids)) for t in g]) for g in groups]
+            self._stats = {}
+
+            def infonce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
+                out = self.loss_fn.with_stats(anchors, positives, negatives, anchor_ids=ids[0], positive_ids=ids[1],
+                                              hard_negative_ids=ids[2] if negatives is not None else None)
+                self._stats = {"masked": int(out.num_masked)}
+                return out.loss
+            return infonce
+        if config.loss == "triplet":
+            return lambda a, p, n: self.loss_fn(a, p, n)
+
+        def contrastive(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
+            others = positives if negatives is None else torch.cat([positives, negatives])
+            k = 0 if negatives is None else len(negatives) // len(anchors)
+            left = torch.cat([anchors, anchors.repeat_interleave(k, dim=0)]) if k else anchors
+            labels = torch.cat([torch.ones(len(anchors)), torch.zeros(len(others) - len(anchors))])
+            return self.loss_fn(left, others, labels.to(anchors.dtype))
+        return contrastive
+
+    def _embed(self, texts: list[str]) -> Tensor:
+        with autocast(self.config.bf16):
+            return self.encoder.embed(texts).float()
+
+    def compute_gradients(self, batch: list[int]) -> Tensor:
+        """Forward and backward for one batch (gradient-cached or in length-sorted chunks); the loss."""
+        groups = self._groups(batch)
+        loss_on = self._loss_on(groups)
+        chunk = self.config.mini_batch_size or self.config.chunk_size
+        chunks = [length_sorted_chunks(self._token_length(g), chunk) for g in groups]
+        if self.config.mini_batch_size:
+            return grad_cache_backward(self._embed, groups, chunks, loss_on)
+        embeddings = [embed_in_chunks(self._embed, g, c) for g, c in zip(groups, chunks)]
+        loss = loss_on(*embeddings)
+        loss.backward()
+        return loss.detach()
+
+    def _all_grads_finite(self) -> bool:
+        return all(torch.isfinite(p.grad).all() for group in self.optimizer.param_groups
+                   for p in group["params"] if p.grad is not None)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume: bool = False) -> Path:
+        """Train to the end (resuming from the newest complete checkpoint if asked); return the output folder."""
+        config = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        torch.manual_seed(config.seed)
+        if resume:
+            self._resume()
+        self.encoder.train()
+        log = (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        writer = self._tensorboard()
+        progress = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
+                        disable=not config.show_progress, dynamic_ncols=True)
+        pairs_seen, started = 0, time.perf_counter()
+        try:
+            while self.step < self.total_steps:
+                epoch, position = divmod(self.step, self.batches_per_epoch)
+                batch = self._batches(epoch)[position]
+                t0 = time.perf_counter()
+                loss = self.compute_gradients(batch)
+                record = self._optimizer_step(loss)
+                self.step += 1
+                pairs_seen += len(batch)
+                record.update(step=self.step, epoch=epoch, pairs_per_s=len(batch) / (time.perf_counter() - t0))
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", tau=f"{record['temperature']:.4f}",
+                                     pairs_s=f"{pairs_seen / (time.perf_counter() - started):.1f}")
+                if self.step % config.log_every == 0 or self.step == self.total_steps:
+                    self._log(log, writer, record)
+                if config.eval_every and self.evaluator and self.step % config.eval_every == 0:
+                    self._evaluate(log, writer)
+                if self.step % config.checkpoint_every == 0 or self.step == self.total_steps:
+                    self._checkpoint(epoch, position + 1)
+        finally:
+            progress.close()
+            log.close()
+            if writer is not None:
+                writer.close()
+        self.encoder.eval()
+        self.encoder.save(self.output_dir)
+        return self.output_dir
+
+    def _optimizer_step(self, loss: Tensor) -> dict:
+        config = self.config
+        finite = bool(torch.isfinite(loss)) and self._all_grads_finite()
+        grad_norm = float("nan")
+        if finite:
+            self.nonfinite_in_a_row = 0
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            if config.max_grad_norm:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            self.optimizer.step()
+        else:
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
+                raise TrainingError(
+                    f"the loss or gradients were not finite for {self.nonfinite_in_a_row} steps in a row "
+                    f"(last at step {self.step + 1}); lower lr, raise temperature or try --fp32")
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        temperature = getattr(self.loss_fn, "temperature", None)
+        return {"loss": float(loss), "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                "temperature": float(torch.as_tensor(temperature).detach()) if temperature is not None else float("nan"),
+                "skipped": not finite, "nonfinite_total": self.nonfinite_total,
+                **getattr(self, "_stats", {})}
+
+    def _log(self, log, writer, record: dict) -> None:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        if writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    writer.add_scalar(f"train/{key}", value, self.step)
+
+    def _tensorboard(self):
+        if not self.config.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ConfigError("tensorboard = true needs the tensorboard package (pip install tensorboard)") from exc
+        return SummaryWriter(str(self.output_dir / "tensorboard"))
+
+    def _evaluate(self, log, writer) -> None:
+        self.encoder.eval()
+        metrics = self.evaluator(self.encoder)
+        self.encoder.train()
+        record = {"step": self.step, "eval": metrics}
+        self._log(log, None, record)
+        if writer is not None:
+            for key, value in metrics.items():
+                writer.add_scalar(f"eval/{key}", value, self.step)
+        value = metrics.get(self.config.metric_for_best)
+        if value is not None and (self.best_metric is None or value > self.best_metric):
+            self.best_metric = value
+            write_atomically(self.output_dir / "best", lambda tmp: self.encoder.save(tmp))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, epoch: int, next_position: int) -> None:
+        state = {"step": self.step, "epoch": epoch, "next_position": next_position,
+                 "total_steps": self.total_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                 "nonfinite_total": self.nonfinite_total, "best_metric": self.best_metric,
+                 "config": self.config.to_dict(), "torch": torch.__version__, "python": platform.python_version()}
+        tensors = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                   "loss": self.loss_fn.state_dict(), "torch_rng": torch.get_rng_state()}
+        save_checkpoint(self.checkpoint_dir, self.step, self.encoder, state, tensors, self.config.keep_checkpoints)
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return
+        state, tensors = load_checkpoint(path)
+        if state["total_steps"] != self.total_steps:
+            raise ConfigError(f"{path}: the checkpoint was made for {state['total_steps']} steps, this run has "
+                              f"{self.total_steps}; resume with the same data and config")
+        restored = Encoder.from_pretrained(path / "model")
+        self.encoder.model.load_state_dict(restored.model.state_dict())
+        self.loss_fn.load_state_dict(tensors["loss"])
+        self.optimizer.load_state_dict(tensors["optimizer"])
+        self.scheduler.load_state_dict(tensors["scheduler"])
+        torch.set_rng_state(tensors["torch_rng"])
+        self.step = state["step"]
+        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+        self.nonfinite_total = state["nonfinite_total"]
+        self.best_metric = state["best_metric"]

@@ -1,0 +1,65 @@
+import pytest
+
+from contrastkit.errors import ConfigError
+from contrastkit.train.config import TrainConfig, load_config, parse_override
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_toml_load_with_overrides(tmp_path):
+    data = write(tmp_path, "pairs.jsonl", '{"anchor": "a", "positive": "b"}\n')
+    y = write(tmp_path, "c.yaml", f"data: {data}\nbatch_size: 64\nmini_batch_size: 16\nlr: 3.0e-5\n")
+    t = write(tmp_path, "c.toml", f'data = "{data}"\nbatch_size = 64\nmini_batch_size = 16\nlr = 3e-5\n')
+    for path in (y, t):
+        config = load_config(path, {"epochs": 2})
+        assert (config.batch_size, config.mini_batch_size, config.lr, config.epochs) == (64, 16, 3e-5, 2)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data: {data}\nlr_rate: 0.1\n", "c.yaml: unknown key 'lr_rate' (did you mean 'lr'?)"),
+    ("data: {data}\nbatch_size: big\n", "c.yaml: key 'batch_size' must be int; got str ('big')"),
+    ("data: {data}\nbf16: 1\n", "c.yaml: key 'bf16' must be bool; got int (1)"),
+    ("data: {data}/missing.jsonl\n", "c.yaml: data file '{data}/missing.jsonl' does not exist"),
+    ("data: {data}\nbatch_size: 8\nmini_batch_size: 32\n",
+     "c.yaml: batch_size (8) is smaller than mini_batch_size (32)"),
+    ("data: {data}\nloss: hinge\n", "c.yaml: loss must be one of infonce, contrastive, triplet; got 'hinge'"),
+    ("data: {data}\nloss: triplet\n", "num_hard_negatives = 1"),
+    ("data: {data}\ntemperature: 0\n", "temperature must be > 0"),
+    ("- a\n- b\n", "c.yaml: expected a mapping of keys to values"),
+    ("data: [unclosed\n", "c.yaml: cannot parse"),
+])
+def test_bad_configs_are_refused_before_training(tmp_path, text, message):
+    path = write(tmp_path, "c.yaml", text.format(data=tmp_path))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message.format(data=tmp_path) in str(err.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file '.*nope.yaml' does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_typed_like_yaml():
+    assert parse_override("batch_size=128") == ("batch_size", 128)
+    assert parse_override("bf16=true") == ("bf16", True)
+    assert parse_override("mini_batch_size=null") == ("mini_batch_size", None)
+    assert parse_override("model=runs/x") == ("model", "runs/x")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("batch_size")
+
+
+def test_int_is_accepted_for_float():
+    config = TrainConfig(data="x", lr=1).validate(check_files=False)
+    assert isinstance(config.lr, float)
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    data = write(tmp_path, "pairs.jsonl", '{"anchor": "a", "positive": "b"}\n')
+    path = write(tmp_path, "c.yaml", f"data: {data}\nlr: 1e-3\n")
+    assert load_config(path).lr == 1e-3
+    assert load_config(path, dict([parse_override("lr=5e-5")])).lr == 5e-5

@@ -1,0 +1,118 @@
+"""Gradient caching must give the parameter gradients of the uncached step (float64, to 1e-8)."""
+
+import pytest
+import torch
+
+from contrastkit.encoder import Encoder
+from contrastkit.losses import info_nce
+from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
+
+WORDS = "lift drag wing shock boundary layer flow heat transfer pressure nozzle jet flutter panel".split()
+
+
+def make_texts(n, offset):
+    return [" ".join(WORDS[(i * 7 + j + offset) % len(WORDS)] for j in range(1 + (i * 5 + offset) % 11))
+            for i in range(n)]
+
+
+@pytest.fixture
+def encoder64(tiny_model_dir):
+    enc = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    enc.model.double()
+    return enc
+
+
+def param_grads(encoder):
+    return {n: p.grad.detach().clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+
+def batch_groups():
+    anchors, positives = make_texts(32, 0), make_texts(32, 3)
+    negatives = make_texts(32, 9)  # one hard negative per anchor, shared [M, D]
+    return anchors, positives, negatives
+
+
+def loss_fn(symmetric, with_negatives):
+    def fn(a, p, n=None):
+        return info_nce(a, p, n if with_negatives else None, temperature=0.05, symmetric=symmetric)
+    return fn
+
+
+def cached_grads(encoder, groups, loss, mini_batch, seed):
+    encoder.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    chunks = [length_sorted_chunks(encoder.token_lengths(g), mini_batch) for g in groups]
+    grad_cache_backward(encoder.embed, groups, chunks, loss)
+    return param_grads(encoder)
+
+
+def uncached_grads(encoder, groups, loss, chunk_size, seed):
+    encoder.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    chunks = [length_sorted_chunks(encoder.token_lengths(g), chunk_size) for g in groups]
+    loss(*[embed_in_chunks(encoder.embed, g, c) for g, c in zip(groups, chunks)]).backward()
+    return param_grads(encoder)
+
+
+def assert_same(a, b, atol=1e-8):
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("symmetric, with_negatives", [(False, True), (True, False)])
+def test_dropout_on_grad_cache_equals_full_batch_step(encoder64, symmetric, with_negatives):
+    """Dropout on: the second pass must replay the first pass's dropout masks exactly."""
+    encoder64.train()
+    groups = batch_groups() if with_negatives else batch_groups()[:2]
+    loss = loss_fn(symmetric, with_negatives)
+    cached = cached_grads(encoder64, groups, loss, mini_batch=4, seed=123)
+    full = uncached_grads(encoder64, groups, loss, chunk_size=4, seed=123)
+    assert_same(cached, full)
+
+
+@pytest.mark.parametrize("symmetric, with_negatives", [(False, True), (True, False)])
+def test_dropout_off_grad_cache_equals_one_padded_batch(encoder64, symmetric, with_negatives):
+    """Without dropout, mini-batches of 4 equal one padded forward of all 32 (padding is masked)."""
+    encoder64.eval()
+    groups = batch_groups() if with_negatives else batch_groups()[:2]
+    loss = loss_fn(symmetric, with_negatives)
+    cached = cached_grads(encoder64, groups, loss, mini_batch=4, seed=0)
+    encoder64.zero_grad(set_to_none=True)
+    loss(*[encoder64.embed(list(g)) for g in groups]).backward()
+    assert_same(cached, param_grads(encoder64))
+
+
+def test_without_replayed_rng_the_gradients_differ(encoder64, monkeypatch):
+    """The test above can fail: if the RNG were not restored, dropout masks differ and so do gradients."""
+    from contrastkit.train import grad_cache
+
+    monkeypatch.setattr(grad_cache.RandState, "restore", lambda self: None)
+    encoder64.train()
+    groups = batch_groups()[:2]
+    loss = loss_fn(False, False)
+    cached = cached_grads(encoder64, groups, loss, mini_batch=4, seed=123)
+    full = uncached_grads(encoder64, groups, loss, chunk_size=4, seed=123)
+    diffs = [float((cached[n] - full[n]).abs().max()) for n in cached]
+    assert max(diffs) > 1e-6
+
+
+def test_rng_after_step_matches_the_uncached_step(encoder64):
+    encoder64.train()
+    groups = batch_groups()[:2]
+    loss = loss_fn(False, False)
+    cached_grads(encoder64, groups, loss, mini_batch=4, seed=7)
+    after_cached = torch.get_rng_state()
+    uncached_grads(encoder64, groups, loss, chunk_size=4, seed=7)
+    assert torch.equal(after_cached, torch.get_rng_state())
+
+
+def test_embed_in_chunks_restores_order(encoder64):
+    encoder64.eval()
+    texts = make_texts(10, 1)
+    chunks = length_sorted_chunks(encoder64.token_lengths(texts), 3)
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    lengths = encoder64.token_lengths(texts)
+    assert [lengths[i] for c in chunks for i in c] == sorted(lengths, reverse=True)
+    with torch.no_grad():
+        torch.testing.assert_close(embed_in_chunks(encoder64.embed, texts, chunks), encoder64.embed(texts))

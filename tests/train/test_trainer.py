@@ -1,0 +1,172 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from contrastkit.data import Pair
+from contrastkit.encoder import Encoder
+from contrastkit.errors import ConfigError
+from contrastkit.train import TrainConfig, Trainer, TrainingError
+from contrastkit.train.checkpoint import latest_checkpoint, list_checkpoints
+
+TOPICS = ["wing lift", "shock wave", "heat transfer", "boundary layer", "jet noise", "panel flutter",
+          "nozzle flow", "buckling shell", "hypersonic heating", "vortex sheet", "skin friction", "stall angle"]
+
+
+def make_pairs(n=48, negatives=0):
+    pairs = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        other = TOPICS[(i + 5) % len(TOPICS)]
+        pairs.append(Pair(anchor=f"what about {topic} case {i}", positive=f"a study of {topic} number {i}",
+                          negatives=[f"a study of {other} number {i + k}" for k in range(negatives)]))
+    return pairs
+
+
+def write_pairs(path, pairs):
+    path.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in pairs))
+    return path
+
+
+def config(tmp_path, **kw):
+    base = dict(data="unused", output_dir=str(tmp_path / "run"), batch_size=8, lr=1e-3, warmup_ratio=0.0,
+                max_steps=12, checkpoint_every=6, show_progress=False, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def mean_pair_loss(encoder, pairs):
+    from contrastkit.losses import info_nce
+    a = torch.from_numpy(encoder.encode([p.anchor for p in pairs]))
+    b = torch.from_numpy(encoder.encode([p.positive for p in pairs]))
+    return float(info_nce(a, b, temperature=0.05))
+
+
+@pytest.mark.parametrize("options", [
+    dict(),                                                   # length-sorted chunks
+    dict(mini_batch_size=2),                                  # gradient cache
+    dict(num_hard_negatives=1, learnable_temperature=True),   # hard negatives, learnable τ
+    dict(loss="triplet", num_hard_negatives=1, margin=0.3),
+    dict(loss="contrastive", num_hard_negatives=1),
+    dict(symmetric=True, bf16=True, scheduler="cosine"),
+])
+def test_training_lowers_the_loss_and_saves_a_loadable_model(tiny_model_dir, tmp_path, options):
+    from sentence_transformers import SentenceTransformer
+
+    pairs = make_pairs(negatives=1)
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    before = mean_pair_loss(encoder, pairs)
+    out = Trainer(config(tmp_path, **options), encoder, pairs).train()
+    after = mean_pair_loss(encoder, pairs)
+    assert after < before - 0.05, (before, after)
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 13))
+    assert all(np.isfinite(r["loss"]) and r["pairs_per_s"] > 0 for r in log)
+    assert (out / "train_config.yaml").is_file()
+    st = SentenceTransformer(str(out), device="cpu")
+    np.testing.assert_allclose(st.encode(["wing lift"]), encoder.encode(["wing lift"]), atol=1e-5)
+    if options.get("learnable_temperature"):
+        assert log[-1]["temperature"] != pytest.approx(0.05)
+
+
+def test_checkpoints_are_pruned_and_complete(tiny_model_dir, tmp_path):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    (tmp_path / "run" / "checkpoints" / ".tmp-checkpoint-00000099-1").mkdir(parents=True)  # a killed write
+    Trainer(config(tmp_path, checkpoint_every=3, keep_checkpoints=2), encoder, make_pairs()).train()
+    names = [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")]
+    assert names == ["checkpoint-00000009", "checkpoint-00000012"]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
+def test_nonfinite_steps_are_skipped_then_training_stops(tiny_model_dir, tmp_path, monkeypatch):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    trainer = Trainer(config(tmp_path, max_nonfinite_steps=3), encoder, make_pairs())
+    before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
+    calls = {"n": 0}
+    real = trainer.compute_gradients
+
+    def sometimes_nan(batch):
+        calls["n"] += 1
+        loss = real(batch)
+        return loss * float("nan") if calls["n"] in (2, 4, 5, 6) else loss
+    monkeypatch.setattr(trainer, "compute_gradients", sometimes_nan)
+    with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
+        trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in log] == [False, True, False, True, True]
+    assert log[-1]["nonfinite_total"] == 3
+    assert any(not torch.equal(before[n], p) for n, p in encoder.named_parameters())
+
+
+def test_too_few_negatives_is_refused_before_training(tiny_model_dir, tmp_path):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    with pytest.raises(ConfigError, match="training pair 1 has 0 negatives but num_hard_negatives = 1"):
+        Trainer(config(tmp_path, num_hard_negatives=1), encoder, make_pairs())
+    with pytest.raises(ConfigError, match="only 4 training pairs, fewer than batch_size 8"):
+        Trainer(config(tmp_path), encoder, make_pairs(4))
+
+
+def test_evaluation_hook_keeps_the_best_model(tiny_model_dir, tmp_path):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    scores = iter([0.2, 0.5, 0.3, 0.4])
+    Trainer(config(tmp_path, eval_every=3), encoder, make_pairs(), evaluator=lambda e: {"ndcg@10": next(scores)}).train()
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval"]["ndcg@10"] for r in log if "eval" in r] == [0.2, 0.5, 0.3, 0.4]
+    assert (tmp_path / "run" / "best" / "modules.json").is_file()
+
+
+def _train_cmd(model_dir, data, out, *extra):
+    return [sys.executable, "-m", "contrastkit.cli", "train", "--model", str(model_dir), "--data", str(data),
+            "--output", str(out), "--set", "batch_size=8", "--set", "max_steps=40", "--set", "checkpoint_every=4",
+            "--set", "lr=1e-3", "--set", "show_progress=false", "--set", "max_seq_length=32", "--set",
+            "mini_batch_size=4", *extra]
+
+
+def test_kill_minus_9_then_resume_gives_the_same_weights(tiny_model_dir, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", make_pairs(64))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_cmd(tiny_model_dir, data, tmp_path / "straight"), check=True, env=env,
+                   capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(tiny_model_dir, data, tmp_path / "killed"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (checkpoints / "checkpoint-00000012").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = latest_checkpoint(checkpoints)
+    assert 12 <= int(killed_at.name.split("-")[1]) < 40
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    at_kill = load_file(killed_at / "model" / "model.safetensors")
+
+    resumed = subprocess.run(_train_cmd(tiny_model_dir, data, tmp_path / "killed", "--resume"), env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert any(not torch.equal(at_kill[n], b[n]) for n in b)  # training really went on after the resume
+
+
+def test_cli_bad_config_fails_before_training(tiny_model_dir, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", make_pairs(16))
+    out = tmp_path / "run"
+    result = subprocess.run(_train_cmd(tiny_model_dir, data, out, "--set", "mini_batch_size=16"),
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "batch_size (8) is smaller than mini_batch_size (16)" in result.stderr
+    assert not out.exists()
