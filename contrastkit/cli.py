@@ -90,6 +90,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from the newest complete checkpoint")] = False,
 ) -> None:
     """Fine-tune a model on pairs with a contrastive loss; the output folder loads in sentence-transformers."""
+    import torch
+
     from contrastkit.encoder import Encoder
     from contrastkit.train import Trainer, load_config, load_training_pairs
     from contrastkit.train.config import parse_override
@@ -100,12 +102,15 @@ def train(
             overrides[key] = value
     settings = load_config(config, overrides)
     pairs = load_training_pairs(settings.data, settings.split)
-    encoder = Encoder.from_pretrained(settings.model, max_seq_length=settings.max_seq_length)
+    encoder = Encoder.from_pretrained(settings.model, max_seq_length=settings.max_seq_length,
+                                      torch_dtype=getattr(torch, settings.dtype))
     trainer = Trainer(settings, encoder, pairs)
-    typer.echo(f"training on {len(pairs)} pairs: {trainer.total_steps} steps of {settings.batch_size}"
-               + (f" (gradient cache, mini-batch {settings.mini_batch_size})" if settings.mini_batch_size else ""))
+    if trainer.dist.is_main:
+        typer.echo(f"training on {len(pairs)} pairs: {trainer.total_steps} steps of {settings.batch_size}"
+                   + (f" (gradient cache, mini-batch {settings.mini_batch_size})" if settings.mini_batch_size else ""))
     out = trainer.train(resume=resume)
-    typer.echo(f"saved the model to {out}")
+    if trainer.dist.is_main:
+        typer.echo(f"saved the model to {out}")
 
 
 @app.command()

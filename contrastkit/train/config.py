@@ -28,6 +28,7 @@ class TrainConfig:
     split: str = "train"                # qrels split, for a BEIR folder
     output_dir: str = "runs/contrastkit"
     max_seq_length: int | None = None   # None: the model's own
+    dtype: str = "float32"              # weights' dtype: float32, or float64 for exact checks
     # the objective
     loss: str = "infonce"
     temperature: float = 0.05
@@ -61,6 +62,9 @@ class TrainConfig:
     metric_for_best: str = "ndcg@10"
     tensorboard: bool = False
     show_progress: bool = True
+    # distributed (torchrun): collectives give up after this long, so a hung rank never hangs the rest
+    # (a rank that dies is noticed at once); keep it above the evaluation time when evaluating
+    dist_timeout_s: float = 60.0
 
     def validate(self, *, check_files: bool = True) -> "TrainConfig":
         """Raise ConfigError for any impossible setting; return self."""
@@ -71,6 +75,8 @@ class TrainConfig:
             bad(f"loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.scheduler not in SCHEDULERS:
             bad(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {self.scheduler!r}")
+        if self.dtype not in ("float32", "float64"):
+            bad(f"dtype must be float32 or float64 (bf16 is the bf16 autocast switch); got {self.dtype!r}")
         if self.similarity not in ("cosine", "dot", "neg_euclidean"):
             bad(f"similarity must be cosine, dot or neg_euclidean; got {self.similarity!r}")
         for name in ("batch_size", "epochs", "checkpoint_every", "log_every", "keep_checkpoints",

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -20,6 +21,8 @@ from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_atomically
 from contrastkit.train.config import TrainConfig
+from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, describe_failure,
+                                           gather_with_local_grad, init_distributed)
 from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
 from contrastkit.train.sampler import no_duplicate_batches
 
@@ -79,6 +82,10 @@ class Trainer:
                  evaluator: Evaluator | None = None) -> None:
         config.validate(check_files=False)
         check_examples(examples, config)
+        self.dist = init_distributed(config.dist_timeout_s)
+        if config.batch_size % self.dist.world_size:
+            raise ConfigError(f"batch_size {config.batch_size} must be divisible by the number of ranks "
+                              f"({self.dist.world_size}): each rank embeds an equal shard of the global batch")
         self.config = config
         self.encoder = encoder
         if config.max_seq_length:
@@ -113,6 +120,12 @@ class Trainer:
                 {"params": no_decay + loss_params, "weight_decay": 0.0}]
 
     def _batches(self, epoch: int) -> list[list[int]]:
+        """The global batches of an epoch (the same on every rank; computed once per epoch)."""
+        if getattr(self, "_epoch_batches", (None,))[0] != epoch:
+            self._epoch_batches = (epoch, self._sample_batches(epoch))
+        return self._epoch_batches[1]
+
+    def _sample_batches(self, epoch: int) -> list[list[int]]:
         k = self.config.num_hard_negatives
         texts = [(ex.anchor, ex.positive, *ex.negatives[:k]) for ex in self.examples]
         return no_duplicate_batches(texts, self.config.batch_size, self.config.seed, epoch,
@@ -162,16 +175,26 @@ class Trainer:
             return self.encoder.embed(texts).float()
 
     def compute_gradients(self, batch: list[int]) -> Tensor:
-        """Forward and backward for one batch (gradient-cached or in length-sorted chunks); the loss."""
-        groups = self._groups(batch)
-        loss_on = self._loss_on(groups)
+        """Forward and backward for one global batch (gradient-cached or in length-sorted chunks); the loss.
+
+        This rank embeds only its shard; the loss sees the whole global batch (gathered embeddings),
+        and the encoder's gradients are summed over ranks, so every rank ends with the same ones.
+        """
+        shard = len(batch) // self.dist.world_size
+        local = self._groups(batch[self.dist.rank * shard:(self.dist.rank + 1) * shard])
+        global_loss = self._loss_on(self._groups(batch))
+
+        def loss_on(*local_embeddings: Tensor) -> Tensor:
+            return global_loss(*(gather_with_local_grad(e, self.dist) for e in local_embeddings))
+
         chunk = self.config.mini_batch_size or self.config.chunk_size
-        chunks = [length_sorted_chunks(self._token_length(g), chunk) for g in groups]
+        chunks = [length_sorted_chunks(self._token_length(g), chunk) for g in local]
         if self.config.mini_batch_size:
-            return grad_cache_backward(self._embed, groups, chunks, loss_on)
-        embeddings = [embed_in_chunks(self._embed, g, c) for g, c in zip(groups, chunks)]
-        loss = loss_on(*embeddings)
-        loss.backward()
+            loss = grad_cache_backward(self._embed, local, chunks, loss_on)
+        else:
+            loss = loss_on(*(embed_in_chunks(self._embed, g, c) for g, c in zip(local, chunks)))
+            loss.backward()
+        all_reduce_gradients([p for p in self.encoder.parameters() if p.requires_grad], self.dist)
         return loss.detach()
 
     def _all_grads_finite(self) -> bool:
@@ -181,45 +204,56 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool = False) -> Path:
         """Train to the end (resuming from the newest complete checkpoint if asked); return the output folder."""
-        config = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        torch.manual_seed(config.seed)
+        config, main = self.config, self.dist.is_main
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        torch.manual_seed(config.seed + self.dist.rank)
         if resume:
             self._resume()
         self.encoder.train()
-        log = (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8")
-        writer = self._tensorboard()
+        log = (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") if main else None
+        writer = self._tensorboard() if main else None
         progress = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
-                        disable=not config.show_progress, dynamic_ncols=True)
-        pairs_seen, started = 0, time.perf_counter()
+                        disable=not (config.show_progress and main), dynamic_ncols=True)
         try:
-            while self.step < self.total_steps:
-                epoch, position = divmod(self.step, self.batches_per_epoch)
-                batch = self._batches(epoch)[position]
-                t0 = time.perf_counter()
-                loss = self.compute_gradients(batch)
-                record = self._optimizer_step(loss)
-                self.step += 1
-                pairs_seen += len(batch)
-                record.update(step=self.step, epoch=epoch, pairs_per_s=len(batch) / (time.perf_counter() - t0))
-                progress.update(1)
-                progress.set_postfix(loss=f"{record['loss']:.4f}", tau=f"{record['temperature']:.4f}",
-                                     pairs_s=f"{pairs_seen / (time.perf_counter() - started):.1f}")
-                if self.step % config.log_every == 0 or self.step == self.total_steps:
-                    self._log(log, writer, record)
-                if config.eval_every and self.evaluator and self.step % config.eval_every == 0:
-                    self._evaluate(log, writer)
-                if self.step % config.checkpoint_every == 0 or self.step == self.total_steps:
-                    self._checkpoint(epoch, position + 1)
+            self._loop(log, writer, progress)
+        except (dist.DistError, RuntimeError) as exc:
+            if not self.dist.enabled or isinstance(exc, ContrastkitError):
+                raise
+            raise TrainingError(describe_failure(self.dist, exc)) from exc
         finally:
             progress.close()
-            log.close()
+            if log is not None:
+                log.close()
             if writer is not None:
                 writer.close()
         self.encoder.eval()
-        self.encoder.save(self.output_dir)
+        if main:
+            self.encoder.save(self.output_dir)
         return self.output_dir
+
+    def _loop(self, log, writer, progress) -> None:
+        config = self.config
+        pairs_seen, started = 0, time.perf_counter()
+        while self.step < self.total_steps:
+            epoch, position = divmod(self.step, self.batches_per_epoch)
+            batch = self._batches(epoch)[position]
+            t0 = time.perf_counter()
+            loss = self.compute_gradients(batch)
+            record = self._optimizer_step(loss)
+            self.step += 1
+            pairs_seen += len(batch)
+            record.update(step=self.step, epoch=epoch, pairs_per_s=len(batch) / (time.perf_counter() - t0))
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", tau=f"{record['temperature']:.4f}",
+                                 pairs_s=f"{pairs_seen / (time.perf_counter() - started):.1f}")
+            if log is not None and (self.step % config.log_every == 0 or self.step == self.total_steps):
+                self._log(log, writer, record)
+            if config.eval_every and self.evaluator and self.step % config.eval_every == 0 and self.dist.is_main:
+                self._evaluate(log, writer)
+            if self.step % config.checkpoint_every == 0 or self.step == self.total_steps:
+                self._checkpoint(epoch, position + 1)
 
     def _optimizer_step(self, loss: Tensor) -> dict:
         config = self.config
@@ -283,8 +317,11 @@ class Trainer:
                  "total_steps": self.total_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row,
                  "nonfinite_total": self.nonfinite_total, "best_metric": self.best_metric,
                  "config": self.config.to_dict(), "torch": torch.__version__, "python": platform.python_version()}
+        rng_per_rank = all_gather_objects(torch.get_rng_state(), self.dist)
+        if not self.dist.is_main:
+            return
         tensors = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                   "loss": self.loss_fn.state_dict(), "torch_rng": torch.get_rng_state()}
+                   "loss": self.loss_fn.state_dict(), "torch_rng_per_rank": rng_per_rank}
         save_checkpoint(self.checkpoint_dir, self.step, self.encoder, state, tensors, self.config.keep_checkpoints)
 
     def _resume(self) -> None:
@@ -300,7 +337,11 @@ class Trainer:
         self.loss_fn.load_state_dict(tensors["loss"])
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scheduler.load_state_dict(tensors["scheduler"])
-        torch.set_rng_state(tensors["torch_rng"])
+        rng = tensors["torch_rng_per_rank"]
+        if len(rng) != self.dist.world_size:
+            raise ConfigError(f"{path}: the checkpoint was made with {len(rng)} ranks, this run has "
+                              f"{self.dist.world_size}")
+        torch.set_rng_state(rng[self.dist.rank])
         self.step = state["step"]
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         self.nonfinite_total = state["nonfinite_total"]

@@ -1,0 +1,55 @@
+"""Shared bits of the benchmarks: real pairs, peak RSS, machine description, JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO / ".." / "shared" / "data"
+RESULTS = REPO / "bench" / "results"
+sys.path.insert(0, str(REPO))
+
+
+def debian_pairs(n: int):
+    """The first n (anchor, positive) pairs of ../shared/data/debian-packages/train_pairs.jsonl."""
+    from contrastkit.data import read_pairs
+
+    return read_pairs(SHARED / "debian-packages" / "train_pairs.jsonl")[:n]
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set size in GB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def machine() -> dict:
+    import torch
+
+    return {"date": date.today().isoformat(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def write_results(name: str, rows: list[dict], meta: dict | None = None) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / f"{name}.meta.json").write_text(json.dumps({**machine(), **(meta or {})}, indent=2) + "\n")
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.rjust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).rjust(widths[c]) for c in columns))
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)

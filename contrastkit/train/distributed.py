@@ -1,0 +1,153 @@
+"""Global in-batch negatives across ranks on torch.distributed (gloo on CPU, NCCL on GPU).
+
+Each rank embeds its own shard of the global batch. `gather_with_local_grad` all-gathers the
+embeddings (B × D floats each way, never activations) so every rank computes the loss of the
+*whole* global batch, with gradients flowing only into its own shard. Summing the parameter
+gradients over ranks (`all_reduce_gradients`) then gives exactly the gradient of the global loss:
+
+    ∂L/∂θ = Σ_r (∂L/∂e_r)(∂e_r/∂θ)          (e_r: rank r's embeddings)
+
+This is open_clip's gather (local slice kept with its graph), with an explicit sum instead of DDP's
+mean, so it composes with gradient caching: the gather sits inside the loss, between the cached
+embeddings and the encoder.
+
+A rank that dies must not leave the others hanging: collectives run with a timeout, every rank
+writes a heartbeat into the rendezvous store, and a failed collective is reported as a
+`TrainingError` naming the ranks whose heartbeat stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+HEARTBEAT_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: its rank, the world size, and whether it is rank 0."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(timeout_s: float = 30.0) -> DistContext:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT); single process if none."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    context = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
+    _start_heartbeat(context)
+    return context
+
+
+def gather_with_local_grad(local: Tensor, context: DistContext) -> Tensor:
+    """[n, D] on each rank → [R·n, D] on every rank, in rank order; only the local slice keeps its graph."""
+    if not context.enabled:
+        return local
+    gathered = [torch.empty_like(local) for _ in range(context.world_size)]
+    dist.all_gather(gathered, local.detach().contiguous())
+    gathered[context.rank] = local
+    return torch.cat(gathered)
+
+
+def all_reduce_gradients(params: list[torch.nn.Parameter], context: DistContext) -> None:
+    """Sum the gradients of `params` over ranks (each rank holds its shard's part of ∂L/∂θ)."""
+    if not context.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def all_gather_objects(obj: object, context: DistContext) -> list[object]:
+    """Every rank's `obj`, in rank order (e.g. RNG states for a checkpoint)."""
+    if not context.enabled:
+        return [obj]
+    out: list[object] = [None] * context.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(context: DistContext) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+def _start_heartbeat(context: DistContext) -> None:
+    store = _store()
+    if store is None:
+        return
+
+    def beat() -> None:
+        while True:
+            try:
+                store.set(f"contrastkit/heartbeat/{context.rank}", str(time.time()))
+            except Exception:  # the store went away with its host: nothing more to report to
+                return
+            time.sleep(HEARTBEAT_EVERY_S)
+
+    threading.Thread(target=beat, name="contrastkit-heartbeat", daemon=True).start()
+
+
+def _store():
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:
+        return None
+
+
+def lost_ranks(context: DistContext, stale_after_s: float = 3 * HEARTBEAT_EVERY_S) -> list[int]:
+    """Ranks whose heartbeat stopped (rank 0 hosts the store: if it is unreachable, rank 0 is lost)."""
+    store = _store()
+    if store is None:
+        return []
+    now, lost = time.time(), []
+    for rank in range(context.world_size):
+        if rank == context.rank:
+            continue
+        try:
+            store.set_timeout(timedelta(seconds=2))
+            last = float(store.get(f"contrastkit/heartbeat/{rank}").decode())
+        except Exception:
+            return [0] if context.rank != 0 else lost
+        if now - last > stale_after_s:
+            lost.append(rank)
+    return lost
+
+
+def describe_failure(context: DistContext, error: Exception) -> str:
+    """One line for a failed collective: which ranks were lost, and the backend's own words."""
+    time.sleep(HEARTBEAT_EVERY_S * 4)  # a lost rank's heartbeat is then older than stale_after_s
+    lost = lost_ranks(context)
+    who = f"lost rank {', '.join(map(str, lost))}" if lost else "lost contact with another rank"
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"rank {context.rank}/{context.world_size}: {who} (a collective failed: {first_line}); "
+            f"stopping. Resume all ranks from the newest checkpoint with --resume")
