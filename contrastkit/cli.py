@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -111,6 +112,64 @@ def train(
     out = trainer.train(resume=resume)
     if trainer.dist.is_main:
         typer.echo(f"saved the model to {out}")
+
+
+@app.command("eval")
+def eval_(
+    data: Annotated[Path, typer.Option("--data", "-d", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")],
+    model: ModelOption = "default",
+    split: Annotated[str, typer.Option("--split", help="the qrels file to score against (qrels/<split>.tsv)")] = "test",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="JSON file for the metrics")] = None,
+    compare: Annotated[Optional[str], typer.Option("--compare", help="a second model, compared with --model query by query")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help='add a baseline row: "bm25"')] = None,
+    k: Annotated[str, typer.Option("--k", help="comma-separated cut-offs")] = "1,3,5,10,100",
+    batch_size: BatchOption = 32,
+    max_seq_length: SeqOption = None,
+) -> None:
+    """Evaluate a model on a BEIR split: nDCG, MRR, MAP, recall, precision and accuracy at each k."""
+    from contrastkit.data.beir import load_beir
+    from contrastkit.evaluate import (HEADLINE_METRICS, bm25_retrieval, compare_results, evaluate_retrieval,
+                                      format_comparison, format_table)
+
+    try:
+        ks = sorted({int(part) for part in k.split(",") if part.strip()})
+    except ValueError:
+        raise typer.BadParameter(f"--k takes comma-separated whole numbers, e.g. 1,10,100; got {k!r}") from None
+    if not ks or ks[0] < 1:
+        raise typer.BadParameter(f"--k needs at least one cut-off, each 1 or more; got {k!r}")
+    if baseline not in (None, "bm25"):
+        raise typer.BadParameter(f'--baseline knows only "bm25", got {baseline!r}')
+    dataset = load_beir(data, split=split)
+    typer.echo(f"{data} [{split}]: {len(dataset.split_queries)} queries, {len(dataset.corpus)} documents")
+
+    def run(name: str):
+        return evaluate_retrieval(_load_encoder(name, max_seq_length), dataset, ks, batch_size=batch_size)
+
+    results = {model: run(model)}
+    compare_name = None
+    if compare:
+        compare_name = compare if compare != model else f"{compare} (2)"
+        results[compare_name] = run(compare)
+    if baseline == "bm25":
+        results["bm25"] = bm25_retrieval(dataset, ks)
+    typer.echo(format_table({name: r.metrics for name, r in results.items()}))
+
+    main = results[model]
+    payload = {**main.metrics, "model": model, "data": str(data), "split": split, "ks": ks,
+               "num_queries": main.num_queries}
+    if compare_name:
+        comparison = compare_results(main, results[compare_name])
+        shown = {m: c for m, c in comparison.items() if m in HEADLINE_METRICS}
+        typer.echo(f"\n{compare_name} vs {model}: per-query wins / losses")
+        typer.echo(format_comparison(shown or comparison, model, compare_name))
+        payload["compare"] = {"model": compare, "metrics": results[compare_name].metrics, "per_metric": comparison}
+    if baseline == "bm25":
+        payload["baselines"] = {"bm25": results["bm25"].metrics}
+    payload["per_query"] = main.per_query
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(payload, indent=2) + "\n")
+        typer.echo(f"wrote {output}")
 
 
 @app.command()

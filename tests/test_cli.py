@@ -116,3 +116,31 @@ def test_cli_model_errors(monkeypatch, capsys, tmp_path):
 def test_encode_needs_exactly_one_source(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "encode", "-o", tmp_path / "e.npy")
     assert code == 2 and "either --text" in err
+
+
+def make_beir(folder):
+    (folder / "qrels").mkdir(parents=True)
+    write_jsonl(folder / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(
+        ["lift of thin wings", "jet engine noise", "shock waves in nozzles", "heat transfer in boundary layers"])])
+    write_jsonl(folder / "queries.jsonl", [{"_id": "q1", "text": "wing lift"}, {"_id": "q2", "text": "engine noise"}])
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td1\t2\n")
+    return folder
+
+
+def test_eval_writes_metrics_json_with_compare_and_bm25(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    data = make_beir(tmp_path / "beir")
+    out = tmp_path / "m.json"
+    code, stdout, err = run_cli(monkeypatch, capsys, "eval", "-m", tiny_model_dir, "-d", data, "-o", out,
+                                "--compare", tiny_model_dir, "--baseline", "bm25", "--k", "1,3")
+    assert code == 0, err
+    metrics = json.loads(out.read_text())
+    assert set(metrics["per_query"]) == {"q1", "q2"} and metrics["num_queries"] == 2
+    assert 0.0 <= metrics["ndcg@3"] <= 1.0 and "recall@1" in metrics
+    assert metrics["baselines"]["bm25"]["ndcg@3"] == 1.0  # exact word overlap: BM25 ranks both right
+    assert metrics["compare"]["per_metric"]["ndcg@3"]["delta"] == 0.0  # same model twice
+    assert "bm25" in stdout and "2 queries, 4 documents" in stdout
+
+
+def test_eval_bad_k_is_a_usage_error(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "eval", "-d", make_beir(tmp_path / "b"), "--k", "ten")
+    assert code == 2 and "--k takes comma-separated whole numbers" in err

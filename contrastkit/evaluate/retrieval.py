@@ -1,0 +1,322 @@
+"""Evaluate an encoder on a BEIR-style retrieval set, compare two runs, and print the table.
+
+The data path: encode every document (title + " " + text) and every query of the split, score
+each query against the corpus (cosine by default), keep the top ``max(ks)`` docs per query, and
+score that run with :mod:`contrastkit.evaluate.metrics` (pytrec_eval's definitions).
+Small corpora are searched exactly (chunked matmul + top-k); past ``exact_threshold`` documents
+the search goes through :class:`contrastkit.index.VectorIndex`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from contrastkit.evaluate.metrics import DEFAULT_KS, Qrels, evaluate_run, mean_metrics
+
+__all__ = [
+    "HEADLINE_METRICS",
+    "RetrievalResult",
+    "compare_results",
+    "compare_runs",
+    "dataset_documents",
+    "dataset_queries",
+    "evaluate_retrieval",
+    "exact_search",
+    "format_comparison",
+    "format_table",
+    "result_from_run",
+    "retrieve",
+    "search_depth",
+    "split_texts",
+]
+
+# The columns format_table shows by default, when a row has them. README figures quote
+# "MRR" as pytrec_eval's recip_rank over the top 100, which is mrr@100 here.
+HEADLINE_METRICS: tuple[str, ...] = (
+    "ndcg@10", "mrr@10", "mrr@100", "map@10", "recall@10", "recall@100", "accuracy@1")
+
+
+class TextEncoder(Protocol):
+    def encode(self, texts: list[str], batch_size: int = 32,
+               show_progress: bool = False) -> np.ndarray: ...
+
+
+@dataclass
+class RetrievalResult:
+    """One model's (or BM25's) evaluation on one split.
+
+    metrics: mean over queries with a relevant doc, keyed "ndcg@10", "recall@100", ...
+    per_query: query id -> the same keys for that query.
+    run: query id -> top docs as (doc id, score), best first (trec_eval's order, ties by id desc).
+    """
+
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    run: dict[str, list[tuple[str, float]]] = field(repr=False)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.per_query)
+
+    def to_dict(self, *, include_run: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict: metrics, num_queries, per_query (and the run when asked)."""
+        out: dict[str, Any] = {"metrics": dict(self.metrics), "num_queries": self.num_queries,
+                               "per_query": self.per_query}
+        if include_run:
+            out["run"] = {q: [[d, s] for d, s in docs] for q, docs in self.run.items()}
+        return out
+
+
+def _trec_order(pairs: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    # Same order as metrics.rank_by_score, so the stored run reads as pytrec_eval would rank it.
+    return sorted(pairs, key=lambda p: (p[1], p[0]), reverse=True)
+
+
+def result_from_run(run: Mapping[str, Iterable[tuple[str, float]]], qrels: Qrels,
+                    ks: Sequence[int] = DEFAULT_KS) -> RetrievalResult:
+    """Score a run of (doc id, score) pairs per query against qrels; the shared tail of every
+    evaluation (dense or BM25)."""
+    ordered = {q: _trec_order(pairs) for q, pairs in run.items()}
+    per_query = evaluate_run({q: [d for d, _ in pairs] for q, pairs in ordered.items()}, qrels, ks)
+    return RetrievalResult(metrics=mean_metrics(per_query), per_query=per_query, run=ordered)
+
+
+def exact_search(queries: np.ndarray, docs: np.ndarray, k: int,
+                 max_chunk_elements: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k inner-product search by brute force, chunked over queries to bound memory.
+
+    queries [Q, D], docs [N, D] -> (scores [Q, k'], indices [Q, k']) with k' = min(k, N),
+    best first.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    docs = np.ascontiguousarray(docs, dtype=np.float32)
+    if queries.ndim != 2 or docs.ndim != 2 or queries.shape[1] != docs.shape[1]:
+        raise ValueError(f"need queries [Q, D] and docs [N, D], got {queries.shape} and {docs.shape}")
+    k = min(k, docs.shape[0])
+    d, q = torch.from_numpy(docs), torch.from_numpy(queries)
+    step = max(1, max_chunk_elements // max(1, docs.shape[0]))
+    scores, ids = [], []
+    for start in range(0, q.shape[0], step):
+        top = torch.topk(q[start:start + step] @ d.T, k, dim=1)
+        scores.append(top.values.numpy())
+        ids.append(top.indices.numpy())
+    if not scores:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(scores), np.concatenate(ids)
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def retrieve(query_embeddings: np.ndarray, doc_embeddings: np.ndarray, query_ids: Sequence[str],
+             doc_ids: Sequence[str], k: int, *, score: str = "cos",
+             exact_threshold: int = 100_000) -> dict[str, list[tuple[str, float]]]:
+    """Top-k docs per query as (doc id, score), best first.
+
+    query_embeddings [Q, D], doc_embeddings [N, D]; score "cos" (cosine) or "dot" (inner product).
+    Corpora of more than exact_threshold docs are searched with contrastkit.index.VectorIndex.
+    """
+    if score not in ("cos", "dot"):
+        raise ValueError(f'score must be "cos" or "dot", got {score!r}')
+    if len(query_ids) != len(query_embeddings) or len(doc_ids) != len(doc_embeddings):
+        raise ValueError(f"{len(query_ids)} query ids for {len(query_embeddings)} embeddings, "
+                         f"{len(doc_ids)} doc ids for {len(doc_embeddings)}")
+    q = np.asarray(query_embeddings, dtype=np.float32)
+    d = np.asarray(doc_embeddings, dtype=np.float32)
+    if score == "cos":
+        q, d = _l2_normalize(q), _l2_normalize(d)
+    if len(doc_ids) <= exact_threshold:
+        scores, idx = exact_search(q, d, k)
+    else:
+        from contrastkit.index import VectorIndex  # faiss only when the corpus is large
+
+        scores, idx = VectorIndex.build(np.ascontiguousarray(d)).search(q, min(k, len(doc_ids)))
+    return {qid: _trec_order((doc_ids[j], float(s)) for s, j in zip(scores[i], idx[i]) if j >= 0)
+            for i, qid in enumerate(query_ids)}
+
+
+def dataset_queries(dataset: Any) -> dict[str, str]:
+    """Query id -> text for the queries the split judges, in the dataset's order."""
+    split = getattr(dataset, "split_queries", None)
+    if isinstance(split, Mapping):
+        return dict(split)
+    if split is not None and not isinstance(split, str):
+        return {q: dataset.queries[q] for q in split}
+    return {q: t for q, t in dataset.queries.items() if q in dataset.qrels}
+
+
+def dataset_documents(dataset: Any) -> tuple[list[str], list[str]]:
+    """(doc ids, doc texts) of the corpus, each text title + " " + text as BEIR evaluates it."""
+    ids = list(dataset.corpus)
+    if hasattr(dataset, "doc_text"):
+        return ids, [dataset.doc_text(d) for d in ids]
+    docs = dataset.corpus
+    return ids, [(docs[d].get("title", "") + " " + docs[d].get("text", "")).strip() for d in ids]
+
+
+SplitTexts = tuple[dict[str, str], list[str], list[str], dict[str, dict[str, int]]]
+
+
+def split_texts(dataset: Any) -> SplitTexts:
+    """(queries, doc ids, doc texts, qrels) of a split, refusing an empty one."""
+    queries = dataset_queries(dataset)
+    if not queries:
+        raise ValueError("the split has no queries with judgements (qrels)")
+    doc_ids, doc_texts = dataset_documents(dataset)
+    if not doc_ids:
+        raise ValueError("the corpus is empty")
+    return queries, doc_ids, doc_texts, {q: dataset.qrels[q] for q in queries if q in dataset.qrels}
+
+
+def search_depth(ks: Sequence[int], top_k: int | None) -> int:
+    """How many docs to keep per query: top_k, or the largest cut-off."""
+    if not ks:
+        raise ValueError("ks is empty: give at least one cut-off, e.g. (10,)")
+    k = top_k if top_k is not None else max(ks)
+    if k < 1:
+        raise ValueError(f"top_k must be positive, got {k}")
+    return k
+
+
+def evaluate_retrieval(encoder: TextEncoder, dataset: Any, ks: Sequence[int] = DEFAULT_KS, *,
+                       batch_size: int = 32, show_progress: bool = True,
+                       exact_threshold: int = 100_000, score: str = "cos",
+                       top_k: int | None = None) -> RetrievalResult:
+    """Evaluate a text encoder on a BEIR-style split (corpus, queries, qrels).
+
+    encoder: anything with encode(texts, batch_size=, show_progress=) -> float32 [n, D].
+    dataset: a contrastkit.data.beir.BeirDataset or any object with corpus, queries, qrels (and
+    optionally doc_text and split_queries). Documents are title + " " + text.
+    top_k: docs kept per query (default max(ks)). Returns metrics, per-query values and the run.
+
+    Example::
+
+        result = evaluate_retrieval(Encoder.from_pretrained("default"), load_beir("data/cranfield"))
+        print(result.metrics["ndcg@10"])
+    """
+    k = search_depth(ks, top_k)
+    queries, doc_ids, doc_texts, qrels = split_texts(dataset)
+    doc_emb = encoder.encode(doc_texts, batch_size=batch_size, show_progress=show_progress)
+    query_emb = encoder.encode(list(queries.values()), batch_size=batch_size,
+                               show_progress=show_progress)
+    run = retrieve(query_emb, doc_emb, list(queries), doc_ids, k, score=score,
+                   exact_threshold=exact_threshold)
+    return result_from_run(run, qrels, ks)
+
+
+def _sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test (ties dropped): P(a split at least this uneven | p = 1/2)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+def compare_runs(per_query_a: Mapping[str, Mapping[str, float]],
+                 per_query_b: Mapping[str, Mapping[str, float]], metric: str,
+                 *, eps: float = 1e-9, top: int = 5) -> dict[str, Any]:
+    """Per-query comparison of run B against run A on one metric (B is the candidate).
+
+    Over the queries both runs scored: mean_a, mean_b, delta = mean_b - mean_a, wins (B better by
+    more than eps), losses (B worse), ties, a two-sided sign-test p-value on wins vs losses, and
+    the `top` biggest wins and losses as [query id, delta].
+    """
+    common = [q for q in per_query_a if q in per_query_b]
+    if not common:
+        raise ValueError("the two runs share no query")
+    missing = [name for name, pq in (("A", per_query_a), ("B", per_query_b))
+               if metric not in pq[common[0]]]
+    if missing:
+        raise ValueError(f"metric {metric!r} is not in run {' and '.join(missing)}; "
+                         f"available: {sorted(per_query_a[common[0]])}")
+    deltas = {q: per_query_b[q][metric] - per_query_a[q][metric] for q in common}
+    wins = sum(1 for d in deltas.values() if d > eps)
+    losses = sum(1 for d in deltas.values() if d < -eps)
+    by_delta = sorted(deltas.items(), key=lambda kv: (kv[1], kv[0]))
+    mean_a = math.fsum(per_query_a[q][metric] for q in common) / len(common)
+    mean_b = math.fsum(per_query_b[q][metric] for q in common) / len(common)
+    return {
+        "metric": metric,
+        "n": len(common),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "delta": mean_b - mean_a,
+        "wins": wins,
+        "losses": losses,
+        "ties": len(common) - wins - losses,
+        "sign_test_p": _sign_test_p(wins, losses),
+        "top_wins": [[q, d] for q, d in reversed(by_delta[-top:]) if d > eps] if top else [],
+        "top_losses": [[q, d] for q, d in by_delta[:top] if d < -eps] if top else [],
+    }
+
+
+def compare_results(a: RetrievalResult, b: RetrievalResult,
+                    metrics: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """compare_runs for each metric (default: every metric both results report)."""
+    names = list(metrics) if metrics is not None else [m for m in a.metrics if m in b.metrics]
+    return {m: compare_runs(a.per_query, b.per_query, m) for m in names}
+
+
+def _cutoff(name: str) -> tuple[str, int] | None:
+    family, _, k = name.partition("@")
+    return (family, int(k)) if k.isdigit() else None
+
+
+def _columns(rows: Mapping[str, Mapping[str, float]], metrics: Iterable[str] | None) -> list[str]:
+    """The given metrics; else per family the headline cut-offs present, or the nearest one
+    at or below 10 (so --k 1,3 still shows ndcg@3); else every metric."""
+    if metrics is not None:
+        return list(metrics)
+    present = list(dict.fromkeys(m for r in rows.values() for m in r))
+    cols: list[str] = []
+    for family in dict.fromkeys(m.split("@")[0] for m in HEADLINE_METRICS):
+        chosen = [m for m in HEADLINE_METRICS if m.split("@")[0] == family and m in present]
+        if not chosen:
+            ks = sorted(c[1] for c in map(_cutoff, present) if c and c[0] == family)
+            if ks:
+                chosen = [f"{family}@{max([k for k in ks if k <= 10] or ks[:1])}"]
+        cols += chosen
+    return cols or present
+
+
+def _render(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        # First column (names) left-aligned, numbers right-aligned.
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, body)])
+
+
+def format_table(rows: Mapping[str, Mapping[str, float]], metrics: Iterable[str] | None = None,
+                 digits: int = 3) -> str:
+    """A plain-text table for the terminal: one row per name, one column per metric.
+
+    rows: name (a model, "bm25", ...) -> metrics. metrics: the columns (default: the headline
+    metrics any row has, else every metric). A missing value prints as "-".
+    """
+    cols = _columns(rows, metrics)
+    body = [[name] + [f"{r[m]:.{digits}f}" if m in r else "-" for m in cols]
+            for name, r in rows.items()]
+    return _render(["", *cols], body)
+
+
+def format_comparison(comparison: Mapping[str, Mapping[str, Any]], name_a: str = "A",
+                      name_b: str = "B", digits: int = 3) -> str:
+    """A table of compare_results: one row per metric with both means, delta, wins/losses/ties."""
+    body = [[m, f"{c['mean_a']:.{digits}f}", f"{c['mean_b']:.{digits}f}",
+             f"{c['delta']:+.{digits}f}", str(c["wins"]), str(c["losses"]), str(c["ties"]),
+             f"{c['sign_test_p']:.3g}"] for m, c in comparison.items()]
+    header = ["metric", name_a, name_b, "delta", "wins", "losses", "ties", "sign p"]
+    return _render(header, body)
