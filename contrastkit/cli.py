@@ -20,8 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo_data" / "cranfield"
-DEMO_QUERY = "what is the effect of heat transfer on boundary layer transition at supersonic speeds"
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help='"default" (all-MiniLM-L6-v2) or a local '
                                                               "Hugging Face / sentence-transformers folder")]
@@ -79,6 +77,78 @@ def search(
     doc_embeddings = encoder.encode(texts, batch_size=batch_size, show_progress=True, bf16=bf16)
     query_embeddings = encoder.encode(queries, batch_size=batch_size, bf16=bf16)
     _print_hits(queries, query_embeddings, doc_embeddings, ids, titles, texts, top_k)
+
+
+data_app = typer.Typer(help="Read and check training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    file: Annotated[Path, typer.Argument(help="pair file (.jsonl, .csv, .tsv, .parquet) or BEIR folder")],
+    tokenizer: Annotated[Optional[str], typer.Option(
+        help='count lengths in this model\'s tokens ("default" or a model folder); whitespace words if not given')] = None,
+    split: Annotated[str, typer.Option(help="qrels split, for a BEIR folder")] = "train",
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Check a pair file or BEIR folder strictly and summarise it: counts, lengths, duplicates."""
+    from contrastkit.data import format_summary, inspect_pairs
+
+    tok = _load_encoder(tokenizer, None).tokenizer if tokenizer else None
+    summary = inspect_pairs(file, tok, split=split)
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+def _optional_float(value: str, name: str) -> float | None:
+    if value.lower() in ("off", "none"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected a number or 'off', got {value!r}", param_hint=name) from None
+
+
+@app.command()
+def mine(
+    data: Annotated[Path, typer.Option("--data", "-d", help="BEIR folder or pair file (.jsonl, .csv, .tsv, .parquet)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL to write: the pairs with negatives added")],
+    model: ModelOption = "default",
+    corpus: Annotated[Optional[Path], typer.Option(
+        "--corpus", "-c", help="corpus JSONL (_id, title, text) to mine from; default: the BEIR folder's corpus, "
+                               "or every positive and negative of the pair file")] = None,
+    split: Annotated[str, typer.Option(help="qrels split, for a BEIR folder")] = "train",
+    rank_range: Annotated[str, typer.Option("--range", help="ranks kept among non-positive candidates, "
+                                                            "START:STOP (0-based, STOP excluded)")] = "0:100",
+    ceiling: Annotated[Optional[float], typer.Option(help="drop candidates with a cosine above this")] = None,
+    margin: Annotated[Optional[float], typer.Option(
+        help="drop candidates with a cosine above the positive's minus this")] = None,
+    relative_margin: Annotated[str, typer.Option(
+        "--relative-margin", help="drop candidates with a cosine above (1 - r) × the positive's; 'off' to disable")] = "0.05",
+    sample: Annotated[str, typer.Option(help="top (most similar survivors) or random")] = "top",
+    num_negatives: Annotated[int, typer.Option("--num-negatives", "-k", min=1, help="negatives per pair")] = 3,
+    seed: Annotated[int, typer.Option(help="seed of --sample random and of the IVF training sample")] = 0,
+    index: Annotated[str, typer.Option(help="auto, flat, ivf or hnsw")] = "auto",
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="embedding cache (default $CONTRASTKIT_CACHE/embeddings or ~/.cache/contrastkit/embeddings)")] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse and store corpus embeddings")] = True,
+    batch_size: BatchOption = 32,
+    max_seq_length: SeqOption = None,
+) -> None:
+    """Mine hard negatives for each pair: search the corpus, drop likely positives, sample, write JSONL."""
+    from contrastkit.data import load_beir, load_corpus, read_pairs, write_pairs
+    from contrastkit.mining import MiningConfig, mine_hard_negatives
+
+    config = MiningConfig(  # checked before anything slow happens
+        num_negatives=num_negatives, rank_range=rank_range, ceiling=ceiling, margin=margin,
+        relative_margin=_optional_float(relative_margin, "--relative-margin"), sample=sample, seed=seed,
+        index=index, batch_size=batch_size, cache_dir=cache_dir, use_cache=cache, show_progress=True)
+    source = load_beir(data, split=split) if data.is_dir() else read_pairs(data)
+    documents = load_corpus(corpus) if corpus else None
+    encoder = _load_encoder(model, max_seq_length)
+    pairs, summary = mine_hard_negatives(encoder, source, documents, config)
+    write_pairs(pairs, output)
+    typer.echo(summary.format())
+    typer.echo(f"wrote {len(pairs):,} pairs to {output}")
 
 
 @app.command()
@@ -174,13 +244,20 @@ def eval_(
 
 @app.command()
 def demo(
-    query: Annotated[str, typer.Option(help="the query to search the bundled corpus with")] = DEMO_QUERY,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1)] = 3,
+    quick: Annotated[bool, typer.Option("--quick", help="a 3-minute look: fewer steps, same chain")] = False,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="a BEIR folder (default: bundled Cranfield)")] = None,
+    pairs: Annotated[Optional[str], typer.Option("--pairs", help="train on this pair file instead")] = None,
+    model: ModelOption = "default",
+    output_dir: Annotated[str, typer.Option("--output", "-o", help="where the model and results go")] = "demo_output",
 ) -> None:
-    """Search the bundled Cranfield corpus (1,400 aeronautics abstracts) with the default model."""
-    typer.echo(f"corpus: {DEMO_DIR / 'corpus.jsonl'}  model: all-MiniLM-L6-v2 (default)")
-    search([query], corpus=DEMO_DIR / "corpus.jsonl", model="default", top_k=top_k, batch_size=32,
-           bf16=False, max_seq_length=None)
+    """Evaluate the default model, mine hard negatives, fine-tune, evaluate again: the before/after table."""
+    from contrastkit.demo import DemoConfig, run_demo
+
+    settings = dict(model=model, output_dir=output_dir, pairs=pairs)
+    if data:
+        settings["data"] = data
+    config = DemoConfig.quick(**settings) if quick else DemoConfig(**settings)
+    run_demo(config, echo=typer.echo)
 
 
 def _print_hits(queries, query_embeddings, doc_embeddings, ids, titles, texts, top_k) -> None:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from contrastkit import cli
+from contrastkit.demo import DEMO_DIR
 from contrastkit.encoder import Encoder
 
 
@@ -68,7 +69,7 @@ def test_search_prints_ranked_hits(monkeypatch, capsys, tiny_model_dir, tmp_path
 
 @pytest.mark.slow
 def test_search_with_default_model_finds_the_relevant_abstract(monkeypatch, capsys, tmp_path):
-    rows = [json.loads(line) for line in (cli.DEMO_DIR / "corpus.jsonl").read_text().splitlines()[:30]]
+    rows = [json.loads(line) for line in (DEMO_DIR / "corpus.jsonl").read_text().splitlines()[:30]]
     corpus = write_jsonl(tmp_path / "c.jsonl", rows)
     code, out, err = run_cli(monkeypatch, capsys, "search", "aerodynamics of a wing in a propeller slipstream",
                              "-c", corpus, "-k", "3")

@@ -231,6 +231,8 @@ class Trainer:
         self.encoder.eval()
         if main:
             self.encoder.save(self.output_dir)
+        # the weights are now those of the output folder: caches keyed by model must not see the old name
+        self.encoder.name_or_path = str(self.output_dir)
         return self.output_dir
 
     def _loop(self, log, writer, progress) -> None:

@@ -1,0 +1,175 @@
+"""Pair readers: the same pairs from every format, streaming, and an exact message for each bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from contrastkit.data import Pair, iter_pairs, pairs_from_dataset, read_pairs, write_pairs
+from contrastkit.errors import DataError
+
+EXPECTED = [
+    Pair("what is a fox", "A fox is a small canid."),
+    Pair("capital of France", "Paris is the capital of France.", ["Lyon is in France."]),
+    Pair("largest planet", "Jupiter is the largest planet.", ["Mars is red.", "Venus is hot."],
+         anchor_id="q3", positive_id="d3"),
+]
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records),
+                    encoding="utf-8")
+    return path
+
+
+def test_jsonl_reads_aliases_single_negative_lists_ids_and_skips_blank_lines(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"anchor": "what is a fox", "positive": "A fox is a small canid.", "score": 0.9},
+        "",
+        {"query": "capital of France", "pos": "Paris is the capital of France.", "negative": "Lyon is in France."},
+        {"anchor": "largest planet", "positive": "Jupiter is the largest planet.",
+         "negatives": ["Mars is red.", "Venus is hot."], "anchor_id": "q3", "positive_id": "d3"},
+    ])
+    assert read_pairs(path) == EXPECTED
+
+
+def test_csv_and_tsv_read_the_same_pairs_with_quoted_multiline_cells(tmp_path):
+    rows = [["anchor", "positive", "negatives", "anchor_id", "positive_id"],
+            ["what is a fox", "A fox is a small canid.", "", "", ""],
+            ["capital of France", "Paris is the capital of France.", '["Lyon is in France."]', "", ""],
+            ["largest planet", "Jupiter is the largest planet.", '["Mars is red.", "Venus is hot."]', "q3", "d3"]]
+    import csv
+
+    for ext, delimiter in ((".csv", ","), (".tsv", "\t")):
+        path = tmp_path / f"pairs{ext}"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f, delimiter=delimiter).writerows(rows)
+        assert read_pairs(path) == EXPECTED, ext
+    multiline = tmp_path / "multi.csv"
+    multiline.write_text('query,pos\n"two\nlines",b\nc,d\n', encoding="utf-8")
+    assert read_pairs(multiline) == [Pair("two\nlines", "b"), Pair("c", "d")]
+
+
+def test_parquet_reads_list_and_null_columns(tmp_path):
+    table = pa.table({"anchor": [p.anchor for p in EXPECTED], "positive": [p.positive for p in EXPECTED],
+                      "negatives": [p.negatives for p in EXPECTED],
+                      "anchor_id": [None, None, "q3"], "positive_id": [None, None, "d3"]})
+    pq.write_table(table, tmp_path / "pairs.parquet", row_group_size=2)
+    assert read_pairs(tmp_path / "pairs.parquet") == EXPECTED
+
+
+def test_hugging_face_dataset():
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"query": ["a", "b"], "positive": ["x", "y"], "negative": ["n1", "n2"]})
+    assert pairs_from_dataset(ds) == [Pair("a", "x", ["n1"]), Pair("b", "y", ["n2"])]
+    with pytest.raises(DataError) as err:
+        pairs_from_dataset(datasets.Dataset.from_dict({"query": ["a"], "text": ["x"]}))
+    assert str(err.value) == 'dataset: field "positive": no such column (or "pos"); columns are: query, text'
+    with pytest.raises(DataError) as err:
+        pairs_from_dataset(datasets.Dataset.from_dict({"anchor": ["a", "b"], "positive": ["x", " "]}), name="hf")
+    assert str(err.value) == 'hf line 2: field "positive": is empty'
+
+
+def test_iter_pairs_streams_one_record_at_a_time(tmp_path):
+    path = write_jsonl(tmp_path / "big.jsonl", [{"anchor": "a", "positive": "b"}, "{broken"])
+    stream = iter_pairs(path)
+    assert next(stream) == Pair("a", "b")  # read before the broken line is reached
+    with pytest.raises(DataError, match="line 2: not valid JSON"):
+        next(stream)
+
+
+def test_write_pairs_round_trips_atomically(tmp_path):
+    out = write_pairs(EXPECTED, tmp_path / "sub" / "out.jsonl")
+    assert read_pairs(out) == EXPECTED
+    assert json.loads(out.read_text().splitlines()[0]) == {"anchor": "what is a fox",
+                                                            "positive": "A fox is a small canid."}
+    assert [p.name for p in out.parent.iterdir()] == ["out.jsonl"]
+
+
+# ------------------------------------------------------------------------ bad input, exact messages
+BAD_JSONL = [
+    ('{"anchor": "a", "positive": }', 'line 1: not valid JSON: Expecting value (column 29)'),
+    ('["a", "b"]', "line 1: expected a JSON object, got list"),
+    ('{"positive": "b"}', 'line 1: field "anchor": is missing (also accepted: "query")'),
+    ('{"anchor": "a", "positive": "  "}', 'line 1: field "positive": is empty'),
+    ('{"anchor": "a", "positive": 3}', 'line 1: field "positive": expected a string, got number'),
+    ('{"anchor": "a", "query": "a", "positive": "b"}', 'line 1: field "anchor": given twice, as "anchor" and "query"'),
+    ('{"anchor": "a", "positive": "b", "negatives": "c"}',
+     'line 1: field "negatives": expected a list of strings, got string'),
+    ('{"anchor": "a", "positive": "b", "negatives": ["c", null]}',
+     'line 1: field "negatives[1]": expected a string, got null'),
+    ('{"anchor": "a", "positive": "b", "negative": "c", "negatives": ["d"]}',
+     'line 1: field "negatives": given twice, as "negatives" and "negative"'),
+    ('{"anchor": "a", "positive": "b", "anchor_id": 7}', 'line 1: field "anchor_id": expected a string, got number'),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_JSONL)
+def test_bad_jsonl_record(tmp_path, line, message):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [line])
+    with pytest.raises(DataError) as err:
+        read_pairs(path)
+    assert str(err.value) == f"{path} {message}"
+
+
+def test_bad_utf8_names_the_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b'{"anchor": "a", "positive": "b"}\n{"anchor": "caf\xe9", "positive": "b"}\n')
+    with pytest.raises(DataError) as err:
+        read_pairs(path)
+    assert str(err.value) == f"{path} line 2: not valid UTF-8 (byte 15)"
+
+
+BAD_TABLES = [
+    ("anchor,text\na,b\n", 'line 1: field "positive": no such column (or "pos"); columns are: anchor, text'),
+    ("anchor,positive,negative\na,b,c\nd,e\n", "line 3: 2 cells, the header has 3"),
+    ('anchor,positive,negatives\na,b,"[oops"\n',
+     'line 2: field "negatives": expected a JSON list of strings in the cell: Expecting value'),
+    ('anchor,positive\n"a,b\n', "line 2: malformed CSV: unexpected end of data"),
+    ("anchor,positive\na,\n", 'line 2: field "positive": is empty'),
+    ("anchor,positive,anchor\na,b,c\n", 'line 1: field "anchor": names two columns'),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_TABLES)
+def test_bad_csv(tmp_path, text, message):
+    path = tmp_path / "pairs.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_pairs(path)
+    assert str(err.value) == f"{path} {message}"
+
+
+def test_bad_parquet_value_and_non_parquet_bytes(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"anchor": ["a", "b"], "positive": ["x", None]}), path)
+    with pytest.raises(DataError) as err:
+        read_pairs(path)
+    assert str(err.value) == f'{path} line 2: field "positive": is missing (also accepted: "pos")'
+    pq.write_table(pa.table({"anchor": ["a"], "positive": [1]}), path)
+    with pytest.raises(DataError) as err:
+        read_pairs(path)
+    assert str(err.value) == f'{path} line 1: field "positive": expected a string, got number'
+    path.write_text("anchor,positive\n")
+    with pytest.raises(DataError) as err:
+        read_pairs(path)
+    assert str(err.value).startswith(f"{path}: not a Parquet file (")
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("empty.jsonl", "\n\n", "the file is empty: no pairs to read"),
+    ("header_only.tsv", "query\tpositive\n", "the file is empty: no pairs to read"),
+    ("pairs.txt", "a b\n", "unknown pair file type '.txt'; expected one of .jsonl, .ndjson, .csv, .tsv, .parquet"),
+    ("missing.jsonl", None, "file not found"),
+])
+def test_empty_unknown_and_missing_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError) as err:
+        read_pairs(path)
+    assert str(err.value) == f"{path}: {message}"

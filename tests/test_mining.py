@@ -1,0 +1,228 @@
+"""Hard-negative mining: each filter on hand-made arrays, the whole run on hand-made and real data,
+the embedding cache, and the one promise above all: a known positive is never returned."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contrastkit.data import Pair, load_beir
+from contrastkit.errors import ConfigError
+from contrastkit.mining import (MiningConfig, below_ceiling, below_margin, below_relative_margin,
+                                default_cache_dir, embedding_cache_path, encode_cached, filter_candidates,
+                                mine_hard_negatives, not_positive, parse_range, rank_window, sample_candidates)
+
+
+class HashEncoder:
+    """Deterministic hashed bag of words, L2-normalised: a fast stand-in for a model."""
+
+    def __init__(self, dim: int = 64, name_or_path: str = "hash-bow") -> None:
+        self.dim, self.name_or_path, self.calls = dim, name_or_path, []
+
+    def encode(self, texts, batch_size=32, show_progress=False):
+        self.calls.append(len(texts))
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                h = zlib.crc32(word.encode())
+                out[i, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+class TableEncoder:
+    """Texts → given 2-D unit vectors at given angles (degrees), so every cosine is known."""
+
+    name_or_path = "table"
+
+    def __init__(self, angles: dict[str, float]) -> None:
+        self.angles = angles
+
+    def encode(self, texts, batch_size=32, show_progress=False):
+        rad = np.radians([self.angles[t] for t in texts])
+        return np.stack([np.cos(rad), np.sin(rad)], axis=1).astype(np.float32)
+
+
+def quiet(**kwargs) -> MiningConfig:
+    return MiningConfig(use_cache=False, show_progress=False, **kwargs)
+
+
+# ------------------------------------------------------------------------ filters, one at a time
+def test_not_positive_drops_exactly_each_rows_positives():
+    ids = np.array([[3, 1, 4, -1], [2, 5, 3, 1]])
+    positives = np.array([[1, -1], [5, 3]])
+    np.testing.assert_array_equal(not_positive(ids, positives), [[1, 0, 1, 1], [1, 0, 0, 1]])
+
+
+def test_rank_window_counts_ranks_among_kept_candidates():
+    keep = np.array([[1, 0, 1, 1, 1], [0, 0, 0, 0, 1]], bool)
+    np.testing.assert_array_equal(rank_window(keep, 1, 3), [[0, 0, 1, 1, 0], [0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(rank_window(keep, 0, 1), [[1, 0, 0, 0, 0], [0, 0, 0, 0, 1]])
+
+
+def test_similarity_filters_keep_values_at_the_bound():
+    scores = np.array([[0.875, 0.75, 0.5, 0.25]], np.float32)
+    positive = np.array([0.75], np.float32)
+    np.testing.assert_array_equal(below_ceiling(scores, 0.75), [[0, 1, 1, 1]])
+    np.testing.assert_array_equal(below_margin(scores, positive, 0.25), [[0, 0, 1, 1]])  # ≤ 0.5
+    np.testing.assert_array_equal(below_relative_margin(scores, positive, 1 / 3), [[0, 0, 1, 1]])  # ≤ 0.5
+    np.testing.assert_array_equal(below_relative_margin(scores, np.float32([1.0]), 0.0), [[1, 1, 1, 1]])
+
+
+def test_sample_top_takes_the_first_kept_in_rank_order_and_pads():
+    keep = np.array([[0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]], bool)
+    out = sample_candidates(keep, 2, "top", np.random.default_rng(0))
+    np.testing.assert_array_equal(out, [[1, 2], [3, -1], [-1, -1]])
+
+
+def test_sample_random_is_seeded_uniform_over_kept_and_in_rank_order():
+    keep = np.zeros((2000, 10), bool)
+    keep[:, 2:8] = True
+    a = sample_candidates(keep, 3, "random", np.random.default_rng(7))
+    b = sample_candidates(keep, 3, "random", np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+    assert ((a >= 2) & (a < 8)).all() and (np.diff(a, axis=1) > 0).all()
+    counts = np.bincount(a.ravel(), minlength=10)[2:8]
+    assert counts.min() > 0.8 * counts.mean()  # every kept candidate drawn about equally often
+    assert not np.array_equal(a, sample_candidates(keep, 3, "random", np.random.default_rng(8)))
+
+
+def test_filter_candidates_removes_exactly_one_candidate_per_filter():
+    scores = np.array([[0.95, 0.9, 0.8, 0.7, 0.6, 0.5],
+                       [0.5, 0.4, -np.inf, -np.inf, -np.inf, -np.inf]], np.float32)
+    ids = np.array([[0, 1, 2, 3, 4, 5], [7, 8, -1, -1, -1, -1]])
+    positives = np.array([[1], [-1]])
+    positive_scores = np.array([0.75, 1.0], np.float32)
+    config = quiet(rank_range=(1, 5), ceiling=0.75, margin=0.1, relative_margin=0.25)
+    keep, removed = filter_candidates(scores, ids, positives, positive_scores, config)
+    # row 0: 1 is the positive; 0 is rank 0 of the rest; 2 (0.8) > ceiling; 3 (0.7) > 0.75 - 0.1;
+    # 4 (0.6) > 0.75 × 0.75; only 5 survives. Row 1: 7 is rank 0; 8 survives; -1s are not candidates.
+    np.testing.assert_array_equal(keep, [[0, 0, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0]])
+    assert removed == {"positive": 1, "range": 2, "ceiling": 1, "margin": 1, "relative_margin": 1}
+    _, removed = filter_candidates(scores, ids, positives, positive_scores, quiet(relative_margin=None))
+    assert removed == {"positive": 1, "range": 0}
+
+
+# ------------------------------------------------------------------------ configuration
+def test_parse_range_and_config_errors():
+    assert parse_range("10:100") == (10, 100) and parse_range(":50") == (0, 50)
+    assert MiningConfig(rank_range="3:30").rank_range == (3, 30)
+    with pytest.raises(ConfigError, match=r"rank range must look like START:STOP \(e.g. 10:100\), got '10'"):
+        parse_range("10")
+    cases = [(dict(rank_range=(5, 5)), "rank range must have 0 <= start < stop, got 5:5"),
+             (dict(num_negatives=0), "num_negatives must be at least 1, got 0"),
+             (dict(ceiling=1.5), r"ceiling is a cosine similarity, in \[-1, 1\]; got 1.5"),
+             (dict(relative_margin=1.0), r"relative_margin must be in \[0, 1\), got 1.0"),
+             (dict(sample="best"), "sample must be one of top, random, got 'best'"),
+             (dict(index="lsh"), "index must be one of auto, flat, ivf, hnsw, got 'lsh'")]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            MiningConfig(**kwargs)
+
+
+# ------------------------------------------------------------------------ whole runs
+ANGLES = {"query": 0, "pos": 20, "a": 5, "b": 10, "c": 30, "d": 40, "e": 50, "f": 60, "g": 70}
+
+
+def cos(deg: float) -> float:
+    return math.cos(math.radians(deg))
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(relative_margin=None), ["a", "b", "c"]),
+    (dict(relative_margin=None, rank_range=(2, 100)), ["c", "d", "e"]),
+    (dict(relative_margin=None, ceiling=cos(35)), ["d", "e", "f"]),
+    (dict(relative_margin=None, margin=cos(20) - cos(45)), ["e", "f", "g"]),
+    (dict(relative_margin=1 - cos(55) / cos(20)), ["f", "g"]),
+])
+def test_mining_hand_made_case(kwargs, expected):
+    """The positive sits at 20°; its copy (same text, another id) is never a negative either."""
+    corpus = {f"id-{t}": t for t in ANGLES if t != "query"} | {"id-copy": "pos"}
+    pairs = [Pair("query", "pos", positive_id="id-pos")]
+    mined, summary = mine_hard_negatives(TableEncoder(ANGLES), pairs, corpus, quiet(**kwargs))
+    assert mined[0].negatives == expected
+    assert summary.corpus == 8 and summary.removed["positive"] == 1  # the copy is merged into "pos"
+
+
+def test_existing_negatives_are_kept_first_and_not_repeated():
+    pairs = [Pair("query", "pos", ["b"]), Pair("query", "c")]
+    mined, summary = mine_hard_negatives(TableEncoder(ANGLES), pairs, None,
+                                         quiet(num_negatives=2, relative_margin=None))
+    # The pair file is its own corpus: pos, b, c; pos and c are both positives of "query".
+    assert mined == [Pair("query", "pos", ["b"]), Pair("query", "c", ["b"])]
+    assert summary.corpus == 3 and summary.short == 2
+
+
+texts = st.lists(st.sampled_from(["red", "green", "blue", "fox", "dog", "car"]), min_size=1, max_size=4).map(" ".join)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(docs=st.lists(texts, min_size=2, max_size=25), anchors=st.lists(texts, min_size=1, max_size=6),
+       links=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 24)), min_size=1, max_size=30),
+       with_ids=st.booleans(), start=st.integers(0, 3), sample=st.sampled_from(["top", "random"]))
+def test_mining_never_returns_a_positive(docs, anchors, links, with_ids, start, sample):
+    pairs = [Pair(anchors[a % len(anchors)], docs[d % len(docs)], positive_id=f"d{d % len(docs)}")
+             for a, d in links]
+    corpus = {f"d{i}": t for i, t in enumerate(docs)} if with_ids else None
+    config = quiet(num_negatives=5, rank_range=(start, 20), relative_margin=None, sample=sample)
+    mined, summary = mine_hard_negatives(HashEncoder(), pairs, corpus, config)
+    positives: dict[str, set[str]] = {}
+    for p in pairs:
+        positives.setdefault(p.anchor, set()).add(p.positive)
+    assert [(m.anchor, m.positive) for m in mined] == [(p.anchor, p.positive) for p in pairs]
+    for m in mined:
+        assert not positives[m.anchor] & set(m.negatives)
+        assert len(m.negatives) == len(set(m.negatives)) <= 5
+        assert set(m.negatives) <= set(docs)
+    assert summary.negatives == sum(len(m.negatives) for m in mined)
+
+
+def test_cranfield_negatives_are_never_judged_relevant(shared_data):
+    data = load_beir(shared_data / "cranfield", split="train")
+    mined, summary = mine_hard_negatives(HashEncoder(), data, config=quiet(num_negatives=4, rank_range=(0, 30),
+                                                                           relative_margin=None))
+    relevant = {qid: {data.doc_text(d) for d, g in docs.items() if g > 0} for qid, docs in data.qrels.items()}
+    assert len(mined) == 1077 and summary.corpus == 1398  # two empty documents left out
+    assert summary.negatives == 4 * 1077
+    assert all(not relevant[m.anchor_id] & set(m.negatives) for m in mined)
+    assert summary.removed["positive"] > 0  # the filter had work to do
+
+
+# ------------------------------------------------------------------------ embedding cache
+def test_second_run_reads_the_cache(tmp_path):
+    encoder, pairs = HashEncoder(), [Pair("red fox", "a red fox"), Pair("blue car", "a blue car")]
+    corpus = ["a red fox", "a blue car", "green dog", "red car"]
+    config = MiningConfig(cache_dir=tmp_path, show_progress=False)
+    first, s1 = mine_hard_negatives(encoder, pairs, corpus, config)
+    assert encoder.calls == [4, 2] and not s1.cache_hit
+    second, s2 = mine_hard_negatives(encoder, pairs, corpus, config)
+    assert encoder.calls == [4, 2] and s2.cache_hit and first == second
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".npy", ".npy"]  # no temp files left
+
+
+def test_cache_key_depends_on_model_and_texts_and_bad_files_are_rewritten(tmp_path):
+    a, b = HashEncoder(name_or_path="model-a"), HashEncoder(name_or_path="model-b")
+    path = embedding_cache_path(a, ["x", "y"], tmp_path)
+    assert path != embedding_cache_path(b, ["x", "y"], tmp_path)
+    assert path != embedding_cache_path(a, ["xy"], tmp_path) != embedding_cache_path(a, ["x", "y", ""], tmp_path)
+    b.name_or_path, b.max_seq_length = "model-a", 128
+    assert path != embedding_cache_path(b, ["x", "y"], tmp_path)
+    assert path.name.startswith("model-a-")
+    path.write_bytes(b"not numpy")
+    emb, hit = encode_cached(a, ["x", "y"], cache_dir=tmp_path)
+    assert not hit and np.array_equal(np.load(path), emb)
+
+
+def test_cache_dir_follows_contrastkit_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "embeddings"
+    mine_hard_negatives(HashEncoder(), [Pair("red fox", "a red fox")], ["a red fox", "dog"],
+                        MiningConfig(show_progress=False))
+    assert len(list((tmp_path / "embeddings").glob("hash-bow-*.npy"))) == 2
+    monkeypatch.delenv("CONTRASTKIT_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "contrastkit" / "embeddings"
