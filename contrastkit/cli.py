@@ -62,21 +62,41 @@ def encode(
 @app.command()
 def search(
     queries: Annotated[list[str], typer.Argument(help="one or more query texts")],
-    corpus: Annotated[Path, typer.Option("--corpus", "-c", help="corpus JSONL (_id, title, text)")],
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", "-c", help="corpus JSONL (_id, title, text)")] = None,
+    index: Annotated[Optional[Path], typer.Option(
+        "--index", help="folder of a saved index: loaded if it matches the model (and corpus), else built there")] = None,
     model: ModelOption = "default",
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1)] = 3,
+    kind: Annotated[str, typer.Option(help="index kind: auto, flat, ivf or hnsw")] = "auto",
     batch_size: BatchOption = 32,
-    bf16: Bf16Option = False,
     max_seq_length: SeqOption = None,
 ) -> None:
-    """Search a corpus with one or more queries and print the top-k documents with their scores."""
-    from contrastkit.jsonl import read_corpus
+    """Search a corpus (or a saved index) with one or more queries; print the top-k with scores and titles."""
+    from contrastkit.search import CorpusSearcher
 
-    ids, titles, texts = read_corpus(corpus)
+    if corpus is None and index is None:
+        raise typer.BadParameter("give --corpus FILE, --index FOLDER, or both")
     encoder = _load_encoder(model, max_seq_length)
-    doc_embeddings = encoder.encode(texts, batch_size=batch_size, show_progress=True, bf16=bf16)
-    query_embeddings = encoder.encode(queries, batch_size=batch_size, bf16=bf16)
-    _print_hits(queries, query_embeddings, doc_embeddings, ids, titles, texts, top_k)
+    searcher = None
+    if index is not None and (index / "meta.json").is_file():
+        searcher = CorpusSearcher.load(index)
+        if not searcher.is_for(encoder, corpus):
+            if corpus is None:
+                raise typer.BadParameter(f"the index in {index} was built with model {searcher.meta.get('model')!r}; "
+                                         f"pass --corpus to rebuild it for {model!r}")
+            searcher = None
+    if searcher is None:
+        if corpus is None:
+            raise typer.BadParameter(f"{index} holds no index yet: pass --corpus to build it")
+        searcher = CorpusSearcher.build(encoder, corpus, kind=kind, batch_size=batch_size)
+        if index is not None:
+            searcher.save(index)
+            typer.echo(f"saved a {searcher.index.kind} index of {len(searcher.doc_ids):,} documents to {index}")
+    hits = searcher.search(encoder.encode(queries, batch_size=batch_size), top_k)
+    for query, query_hits in zip(queries, hits):
+        typer.echo(f"\nquery: {query}")
+        for hit in query_hits:
+            typer.echo(f"  {hit.rank}. [{hit.score:.4f}] {hit.doc_id}: {_shorten(hit.title or hit.snippet, 100)}")
 
 
 data_app = typer.Typer(help="Read and check training data.", no_args_is_help=True)
@@ -258,17 +278,6 @@ def demo(
         settings["data"] = data
     config = DemoConfig.quick(**settings) if quick else DemoConfig(**settings)
     run_demo(config, echo=typer.echo)
-
-
-def _print_hits(queries, query_embeddings, doc_embeddings, ids, titles, texts, top_k) -> None:
-    scores = query_embeddings @ doc_embeddings.T
-    k = min(top_k, scores.shape[1])
-    for query, row in zip(queries, scores):
-        top = np.argsort(-row, kind="stable")[:k]
-        typer.echo(f"\nquery: {query}")
-        for rank, doc in enumerate(top, start=1):
-            label = titles[doc] or texts[doc]
-            typer.echo(f"  {rank}. [{row[doc]:.4f}] {ids[doc]}: {_shorten(label, 100)}")
 
 
 def _shorten(text: str, width: int) -> str:

@@ -54,3 +54,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real data expected at {SHARED_DATA.resolve()}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _private_embedding_cache(tmp_path, monkeypatch):
+    """Tests never read or write the user's embedding cache."""
+    monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path / "contrastkit-cache"))

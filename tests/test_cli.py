@@ -145,3 +145,30 @@ def test_eval_writes_metrics_json_with_compare_and_bm25(monkeypatch, capsys, tin
 def test_eval_bad_k_is_a_usage_error(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "eval", "-d", make_beir(tmp_path / "b"), "--k", "ten")
     assert code == 2 and "--k takes comma-separated whole numbers" in err
+
+
+def test_search_saves_and_reloads_a_faiss_index(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "title": f"title {i}", "text": f"text number {i}"}
+                                                for i in range(20)])
+    index = tmp_path / "idx"
+    code, first, err = run_cli(monkeypatch, capsys, "search", "text number 7", "-c", corpus, "--index", index,
+                               "-m", tiny_model_dir, "-k", "3")
+    assert code == 0, err
+    assert "saved a flat index of 20 documents" in first
+    assert {"index.faiss", "docs.jsonl", "meta.json"} <= {p.name for p in index.iterdir()}
+    corpus.unlink()  # the saved index alone must answer
+    code, second, err = run_cli(monkeypatch, capsys, "search", "text number 7", "--index", index,
+                                "-m", tiny_model_dir, "-k", "3")
+    assert code == 0, err
+    hits = lambda out: [line for line in out.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
+    assert hits(second) == hits(first) and len(hits(first)) == 3
+    assert "d7: title 7" in hits(first)[0]
+
+
+def test_search_index_built_by_another_model_is_refused(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": "d1", "text": "a"}, {"_id": "d2", "text": "b"}])
+    run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", tmp_path / "idx", "-m", tiny_model_dir)
+    other = tmp_path / "other"
+    Encoder.from_pretrained(tiny_model_dir).save(other)
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", tmp_path / "idx", "-m", other)
+    assert code == 2 and "was built with model" in err

@@ -1,0 +1,102 @@
+"""Search a corpus: a saved faiss index plus the documents' ids and titles, answered interactively.
+
+`CorpusSearcher.build(encoder, corpus_path)` encodes the corpus (through the embedding cache, so a
+second build is instant) and indexes it; `.save(folder)` writes `index.faiss`, `docs.jsonl` (id,
+title, a snippet) and `meta.json` (model, corpus hash, size); `CorpusSearcher.load(folder)` reads them
+back without touching the model's corpus pass again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from contrastkit.errors import DataError
+from contrastkit.index import VectorIndex
+
+SNIPPET_CHARS = 300
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    doc_id: str
+    title: str
+    snippet: str
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (first 16 hex digits): identifies the corpus an index was built from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+class CorpusSearcher:
+    """A vector index over a corpus, with what is needed to print a hit (id, title, snippet)."""
+
+    def __init__(self, index: VectorIndex, doc_ids: list[str], titles: list[str], snippets: list[str],
+                 meta: dict) -> None:
+        self.index, self.doc_ids, self.titles, self.snippets, self.meta = index, doc_ids, titles, snippets, meta
+
+    @classmethod
+    def build(cls, encoder, corpus_path: str | Path, *, kind: str = "auto", batch_size: int = 32,
+              cache_dir: str | Path | None = None, show_progress: bool = True) -> "CorpusSearcher":
+        from contrastkit.jsonl import read_corpus
+        from contrastkit.mining import default_cache_dir, encode_cached
+
+        ids, titles, texts = read_corpus(corpus_path)
+        embeddings, _ = encode_cached(encoder, texts, batch_size=batch_size, show_progress=show_progress,
+                                      cache_dir=cache_dir or default_cache_dir())
+        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+        index = VectorIndex.build(embeddings / np.maximum(norms, 1e-12), kind=kind)
+        meta = {"model": str(getattr(encoder, "name_or_path", "")), "corpus": str(corpus_path),
+                "corpus_sha256": file_digest(corpus_path), "documents": len(ids), "index": index.kind}
+        return cls(index, ids, titles, [" ".join(t.split())[:SNIPPET_CHARS] for t in texts], meta)
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.index.save(folder / "index.faiss")
+        docs = "".join(json.dumps({"_id": i, "title": t, "snippet": s}) + "\n"
+                       for i, t, s in zip(self.doc_ids, self.titles, self.snippets))
+        _write_text(folder / "docs.jsonl", docs)
+        _write_text(folder / "meta.json", json.dumps(self.meta, indent=2) + "\n")  # last: marks it complete
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "CorpusSearcher":
+        folder = Path(folder)
+        if not (folder / "meta.json").is_file():
+            raise DataError("not a saved search index (no meta.json); build one with --corpus", path=str(folder))
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        rows = [json.loads(line) for line in (folder / "docs.jsonl").read_text(encoding="utf-8").splitlines()]
+        index = VectorIndex.load(folder / "index.faiss")
+        return cls(index, [r["_id"] for r in rows], [r["title"] for r in rows], [r["snippet"] for r in rows], meta)
+
+    def is_for(self, encoder, corpus_path: str | Path | None) -> bool:
+        """True when this index was built by this model (name) from this corpus file (bytes)."""
+        same_model = self.meta.get("model") == str(getattr(encoder, "name_or_path", ""))
+        return same_model and (corpus_path is None or self.meta.get("corpus_sha256") == file_digest(corpus_path))
+
+    def search(self, query_embeddings: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-k hits for each query embedding [Q, D]."""
+        norms = np.linalg.norm(query_embeddings, axis=1, keepdims=True)
+        scores, ids = self.index.search(query_embeddings / np.maximum(norms, 1e-12), min(k, len(self.doc_ids)))
+        return [[Hit(r + 1, float(s), self.doc_ids[i], self.titles[i], self.snippets[i])
+                 for r, (s, i) in enumerate(zip(row_scores, row_ids)) if i >= 0]
+                for row_scores, row_ids in zip(scores, ids)]
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
