@@ -9,27 +9,43 @@ from pathlib import Path
 from contrastkit.errors import DataError
 
 
+def require_file(path: str | Path) -> Path:
+    """`path` as a Path, or a DataError if it is not an existing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found" if not path.exists() else "not a file", path=str(path))
+    return path
+
+
+def iter_text_lines(path: str | Path, *, keep_ends: bool = False) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) for each line, without its line ending unless `keep_ends`.
+
+    Streams and checks UTF-8; a byte-order mark on the first line is dropped.
+    """
+    path = require_file(path)
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not valid UTF-8 (byte {exc.start})", path=str(path), line=line_no) from exc
+            if line_no == 1:
+                text = text.removeprefix("\ufeff")
+            yield line_no, text if keep_ends else text.rstrip("\r\n")
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
     """Yield (line number, parsed value) for each non-blank line; streams, never loads the whole file.
 
     Raises DataError naming the file and line for a missing file, bad UTF-8 or malformed JSON.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found" if not path.exists() else "not a file", path=str(path))
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"not valid UTF-8 (byte {exc.start})", path=str(path), line=line_no) from exc
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"not valid JSON: {exc.msg} (column {exc.colno})",
-                                path=str(path), line=line_no) from exc
+    for line_no, line in iter_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=str(path), line=line_no) from exc
 
 
 def read_texts(path: str | Path, field: str = "text") -> list[str]:

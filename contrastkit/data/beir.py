@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contrastkit.data.pairs import Pair
-from contrastkit.data.validate import check_object, check_text, iter_text_lines, pick_field
+from contrastkit.data.validate import check_object, check_text, pick_field
 from contrastkit.errors import DataError
-from contrastkit.jsonl import iter_jsonl
+from contrastkit.jsonl import iter_jsonl, iter_text_lines
 
 QRELS_HEADER = ["query-id", "corpus-id", "score"]
 

@@ -22,10 +22,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contrastkit.data.validate import (check_object, check_text, check_text_list, iter_text_lines,
-                                       pick_field, require_file)
+from contrastkit.data.validate import check_object, check_text, check_text_list, pick_field
 from contrastkit.errors import DataError
-from contrastkit.jsonl import iter_jsonl
+from contrastkit.jsonl import iter_jsonl, iter_text_lines, require_file
 
 ANCHOR = ("anchor", "query")
 POSITIVE = ("positive", "pos")

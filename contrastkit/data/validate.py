@@ -7,8 +7,7 @@ most data arrives as JSON.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
 from contrastkit.errors import DataError
 
@@ -67,28 +66,3 @@ def pick_field(record: Mapping, names: tuple[str, ...], *, path: str | None, lin
 
 def _quoted(names, sep: str) -> str:
     return sep.join(f'"{n}"' for n in names)
-
-
-def require_file(path: str | Path) -> Path:
-    """`path` as a Path, or a DataError if it is not an existing file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found" if not path.exists() else "not a file", path=str(path))
-    return path
-
-
-def iter_text_lines(path: str | Path, *, keep_ends: bool = False) -> Iterator[tuple[int, str]]:
-    """Yield (line number, text) for each line, without its line ending unless `keep_ends`.
-
-    Streams and checks UTF-8; a byte-order mark on the first line is dropped.
-    """
-    path = require_file(path)
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"not valid UTF-8 (byte {exc.start})", path=str(path), line=line_no) from exc
-            if line_no == 1:
-                text = text.removeprefix("\ufeff")
-            yield line_no, text if keep_ends else text.rstrip("\r\n")

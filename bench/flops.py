@@ -1,0 +1,75 @@
+"""Achieved FLOP/s of a training step against the machine's measured matmul peak, fp32 and bf16.
+
+Peak: a large square matmul (n = 2048) timed in each precision. Step: a contrastkit training step on
+64 debian-packages pairs (max_seq_length 128, length-sorted chunks of 16), its useful work counted
+from the real (unpadded) tokens: 6 · N · tokens for the dense layers (forward 2N, backward 4N;
+N = non-embedding parameters) plus the attention scores, 12 · layers · T² · d per sequence.
+Padding and the recomputation of gradient caching are not counted as useful work.
+
+    .venv/bin/python bench/flops.py [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from _common import debian_pairs, print_table, write_results
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
+
+
+def step_flops(encoder, texts: list[str]) -> float:
+    config = encoder.model.config
+    dense = sum(p.numel() for name, p in encoder.model.named_parameters() if "embeddings" not in name)
+    lengths = encoder.token_lengths(texts)
+    attention = sum(12 * config.num_hidden_layers * t * t * config.hidden_size for t in lengths)
+    return 6 * dense * sum(lengths) + attention
+
+
+def measure(bf16: bool, steps: int) -> dict:
+    from contrastkit.encoder import Encoder
+    from contrastkit.train import TrainConfig, Trainer
+
+    pairs = debian_pairs(64 * (steps + 1) * 2)
+    encoder = Encoder.from_pretrained("default", max_seq_length=128)
+    config = TrainConfig(data="-", output_dir="/tmp/contrastkit-bench-flops", batch_size=64, chunk_size=16,
+                         bf16=bf16, max_steps=steps + 1, show_progress=False, warmup_ratio=0.0)
+    trainer = Trainer(config, encoder, pairs)
+    encoder.train()
+    batches = trainer._batches(0)
+    trainer.compute_gradients(batches[0])
+    flops, t0 = 0.0, time.perf_counter()
+    for batch in batches[1:steps + 1]:
+        flops += step_flops(encoder, [t for group in trainer._groups(batch) for t in group])
+        trainer.compute_gradients(batch)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - t0
+    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
+    achieved = flops / seconds
+    return {"precision": "bf16" if bf16 else "fp32", "matmul_peak_gflops": peak / 1e9,
+            "step_gflops": achieved / 1e9, "fraction_of_peak": achieved / peak,
+            "pairs_per_s": steps * 64 / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    rows = [measure(False, args.steps), measure(True, args.steps)]
+    print_table(rows, ["precision", "matmul_peak_gflops", "step_gflops", "fraction_of_peak", "pairs_per_s"])
+    print(f"wrote {write_results('flops', rows)}")
+
+
+if __name__ == "__main__":
+    main()

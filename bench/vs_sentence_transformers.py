@@ -1,0 +1,134 @@
+"""contrastkit vs sentence-transformers: same model, data, batch, sequence length, lr, epochs, seed.
+
+Cranfield train pairs (query → title + text), all-MiniLM-L6-v2, InfoNCE / MultipleNegativesRankingLoss
+with scale 20 (τ = 0.05), lr 2e-5, warm-up 10 %, one epoch, no-duplicates batches, fp32. Each run is
+its own process (peak RSS is per process); the two tools alternate. Settings:
+
+  batch 32, no caching        (ours: length-sorted chunks of 16; ST: MultipleNegativesRankingLoss)
+  batch 256, cache, mini 32   (ours: gradient cache; ST: CachedMultipleNegativesRankingLoss)
+  batch 1024, cache, mini 32
+
+Test nDCG@10 of every trained model is measured by the same code (contrastkit.evaluate).
+
+    .venv/bin/python bench/vs_sentence_transformers.py [--max-seq-length 128] [--settings 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import REPO, SHARED, peak_rss_gb, print_table, write_results
+
+SETTINGS = [
+    {"setting": "batch 32, no caching", "batch": 32, "mini_batch": None},
+    {"setting": "batch 256, gradient cache (mini-batch 32)", "batch": 256, "mini_batch": 32},
+    {"setting": "batch 1024, gradient cache (mini-batch 32)", "batch": 1024, "mini_batch": 32},
+]
+LR, SCALE, WARMUP, SEED, EPOCHS = 2e-5, 20.0, 0.1, 0, 1
+
+
+def cranfield_pairs():
+    from contrastkit.data import load_beir, pairs_from_beir
+
+    return pairs_from_beir(load_beir(SHARED / "cranfield", "train"))
+
+
+def train_ours(setting: dict, seq: int, out: Path) -> float:
+    from contrastkit.encoder import Encoder
+    from contrastkit.train import TrainConfig, Trainer
+
+    pairs = cranfield_pairs()
+    encoder = Encoder.from_pretrained("default", max_seq_length=seq)
+    config = TrainConfig(data="-", output_dir=str(out), batch_size=setting["batch"], mini_batch_size=setting["mini_batch"],
+                         chunk_size=16, epochs=EPOCHS, lr=LR, temperature=1 / SCALE, warmup_ratio=WARMUP, seed=SEED,
+                         checkpoint_every=10_000, show_progress=False)
+    trainer = Trainer(config, encoder, pairs)
+    t0 = time.perf_counter()
+    trainer.train()
+    return trainer.total_steps * setting["batch"], time.perf_counter() - t0
+
+
+def train_st(setting: dict, seq: int, out: Path) -> float:
+    from datasets import Dataset
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments, losses)
+    from sentence_transformers.training_args import BatchSamplers
+
+    from contrastkit.encoder import default_model_path
+
+    pairs = cranfield_pairs()
+    model = SentenceTransformer(str(default_model_path()), device="cpu")
+    model.max_seq_length = seq
+    data = Dataset.from_dict({"anchor": [p.anchor for p in pairs], "positive": [p.positive for p in pairs]})
+    if setting["mini_batch"]:
+        loss = losses.CachedMultipleNegativesRankingLoss(model, scale=SCALE, mini_batch_size=setting["mini_batch"])
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model, scale=SCALE)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "st-work"), per_device_train_batch_size=setting["batch"], num_train_epochs=EPOCHS,
+        learning_rate=LR, warmup_ratio=WARMUP, seed=SEED, batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="no", report_to="none", logging_steps=10, dataloader_drop_last=True, use_cpu=True)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    model.save(str(out))
+    return result.global_step * setting["batch"], seconds
+
+
+def child(tool: str, index: int, seq: int) -> dict:
+    from contrastkit.data import load_beir
+    from contrastkit.encoder import Encoder
+    from contrastkit.evaluate import evaluate_retrieval
+
+    setting = SETTINGS[index]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model"
+        pairs, seconds = (train_ours if tool == "ours" else train_st)(setting, seq, out)
+        rss = peak_rss_gb()
+        test = load_beir(SHARED / "cranfield", "test")
+        ndcg = evaluate_retrieval(Encoder.from_pretrained(out, max_seq_length=256), test,
+                                  show_progress=False).metrics["ndcg@10"]
+    return {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds, "peak_rss_gb": rss, "ndcg@10": ndcg}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--settings", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.max_seq_length)))
+        return
+    rows = []
+    for i in args.settings:
+        runs = {}
+        for tool in ("ours", "st"):  # alternate: ours, ST, ours, ST, ...
+            out = subprocess.run([sys.executable, __file__, "--child", tool, str(i), "--max-seq-length",
+                                  str(args.max_seq_length)], cwd=REPO, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{tool} run of setting {i} failed:\n{out.stderr[-3000:]}")
+            runs[tool] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(tool, SETTINGS[i]["setting"], runs[tool], flush=True)
+        ours, st = runs["ours"], runs["st"]
+        rows.append({"setting": SETTINGS[i]["setting"], "max_seq_length": args.max_seq_length, "pairs": ours["pairs"],
+                     "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],
+                     "speedup": ours["pairs_per_s"] / st["pairs_per_s"],
+                     "ours_seconds": ours["seconds"], "st_seconds": st["seconds"],
+                     "ours_ndcg@10": ours["ndcg@10"], "st_ndcg@10": st["ndcg@10"],
+                     "ours_peak_rss_gb": ours["peak_rss_gb"], "st_peak_rss_gb": st["peak_rss_gb"],
+                     "rss_ratio": ours["peak_rss_gb"] / st["peak_rss_gb"]})
+    print_table(rows, ["setting", "ours_pairs_per_s", "st_pairs_per_s", "speedup", "ours_ndcg@10", "st_ndcg@10",
+                       "ours_peak_rss_gb", "st_peak_rss_gb"])
+    print(f"wrote {write_results('vs_sentence_transformers', rows, {'lr': LR, 'scale': SCALE, 'epochs': EPOCHS, 'data': 'cranfield train → test', 'precision': 'fp32'})}")
+
+
+if __name__ == "__main__":
+    main()
