@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 DEMO_DIR = Path(__file__).resolve().parent / "demo_data" / "cranfield"
 TABLE_METRICS = ("ndcg@10", "recall@10", "mrr@10", "recall@100")
 
@@ -79,14 +81,17 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
          f"{len(train_pairs):,} training pairs")
 
     encoder = Encoder.from_pretrained(config.model, max_seq_length=config.max_seq_length)
+    base = TextMemo(encoder)  # the base model embeds each corpus text once, for evaluation and mining
     echo("\n[1/5] BM25 and the base model on the test queries")
     bm25 = bm25_retrieval(test)
-    before = evaluate_retrieval(encoder, test)
+    before = evaluate_retrieval(base, test)
     lap("evaluate_before_s")
 
     echo(f"\n[2/5] mining {config.num_hard_negatives} hard negative(s) per training pair with the base model")
-    encoder.max_seq_length = config.train_max_seq_length
-    mined, summary = mine_hard_negatives(encoder, train_pairs, corpus, MiningConfig(
+    if config.train_max_seq_length != config.max_seq_length:
+        encoder.max_seq_length = config.train_max_seq_length
+        base = TextMemo(encoder)
+    mined, summary = mine_hard_negatives(base, train_pairs, corpus, MiningConfig(
         num_negatives=config.num_hard_negatives, rank_range=config.mine_range,
         relative_margin=config.relative_margin, seed=config.seed, use_cache=False))
     echo(summary.format())
@@ -129,6 +134,28 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     echo(f"results in {output / 'demo_results.json'}; took {timings['total_s'] / 60:.1f} min")
     return results
 
+
+
+class TextMemo:
+    """An encoder that remembers each text's embedding: the same texts are never encoded twice.
+
+    Valid only while the weights stay as they are (the demo drops it before training).
+    """
+
+    def __init__(self, encoder) -> None:
+        self.encoder = encoder
+        self.name_or_path = encoder.name_or_path
+        self.max_seq_length = encoder.max_seq_length
+        self._memo: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str], batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if missing:
+            vectors = self.encoder.encode(missing, batch_size=batch_size, show_progress=show_progress)
+            self._memo.update(zip(missing, vectors))
+        if not texts:
+            return np.zeros((0, self.encoder.embedding_dim), dtype=np.float32)
+        return np.stack([self._memo[t] for t in texts])
 
 
 def _show_example(test, before, after, echo: Callable[[str], None], top: int = 3) -> None:

@@ -43,3 +43,18 @@ def test_demo_chain_runs_and_reports_before_and_after(tiny_model_dir, tmp_path, 
     saved = json.loads((tmp_path / "out" / "demo_results.json").read_text())
     assert saved["metrics"] == metrics
     assert (tmp_path / "out" / "model" / "modules.json").is_file()
+
+
+def test_text_memo_encodes_each_text_once(tiny_encoder):
+    from contrastkit.demo import TextMemo
+
+    calls = []
+    real = tiny_encoder.encode
+    tiny_encoder.encode = lambda texts, **kw: calls.append(list(texts)) or real(texts, **kw)
+    memo = TextMemo(tiny_encoder)
+    first = memo.encode(["a", "b", "a"])
+    second = memo.encode(["b", "c"])
+    assert calls == [["a", "b"], ["c"]]
+    import numpy as np
+    np.testing.assert_allclose(first[0], first[2])
+    np.testing.assert_allclose(second, real(["b", "c"]), atol=1e-6)
