@@ -75,8 +75,9 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     else:
         train_ds = load_beir(config.data, config.train_split)
         train_pairs, corpus = pairs_from_beir(train_ds), train_ds.corpus
-    if config.max_train_pairs:
-        train_pairs = train_pairs[:config.max_train_pairs]
+    if config.max_train_pairs and len(train_pairs) > config.max_train_pairs:  # a seeded sample over all queries
+        keep = sorted(np.random.default_rng(config.seed).choice(len(train_pairs), config.max_train_pairs, replace=False))
+        train_pairs = [train_pairs[i] for i in keep]
     echo(f"data: {config.data}: {len(test.corpus):,} documents, {len(test.split_queries):,} test queries, "
          f"{len(train_pairs):,} training pairs")
 
@@ -95,9 +96,6 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
         num_negatives=config.num_hard_negatives, rank_range=config.mine_range,
         relative_margin=config.relative_margin, seed=config.seed, use_cache=False))
     echo(summary.format())
-    usable = [p for p in mined if len(p.negatives) >= config.num_hard_negatives]
-    if len(usable) < len(mined):
-        echo(f"  {len(mined) - len(usable)} pairs got too few negatives and are left out")
     lap("mine_s")
 
     echo(f"\n[3/5] fine-tuning: InfoNCE (τ={config.temperature}), in-batch + hard negatives, batch "
@@ -108,7 +106,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
         batch_size=config.batch_size, mini_batch_size=config.mini_batch_size, epochs=config.epochs,
         max_steps=config.max_steps, lr=config.lr, bf16=config.bf16, seed=config.seed,
         checkpoint_every=50)
-    trainer = Trainer(train_config, encoder, usable)
+    trainer = Trainer(train_config, encoder, mined)
     model_dir = trainer.train()
     lap("train_s")
 

@@ -36,7 +36,8 @@ class TrainConfig:
     symmetric: bool = False
     similarity: str = "cosine"
     margin: float = 0.5                 # contrastive / triplet margin
-    num_hard_negatives: int = 0         # per pair, from the data's `negatives`; 0: in-batch only
+    num_hard_negatives: int = 0         # per pair, from the data's `negatives` (InfoNCE: up to this many,
+                                        # pooled over the batch; contrastive/triplet: exactly); 0: in-batch only
     mask_margin: float | None = None    # false-negative masking by similarity (InfoNCE)
     # batching
     batch_size: int = 32

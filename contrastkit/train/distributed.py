@@ -61,13 +61,23 @@ def init_distributed(timeout_s: float = 30.0) -> DistContext:
 
 
 def gather_with_local_grad(local: Tensor, context: DistContext) -> Tensor:
-    """[n, D] on each rank → [R·n, D] on every rank, in rank order; only the local slice keeps its graph."""
+    """[n_r, D] on each rank → [Σ n_r, D] on every rank, in rank order; only the local slice keeps its graph.
+
+    Ranks may hold different row counts (hard negatives are pooled, a pair may bring fewer): the
+    sizes are exchanged first and every slice is padded to the largest for the all_gather.
+    """
     if not context.enabled:
         return local
-    gathered = [torch.empty_like(local) for _ in range(context.world_size)]
-    dist.all_gather(gathered, local.detach().contiguous())
-    gathered[context.rank] = local
-    return torch.cat(gathered)
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(context.world_size)]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]]))
+    largest = int(max(sizes))
+    padded = torch.zeros((largest, *local.shape[1:]), dtype=local.dtype)
+    padded[:local.shape[0]] = local.detach()
+    gathered = [torch.empty_like(padded) for _ in range(context.world_size)]
+    dist.all_gather(gathered, padded)
+    pieces = [g[:int(n)] for g, n in zip(gathered, sizes)]
+    pieces[context.rank] = local
+    return torch.cat(pieces)
 
 
 def all_reduce_gradients(params: list[torch.nn.Parameter], context: DistContext) -> None:

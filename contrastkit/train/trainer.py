@@ -69,10 +69,16 @@ def check_examples(examples: Sequence, config: TrainConfig) -> None:
     if len(examples) < config.batch_size and config.drop_last:
         raise ConfigError(f"only {len(examples)} training pairs, fewer than batch_size {config.batch_size}")
     k = config.num_hard_negatives
+    if config.loss == "infonce":  # hard negatives are pooled: a pair may bring fewer than k, or none
+        if k and not any(ex.negatives for ex in examples):
+            raise ConfigError(f"num_hard_negatives = {k} but no training pair has negatives; mine them first "
+                              f"(contrastkit mine) or set it to 0")
+        return
     for i, ex in enumerate(examples):
         if len(ex.negatives) < k:
-            raise ConfigError(f"training pair {i + 1} has {len(ex.negatives)} negatives but "
-                              f"num_hard_negatives = {k}; mine negatives first (contrastkit mine) or lower it")
+            raise ConfigError(f"training pair {i + 1} has {len(ex.negatives)} negatives but the {config.loss} "
+                              f"loss takes exactly num_hard_negatives = {k}; mine negatives first "
+                              f"(contrastkit mine) or drop such pairs")
 
 
 class Trainer:

@@ -53,6 +53,7 @@ def mean_pair_loss(encoder, pairs):
     dict(),                                                   # length-sorted chunks
     dict(mini_batch_size=2),                                  # gradient cache
     dict(num_hard_negatives=1, learnable_temperature=True),   # hard negatives, learnable τ
+    dict(num_hard_negatives=2, mini_batch_size=4, uneven=True),  # 0, 1 or 2 negatives per pair, pooled
     dict(loss="triplet", num_hard_negatives=1, margin=0.3),
     dict(loss="contrastive", num_hard_negatives=1),
     dict(symmetric=True, bf16=True, scheduler="cosine"),
@@ -60,7 +61,10 @@ def mean_pair_loss(encoder, pairs):
 def test_training_lowers_the_loss_and_saves_a_loadable_model(tiny_model_dir, tmp_path, options):
     from sentence_transformers import SentenceTransformer
 
-    pairs = make_pairs(negatives=1)
+    pairs = make_pairs(negatives=2 if options.pop("uneven", False) else 1)
+    if options.get("num_hard_negatives") == 2:
+        for i, pair in enumerate(pairs):
+            pair.negatives = pair.negatives[:i % 3]
     encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
     before = mean_pair_loss(encoder, pairs)
     out = Trainer(config(tmp_path, **options), encoder, pairs).train()
@@ -107,8 +111,11 @@ def test_nonfinite_steps_are_skipped_then_training_stops(tiny_model_dir, tmp_pat
 
 def test_too_few_negatives_is_refused_before_training(tiny_model_dir, tmp_path):
     encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
-    with pytest.raises(ConfigError, match="training pair 1 has 0 negatives but num_hard_negatives = 1"):
-        Trainer(config(tmp_path, num_hard_negatives=1), encoder, make_pairs())
+    with pytest.raises(ConfigError, match="training pair 1 has 0 negatives but the triplet loss takes exactly "
+                                          "num_hard_negatives = 1"):
+        Trainer(config(tmp_path, loss="triplet", num_hard_negatives=1), encoder, make_pairs())
+    with pytest.raises(ConfigError, match="num_hard_negatives = 2 but no training pair has negatives"):
+        Trainer(config(tmp_path, num_hard_negatives=2), encoder, make_pairs())
     with pytest.raises(ConfigError, match="only 4 training pairs, fewer than batch_size 8"):
         Trainer(config(tmp_path), encoder, make_pairs(4))
 
