@@ -29,6 +29,7 @@ class TrainConfig:
     output_dir: str = "runs/contrastkit"
     max_seq_length: int | None = None   # None: the model's own
     dtype: str = "float32"              # weights' dtype: float32, or float64 for exact checks
+    device: str = "auto"                # auto (CUDA when there), cpu, cuda
     # the objective
     loss: str = "infonce"
     temperature: float = 0.05
@@ -78,6 +79,8 @@ class TrainConfig:
             bad(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {self.scheduler!r}")
         if self.dtype not in ("float32", "float64"):
             bad(f"dtype must be float32 or float64 (bf16 is the bf16 autocast switch); got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad(f"device must be auto, cpu or cuda; got {self.device!r}")
         if self.similarity not in ("cosine", "dot", "neg_euclidean"):
             bad(f"similarity must be cosine, dot or neg_euclidean; got {self.similarity!r}")
         for name in ("batch_size", "epochs", "checkpoint_every", "log_every", "keep_checkpoints",

@@ -60,6 +60,17 @@ def init_distributed(timeout_s: float = 30.0) -> DistContext:
     return context
 
 
+def resolve_device(name: str, context: DistContext) -> torch.device:
+    """"auto": this rank's GPU (LOCAL_RANK) when CUDA is there, else the CPU; or "cpu" / "cuda"."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0")) if context.enabled else 0
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
 def gather_with_local_grad(local: Tensor, context: DistContext) -> Tensor:
     """[n_r, D] on each rank → [Σ n_r, D] on every rank, in rank order; only the local slice keeps its graph.
 
@@ -68,10 +79,10 @@ def gather_with_local_grad(local: Tensor, context: DistContext) -> Tensor:
     """
     if not context.enabled:
         return local
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(context.world_size)]
-    dist.all_gather(sizes, torch.tensor([local.shape[0]]))
+    sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(context.world_size)]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]], device=local.device))
     largest = int(max(sizes))
-    padded = torch.zeros((largest, *local.shape[1:]), dtype=local.dtype)
+    padded = torch.zeros((largest, *local.shape[1:]), dtype=local.dtype, device=local.device)
     padded[:local.shape[0]] = local.detach()
     gathered = [torch.empty_like(padded) for _ in range(context.world_size)]
     dist.all_gather(gathered, padded)

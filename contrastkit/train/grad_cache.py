@@ -44,6 +44,16 @@ class RandState:
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
 
+    def to_dict(self) -> dict:
+        """Plain tensors and lists, loadable with torch.load(weights_only=True)."""
+        return {"cpu": self.cpu, "cuda": self.cuda}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "RandState":
+        snapshot = cls.__new__(cls)
+        snapshot.cpu, snapshot.cuda = state["cpu"], state["cuda"]
+        return snapshot
+
 
 def length_sorted_chunks(lengths: Sequence[int], chunk_size: int | None) -> list[np.ndarray]:
     """Indices sorted longest first, cut into chunks of `chunk_size` (None: one chunk of all)."""

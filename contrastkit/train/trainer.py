@@ -22,8 +22,8 @@ from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_atomically
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, describe_failure,
-                                           gather_with_local_grad, init_distributed)
-from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
+                                           gather_with_local_grad, init_distributed, resolve_device)
+from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
 from contrastkit.train.sampler import no_duplicate_batches
 
 Evaluator = Callable[[Encoder], dict[str, float]]
@@ -93,12 +93,13 @@ class Trainer:
             raise ConfigError(f"batch_size {config.batch_size} must be divisible by the number of ranks "
                               f"({self.dist.world_size}): each rank embeds an equal shard of the global batch")
         self.config = config
-        self.encoder = encoder
+        self.device = resolve_device(config.device, self.dist)
+        self.encoder = encoder.to(self.device)
         if config.max_seq_length:
             encoder.max_seq_length = config.max_seq_length
         self.examples = list(examples)
         self.evaluator = evaluator
-        self.loss_fn = build_loss(config)
+        self.loss_fn = build_loss(config).to(self.device)
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.batches_per_epoch = len(self._batches(0))
@@ -156,7 +157,8 @@ class Trainer:
         config = self.config
         if config.loss == "infonce":
             text_ids: dict[str, int] = {}
-            ids = [torch.tensor([text_ids.setdefault(t, len(text_ids)) for t in g]) for g in groups]
+            ids = [torch.tensor([text_ids.setdefault(t, len(text_ids)) for t in g], device=self.device)
+                   for g in groups]
             self._stats = {}
 
             def infonce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
@@ -172,12 +174,12 @@ class Trainer:
             others = positives if negatives is None else torch.cat([positives, negatives])
             k = 0 if negatives is None else len(negatives) // len(anchors)
             left = torch.cat([anchors, anchors.repeat_interleave(k, dim=0)]) if k else anchors
-            labels = torch.cat([torch.ones(len(anchors)), torch.zeros(len(others) - len(anchors))])
+            labels = torch.cat([torch.ones(len(anchors)), torch.zeros(len(others) - len(anchors))]).to(anchors.device)
             return self.loss_fn(left, others, labels.to(anchors.dtype))
         return contrastive
 
     def _embed(self, texts: list[str]) -> Tensor:
-        with autocast(self.config.bf16):
+        with autocast(self.config.bf16, self.device.type):
             return self.encoder.embed(texts).float()
 
     def compute_gradients(self, batch: list[int]) -> Tensor:
@@ -325,7 +327,7 @@ class Trainer:
                  "total_steps": self.total_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row,
                  "nonfinite_total": self.nonfinite_total, "best_metric": self.best_metric,
                  "config": self.config.to_dict(), "torch": torch.__version__, "python": platform.python_version()}
-        rng_per_rank = all_gather_objects(torch.get_rng_state(), self.dist)
+        rng_per_rank = all_gather_objects(RandState().to_dict(), self.dist)
         if not self.dist.is_main:
             return
         tensors = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -340,7 +342,7 @@ class Trainer:
         if state["total_steps"] != self.total_steps:
             raise ConfigError(f"{path}: the checkpoint was made for {state['total_steps']} steps, this run has "
                               f"{self.total_steps}; resume with the same data and config")
-        restored = Encoder.from_pretrained(path / "model")
+        restored = Encoder.from_pretrained(path / "model", torch_dtype=getattr(torch, self.config.dtype))
         self.encoder.model.load_state_dict(restored.model.state_dict())
         self.loss_fn.load_state_dict(tensors["loss"])
         self.optimizer.load_state_dict(tensors["optimizer"])
@@ -349,7 +351,7 @@ class Trainer:
         if len(rng) != self.dist.world_size:
             raise ConfigError(f"{path}: the checkpoint was made with {len(rng)} ranks, this run has "
                               f"{self.dist.world_size}")
-        torch.set_rng_state(rng[self.dist.rank])
+        RandState.from_dict(rng[self.dist.rank]).restore()
         self.step = state["step"]
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         self.nonfinite_total = state["nonfinite_total"]
