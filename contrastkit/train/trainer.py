@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import platform
@@ -102,10 +103,9 @@ class Trainer:
         self.loss_fn = build_loss(config).to(self.device)
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.batches_per_epoch = len(self._batches(0))
-        if self.batches_per_epoch == 0:
-            raise ConfigError("no complete batch can be formed without repeating a text; lower batch_size")
-        self.total_steps = config.max_steps or config.epochs * self.batches_per_epoch
+        # epochs may differ in length: the no-duplicates sampler drops what cannot fill a batch
+        self._epoch_starts = [0]
+        self.total_steps = config.max_steps or self._locate_epoch_start(config.epochs)
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
         warmup = int(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -131,6 +131,23 @@ class Trainer:
         if getattr(self, "_epoch_batches", (None,))[0] != epoch:
             self._epoch_batches = (epoch, self._sample_batches(epoch))
         return self._epoch_batches[1]
+
+    def _locate_epoch_start(self, epoch: int) -> int:
+        """The global step at which `epoch` starts (the sum of the earlier epochs' batch counts)."""
+        while len(self._epoch_starts) <= epoch:
+            done = len(self._epoch_starts) - 1
+            count = len(self._batches(done))
+            if count == 0:
+                raise ConfigError(f"epoch {done} has no complete batch without repeating a text; lower batch_size")
+            self._epoch_starts.append(self._epoch_starts[-1] + count)
+        return self._epoch_starts[epoch]
+
+    def _locate(self, step: int) -> tuple[int, int]:
+        """(epoch, position in the epoch) of global step `step`."""
+        while self._locate_epoch_start(len(self._epoch_starts)) <= step:
+            pass
+        epoch = bisect.bisect_right(self._epoch_starts, step) - 1
+        return epoch, step - self._epoch_starts[epoch]
 
     def _sample_batches(self, epoch: int) -> list[list[int]]:
         k = self.config.num_hard_negatives
@@ -247,7 +264,7 @@ class Trainer:
         config = self.config
         pairs_seen, started = 0, time.perf_counter()
         while self.step < self.total_steps:
-            epoch, position = divmod(self.step, self.batches_per_epoch)
+            epoch, position = self._locate(self.step)
             batch = self._batches(epoch)[position]
             t0 = time.perf_counter()
             loss = self.compute_gradients(batch)

@@ -177,3 +177,16 @@ def test_cli_bad_config_fails_before_training(tiny_model_dir, tmp_path):
     assert result.returncode == 2
     assert "batch_size (8) is smaller than mini_batch_size (16)" in result.stderr
     assert not out.exists()
+
+
+def test_epochs_of_different_lengths_are_all_trained(tiny_model_dir, tmp_path):
+    """With repeated anchors the no-duplicates sampler cuts a different number of batches each epoch."""
+    pairs = [Pair(anchor=f"query {i % 7}", positive=f"document {i}") for i in range(40)]
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    trainer = Trainer(config(tmp_path, max_steps=None, epochs=4, batch_size=5), encoder, pairs)
+    lengths = [len(trainer._batches(e)) for e in range(4)]
+    assert len(set(lengths)) > 1, lengths  # the case this test is about
+    assert trainer.total_steps == sum(lengths)
+    trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [e for e, n in enumerate(lengths) for _ in range(n)]
