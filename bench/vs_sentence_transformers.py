@@ -1,6 +1,6 @@
 """contrastkit vs sentence-transformers: same model, data, batch, sequence length, lr, epochs, seed.
 
-Cranfield train pairs (query → title + text), all-MiniLM-L6-v2, InfoNCE / MultipleNegativesRankingLoss
+Cranfield train pairs (query → title + text; a seeded sample of max(512, batch)), all-MiniLM-L6-v2, InfoNCE / MultipleNegativesRankingLoss
 with scale 20 (τ = 0.05), lr 2e-5, warm-up 10 %, one epoch, no-duplicates batches, fp32. Each run is
 its own process (peak RSS is per process); the two tools alternate. Settings:
 
@@ -31,19 +31,29 @@ SETTINGS = [
     {"setting": "batch 1024, gradient cache (mini-batch 32)", "batch": 1024, "mini_batch": 32},
 ]
 LR, SCALE, WARMUP, SEED, EPOCHS = 2e-5, 20.0, 0.1, 0, 1
+META = {"lr": LR, "scale": SCALE, "epochs": EPOCHS, "precision": "fp32",
+        "data": "cranfield train (seeded sample of max(512, batch) pairs) -> test nDCG@10 at max_seq_length 256"}
 
 
-def cranfield_pairs():
+def cranfield_pairs(setting: dict | None = None):
+    """Cranfield train pairs; with a setting, a seeded sample of max(512, batch) of them (the time budget)."""
+    import numpy as np
+
     from contrastkit.data import load_beir, pairs_from_beir
 
-    return pairs_from_beir(load_beir(SHARED / "cranfield", "train"))
+    pairs = pairs_from_beir(load_beir(SHARED / "cranfield", "train"))
+    if setting is None:
+        return pairs
+    n = min(len(pairs), max(512, setting["batch"]))
+    keep = sorted(np.random.default_rng(SEED).choice(len(pairs), n, replace=False))
+    return [pairs[i] for i in keep]
 
 
 def train_ours(setting: dict, seq: int, out: Path) -> float:
     from contrastkit.encoder import Encoder
     from contrastkit.train import TrainConfig, Trainer
 
-    pairs = cranfield_pairs()
+    pairs = cranfield_pairs(setting)
     encoder = Encoder.from_pretrained("default", max_seq_length=seq)
     config = TrainConfig(data="-", output_dir=str(out), batch_size=setting["batch"], mini_batch_size=setting["mini_batch"],
                          chunk_size=16, epochs=EPOCHS, lr=LR, temperature=1 / SCALE, warmup_ratio=WARMUP, seed=SEED,
@@ -62,7 +72,7 @@ def train_st(setting: dict, seq: int, out: Path) -> float:
 
     from contrastkit.encoder import default_model_path
 
-    pairs = cranfield_pairs()
+    pairs = cranfield_pairs(setting)
     model = SentenceTransformer(str(default_model_path()), device="cpu")
     model.max_seq_length = seq
     data = Dataset.from_dict({"anchor": [p.anchor for p in pairs], "positive": [p.positive for p in pairs]})
@@ -125,9 +135,10 @@ def main() -> None:
                      "ours_ndcg@10": ours["ndcg@10"], "st_ndcg@10": st["ndcg@10"],
                      "ours_peak_rss_gb": ours["peak_rss_gb"], "st_peak_rss_gb": st["peak_rss_gb"],
                      "rss_ratio": ours["peak_rss_gb"] / st["peak_rss_gb"]})
+        write_results('vs_sentence_transformers', rows, META)  # after each setting: partial results survive
     print_table(rows, ["setting", "ours_pairs_per_s", "st_pairs_per_s", "speedup", "ours_ndcg@10", "st_ndcg@10",
                        "ours_peak_rss_gb", "st_peak_rss_gb"])
-    print(f"wrote {write_results('vs_sentence_transformers', rows, {'lr': LR, 'scale': SCALE, 'epochs': EPOCHS, 'data': 'cranfield train → test', 'precision': 'fp32'})}")
+    print(f"wrote {write_results('vs_sentence_transformers', rows, META)}")
 
 
 if __name__ == "__main__":
