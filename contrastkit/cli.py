@@ -195,7 +195,16 @@ def train(
     pairs = load_training_pairs(settings.data, settings.split)
     encoder = Encoder.from_pretrained(settings.model, max_seq_length=settings.max_seq_length,
                                       torch_dtype=getattr(torch, settings.dtype))
-    trainer = Trainer(settings, encoder, pairs)
+    evaluator = None
+    if settings.eval_data:
+        from contrastkit.data import load_beir
+        from contrastkit.evaluate import evaluate_retrieval
+
+        eval_set = load_beir(settings.eval_data, settings.eval_split)  # checked before training starts
+
+        def evaluator(model):
+            return evaluate_retrieval(model, eval_set, show_progress=False).metrics
+    trainer = Trainer(settings, encoder, pairs, evaluator=evaluator)
     if trainer.dist.is_main:
         typer.echo(f"training on {len(pairs)} pairs: {trainer.total_steps} steps of {settings.batch_size}"
                    + (f" (gradient cache, mini-batch {settings.mini_batch_size})" if settings.mini_batch_size else ""))

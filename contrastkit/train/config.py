@@ -61,6 +61,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     eval_every: int | None = None
+    eval_data: str | None = None        # BEIR folder evaluated every eval_every steps (contrastkit train)
+    eval_split: str = "test"
     metric_for_best: str = "ndcg@10"
     tensorboard: bool = False
     show_progress: bool = True
@@ -107,6 +109,8 @@ class TrainConfig:
         if self.num_hard_negatives < 0:
             bad(f"num_hard_negatives must be >= 0; got {self.num_hard_negatives}")
         if check_files:
+            if self.eval_data and not Path(self.eval_data).is_dir():
+                bad(f"eval_data folder '{self.eval_data}' does not exist")
             if not self.data:
                 bad("data is not set: give a pair file or a BEIR folder")
             if not Path(self.data).exists():

@@ -89,6 +89,9 @@ class Trainer:
                  evaluator: Evaluator | None = None) -> None:
         config.validate(check_files=False)
         check_examples(examples, config)
+        if config.eval_every and evaluator is None:
+            raise ConfigError("eval_every is set but there is nothing to evaluate with: set eval_data (a BEIR "
+                              "folder) or pass an evaluator")
         self.dist = init_distributed(config.dist_timeout_s)
         if config.batch_size % self.dist.world_size:
             raise ConfigError(f"batch_size {config.batch_size} must be divisible by the number of ranks "

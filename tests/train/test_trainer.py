@@ -190,3 +190,20 @@ def test_epochs_of_different_lengths_are_all_trained(tiny_model_dir, tmp_path):
     trainer.train()
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [e for e, n in enumerate(lengths) for _ in range(n)]
+
+
+def test_cli_evaluates_during_training_and_keeps_the_best(tiny_model_dir, tmp_path):
+    from test_cli import make_beir
+
+    data = write_pairs(tmp_path / "pairs.jsonl", make_pairs(32))
+    beir = make_beir(tmp_path / "beir")
+    out = tmp_path / "run"
+    result = subprocess.run(_train_cmd(tiny_model_dir, data, out, "--set", "max_steps=4", "--set", "eval_every=2",
+                                       "--set", f"eval_data={beir}"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    evals = [json.loads(x)["eval"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert len(evals) == 2 and all("ndcg@10" in e for e in evals)
+    assert (out / "best" / "modules.json").is_file()
+    missing = subprocess.run(_train_cmd(tiny_model_dir, data, tmp_path / "r2", "--set", "eval_every=2"),
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "eval_every is set but there is nothing to evaluate with" in missing.stderr
