@@ -5,25 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+
+from _support import build_tiny_bert_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO / ".." / "shared" / "data"
-
-
-def build_tiny_bert_folder(path: Path, *, seed: int = 0, dropout: float = 0.1) -> Path:
-    """Save a 2-layer, 32-wide randomly initialised BERT with the default model's tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from contrastkit.encoder import default_model_path
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=128,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    BertModel(config).save_pretrained(path, safe_serialization=True)
-    AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ from contrastkit import cli
 from contrastkit.demo import DEMO_DIR
 from contrastkit.encoder import Encoder
 
+from _support import make_beir, write_jsonl
+
 
 def run_cli(monkeypatch, capsys, *args):
     monkeypatch.setattr(sys, "argv", ["contrastkit", *map(str, args)])
@@ -18,11 +20,6 @@ def run_cli(monkeypatch, capsys, *args):
         code = exc.code or 0
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def test_help_lists_the_commands(monkeypatch, capsys):
@@ -117,15 +114,6 @@ def test_cli_model_errors(monkeypatch, capsys, tmp_path):
 def test_encode_needs_exactly_one_source(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "encode", "-o", tmp_path / "e.npy")
     assert code == 2 and "either --text" in err
-
-
-def make_beir(folder):
-    (folder / "qrels").mkdir(parents=True)
-    write_jsonl(folder / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(
-        ["lift of thin wings", "jet engine noise", "shock waves in nozzles", "heat transfer in boundary layers"])])
-    write_jsonl(folder / "queries.jsonl", [{"_id": "q1", "text": "wing lift"}, {"_id": "q2", "text": "engine noise"}])
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td1\t2\n")
-    return folder
 
 
 def test_eval_writes_metrics_json_with_compare_and_bm25(monkeypatch, capsys, tiny_model_dir, tmp_path):

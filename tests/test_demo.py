@@ -4,9 +4,7 @@ import json
 
 from contrastkit.demo import DemoConfig, run_demo
 
-TOPICS = ["wing lift", "shock wave", "heat transfer", "boundary layer", "jet noise", "panel flutter",
-          "nozzle flow", "buckling shell", "hypersonic heating", "vortex sheet", "skin friction", "stall angle"]
-
+from _support import TOPICS
 
 def make_beir(folder, n_queries=24):
     (folder / "qrels").mkdir(parents=True)

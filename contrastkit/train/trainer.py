@@ -107,6 +107,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         # epochs may differ in length: the no-duplicates sampler drops what cannot fill a batch
+        self._epoch_batches: tuple[int | None, list[list[int]]] = (None, [])
         self._epoch_starts = [0]
         self.total_steps = config.max_steps or self._locate_epoch_start(config.epochs)
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
@@ -131,7 +132,7 @@ class Trainer:
 
     def _batches(self, epoch: int) -> list[list[int]]:
         """The global batches of an epoch (the same on every rank; computed once per epoch)."""
-        if getattr(self, "_epoch_batches", (None,))[0] != epoch:
+        if self._epoch_batches[0] != epoch:
             self._epoch_batches = (epoch, self._sample_batches(epoch))
         return self._epoch_batches[1]
 

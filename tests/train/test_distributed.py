@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import build_tiny_bert_folder
-from test_trainer import make_pairs, write_pairs
+from _support import build_tiny_bert_folder, make_pairs, write_pairs
 
 
 @pytest.fixture(scope="module")

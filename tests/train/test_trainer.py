@@ -16,24 +16,7 @@ from contrastkit.errors import ConfigError
 from contrastkit.train import TrainConfig, Trainer, TrainingError
 from contrastkit.train.checkpoint import latest_checkpoint, list_checkpoints
 
-TOPICS = ["wing lift", "shock wave", "heat transfer", "boundary layer", "jet noise", "panel flutter",
-          "nozzle flow", "buckling shell", "hypersonic heating", "vortex sheet", "skin friction", "stall angle"]
-
-
-def make_pairs(n=48, negatives=0):
-    pairs = []
-    for i in range(n):
-        topic = TOPICS[i % len(TOPICS)]
-        other = TOPICS[(i + 5) % len(TOPICS)]
-        pairs.append(Pair(anchor=f"what about {topic} case {i}", positive=f"a study of {topic} number {i}",
-                          negatives=[f"a study of {other} number {i + k}" for k in range(negatives)]))
-    return pairs
-
-
-def write_pairs(path, pairs):
-    path.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in pairs))
-    return path
-
+from _support import make_beir, make_pairs, write_pairs
 
 def config(tmp_path, **kw):
     base = dict(data="unused", output_dir=str(tmp_path / "run"), batch_size=8, lr=1e-3, warmup_ratio=0.0,
@@ -193,8 +176,6 @@ def test_epochs_of_different_lengths_are_all_trained(tiny_model_dir, tmp_path):
 
 
 def test_cli_evaluates_during_training_and_keeps_the_best(tiny_model_dir, tmp_path):
-    from test_cli import make_beir
-
     data = write_pairs(tmp_path / "pairs.jsonl", make_pairs(32))
     beir = make_beir(tmp_path / "beir")
     out = tmp_path / "run"

@@ -1,0 +1,58 @@
+"""Helpers shared by the test modules (a module, not a conftest: test files import it by name)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from contrastkit.data import Pair
+
+
+def build_tiny_bert_folder(path: Path, *, seed: int = 0, dropout: float = 0.1) -> Path:
+    """Save a 2-layer, 32-wide randomly initialised BERT with the default model's tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from contrastkit.encoder import default_model_path
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=128,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True).save_pretrained(path)
+    return path
+
+
+TOPICS = ["wing lift", "shock wave", "heat transfer", "boundary layer", "jet noise", "panel flutter",
+          "nozzle flow", "buckling shell", "hypersonic heating", "vortex sheet", "skin friction", "stall angle"]
+
+
+def make_pairs(n=48, negatives=0):
+    pairs = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        other = TOPICS[(i + 5) % len(TOPICS)]
+        pairs.append(Pair(anchor=f"what about {topic} case {i}", positive=f"a study of {topic} number {i}",
+                          negatives=[f"a study of {other} number {i + k}" for k in range(negatives)]))
+    return pairs
+
+
+def write_pairs(path, pairs):
+    path.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in pairs))
+    return path
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def make_beir(folder):
+    (folder / "qrels").mkdir(parents=True)
+    write_jsonl(folder / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(
+        ["lift of thin wings", "jet engine noise", "shock waves in nozzles", "heat transfer in boundary layers"])])
+    write_jsonl(folder / "queries.jsonl", [{"_id": "q1", "text": "wing lift"}, {"_id": "q2", "text": "engine noise"}])
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td1\t2\n")
+    return folder
