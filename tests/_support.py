@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -56,3 +57,13 @@ def make_beir(folder):
     write_jsonl(folder / "queries.jsonl", [{"_id": "q1", "text": "wing lift"}, {"_id": "q2", "text": "engine noise"}])
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td1\t2\n")
     return folder
+
+
+def naive_similarity(x: list[float], y: list[float], kind: str) -> float:
+    """A similarity written from the docstrings, one pair of plain lists at a time (test reference)."""
+    dot = sum(u * v for u, v in zip(x, y))
+    if kind == "dot":
+        return dot
+    if kind == "cosine":
+        return dot / math.sqrt(sum(u * u for u in x) * sum(v * v for v in y))
+    return -math.sqrt(sum((u - v) ** 2 for u, v in zip(x, y)))

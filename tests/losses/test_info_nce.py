@@ -15,6 +15,8 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 
 from contrastkit.losses import info_nce, info_nce_with_stats
 
+from _support import naive_similarity
+
 KINDS = ["cosine", "dot", "neg_euclidean"]
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None)  # the same examples each run
 
@@ -29,13 +31,7 @@ def ids(n: int, high: int, seed: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- a naive reference, written from the docstring
 
-def sim(x: list[float], y: list[float], kind: str) -> float:
-    dot = sum(u * v for u, v in zip(x, y))
-    if kind == "dot":
-        return dot
-    if kind == "cosine":
-        return dot / math.sqrt(sum(u * u for u in x) * sum(v * v for v in y))
-    return -math.sqrt(sum((u - v) ** 2 for u, v in zip(x, y)))
+sim = naive_similarity
 
 
 def naive_direction(a, p, hard, tau, kind, anchor_ids, positive_ids, hard_ids, margin, ratio, smoothing):

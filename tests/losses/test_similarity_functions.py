@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -10,16 +9,11 @@ from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimila
 
 from contrastkit.losses import distance_matrix, rowwise_distance, rowwise_similarity, similarity_matrix
 
+from _support import naive_similarity
+
 KINDS = ["cosine", "dot", "neg_euclidean"]
 
 
-def naive_similarity(x: list[float], y: list[float], kind: str) -> float:
-    dot = sum(u * v for u, v in zip(x, y))
-    if kind == "dot":
-        return dot
-    if kind == "cosine":
-        return dot / math.sqrt(sum(u * u for u in x) * sum(v * v for v in y))
-    return -math.sqrt(sum((u - v) ** 2 for u, v in zip(x, y)))
 
 
 @pytest.mark.parametrize("kind", KINDS)
