@@ -278,11 +278,14 @@ def demo(
     pairs: Annotated[Optional[str], typer.Option("--pairs", help="train on this pair file instead")] = None,
     model: ModelOption = "default",
     output_dir: Annotated[str, typer.Option("--output", "-o", help="where the model and results go")] = "demo_output",
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="fine-tuning epochs (default 2; --quick 1)")] = None,
 ) -> None:
     """Evaluate the default model, mine hard negatives, fine-tune, evaluate again: the before/after table."""
     from contrastkit.demo import DemoConfig, run_demo
 
     settings = dict(model=model, output_dir=output_dir, pairs=pairs)
+    if epochs:
+        settings["epochs"] = epochs
     if data:
         settings["data"] = data
     config = DemoConfig.quick(**settings) if quick else DemoConfig(**settings)
