@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import shutil
 import math
 import platform
 import time
@@ -20,9 +21,10 @@ from contrastkit.data import Pair, load_beir, pairs_from_beir, read_pairs
 from contrastkit.encoder import Encoder, autocast
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
-from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_atomically
+from contrastkit.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+                                          write_atomically)
 from contrastkit.train.config import TrainConfig
-from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, describe_failure,
+from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, describe_failure,
                                            gather_with_local_grad, init_distributed, resolve_device)
 from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
 from contrastkit.train.sampler import no_duplicate_batches
@@ -240,8 +242,12 @@ class Trainer:
         torch.manual_seed(config.seed + self.dist.rank)
         if resume:
             self._resume()
+        elif main:  # a fresh run: an old run's checkpoints must never be resumed into this one
+            for stale in list_checkpoints(self.checkpoint_dir):
+                shutil.rmtree(stale)
+        barrier(self.dist)
         self.encoder.train()
-        log = (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") if main else None
+        log = (self.output_dir / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8") if main else None
         writer = self._tensorboard() if main else None
         progress = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
                         disable=not (config.show_progress and main), dynamic_ncols=True)

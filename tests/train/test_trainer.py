@@ -188,3 +188,12 @@ def test_cli_evaluates_during_training_and_keeps_the_best(tiny_model_dir, tmp_pa
     missing = subprocess.run(_train_cmd(tiny_model_dir, data, tmp_path / "r2", "--set", "eval_every=2"),
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "eval_every is set but there is nothing to evaluate with" in missing.stderr
+
+
+def test_a_fresh_run_in_an_old_folder_starts_clean(tiny_model_dir, tmp_path):
+    Trainer(config(tmp_path, max_steps=12, checkpoint_every=6), Encoder.from_pretrained(tiny_model_dir), make_pairs()).train()
+    Trainer(config(tmp_path, max_steps=4, checkpoint_every=2), Encoder.from_pretrained(tiny_model_dir), make_pairs()).train()
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["checkpoint-00000002",
+                                                                                   "checkpoint-00000004"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
