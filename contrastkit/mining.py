@@ -41,6 +41,7 @@ from contrastkit.data.beir import BeirDataset, doc_text, pairs_from_beir
 from contrastkit.data.pairs import Pair
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.index import INDEX_KINDS, VectorIndex
+from contrastkit.vectors import l2_normalize
 
 SAMPLING = ("top", "random")
 # Anchors searched per step: bounds the [P, K] filter arrays and paces the progress bar.
@@ -254,8 +255,7 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], *, batch_size: int
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return l2_normalize(x).astype(np.float32)
 
 
 # ---------------------------------------------------------------------- summary

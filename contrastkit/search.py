@@ -18,6 +18,7 @@ import numpy as np
 
 from contrastkit.errors import DataError
 from contrastkit.index import VectorIndex
+from contrastkit.vectors import l2_normalize
 
 SNIPPET_CHARS = 300
 
@@ -56,8 +57,7 @@ class CorpusSearcher:
         ids, titles, texts = read_corpus(corpus_path)
         embeddings, _ = encode_cached(encoder, texts, batch_size=batch_size, show_progress=show_progress,
                                       cache_dir=cache_dir or default_cache_dir())
-        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-        index = VectorIndex.build(embeddings / np.maximum(norms, 1e-12), kind=kind)
+        index = VectorIndex.build(l2_normalize(embeddings), kind=kind)
         meta = {"model": str(getattr(encoder, "name_or_path", "")), "corpus": str(corpus_path),
                 "corpus_sha256": file_digest(corpus_path), "documents": len(ids), "index": index.kind}
         return cls(index, ids, titles, [" ".join(t.split())[:SNIPPET_CHARS] for t in texts], meta)
@@ -89,8 +89,7 @@ class CorpusSearcher:
 
     def search(self, query_embeddings: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k hits for each query embedding [Q, D]."""
-        norms = np.linalg.norm(query_embeddings, axis=1, keepdims=True)
-        scores, ids = self.index.search(query_embeddings / np.maximum(norms, 1e-12), min(k, len(self.doc_ids)))
+        scores, ids = self.index.search(l2_normalize(query_embeddings), min(k, len(self.doc_ids)))
         return [[Hit(r + 1, float(s), self.doc_ids[i], self.titles[i], self.snippets[i])
                  for r, (s, i) in enumerate(zip(row_scores, row_ids)) if i >= 0]
                 for row_scores, row_ids in zip(scores, ids)]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from contrastkit.evaluate.metrics import DEFAULT_KS, Qrels, evaluate_run, mean_metrics
+from contrastkit.vectors import l2_normalize
 
 __all__ = [
     "HEADLINE_METRICS",
@@ -111,10 +112,6 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int,
     return np.concatenate(scores), np.concatenate(ids)
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
 
 def retrieve(query_embeddings: np.ndarray, doc_embeddings: np.ndarray, query_ids: Sequence[str],
              doc_ids: Sequence[str], k: int, *, score: str = "cos",
@@ -132,7 +129,7 @@ def retrieve(query_embeddings: np.ndarray, doc_embeddings: np.ndarray, query_ids
     q = np.asarray(query_embeddings, dtype=np.float32)
     d = np.asarray(doc_embeddings, dtype=np.float32)
     if score == "cos":
-        q, d = _l2_normalize(q), _l2_normalize(d)
+        q, d = l2_normalize(q), l2_normalize(d)
     if len(doc_ids) <= exact_threshold:
         scores, idx = exact_search(q, d, k)
     else:
