@@ -12,7 +12,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.contrastkit-installed
 TORCH_CONSTRAINT := $(VENV)/torch-constraint.txt
 
-.PHONY: setup demo test clean
+.PHONY: setup browser demo test clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,13 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/contrastkit demo
 
-test: setup
+# Debian's chromium for the report's browser test (tests/report/test_browser.py); installed once.
+# Where it cannot be installed the test skips, except in CI (CI set), where this step fails instead.
+browser:
+	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium) \
+		|| (test -z "$$CI" && echo "warning: chromium not installed; the browser test will be skipped")
+
+test: setup browser
 	$(PY) -m pytest -q
 
 clean:

@@ -2,7 +2,10 @@
 
 Baseline: the whole batch padded to its longest text in one forward pass (what a plain loop does).
 Ours: the batch cut into chunks of 8/16/32 texts sorted by token length, each padded to its own
-longest text. Default model, batch 64, max_seq_length 128, debian-packages train pairs.
+longest text; and without dropout on the attention probabilities (`attention_dropout = 0`), which lets
+the fused attention kernel run in training. Default model, batch 64, max_seq_length 128,
+debian-packages train pairs. All configurations step in turn (round-robin), so load from other
+processes falls on all of them alike.
 
     .venv/bin/python bench/throughput.py [--steps 4] [--batch 64]
 """
@@ -28,24 +31,33 @@ def padding_share(trainer, batch: list[int], chunk: int | None) -> float:
     return 1 - real / padded
 
 
-def measure(encoder, pairs, batch_size: int, chunk: int | None, bf16: bool, steps: int, seq: int) -> dict:
+# (precision, chunk, attention dropout): the model's own dropout (0.1) unless a value is given
+CONFIGS = [("fp32", None, None), ("fp32", 8, None), ("fp32", 16, None), ("fp32", 32, None),
+           ("fp32", None, 0.0), ("fp32", 16, 0.0), ("bf16", None, None), ("bf16", 16, None)]
+
+
+def make_trainer(pairs, batch_size: int, chunk: int | None, bf16: bool, attention_dropout: float | None,
+                 steps: int, seq: int, mini_batch: int | None = None):
+    """A Trainer on the default model in training mode (no report, no health records: only the step)."""
+    from contrastkit.encoder import Encoder
     from contrastkit.train import TrainConfig, Trainer
 
+    encoder = Encoder.from_pretrained("default", max_seq_length=seq)
     config = TrainConfig(data="-", output_dir="/tmp/contrastkit-bench-throughput", batch_size=batch_size,
-                         chunk_size=chunk, bf16=bf16, max_steps=steps + 1, show_progress=False, warmup_ratio=0.0)
+                         chunk_size=chunk, mini_batch_size=mini_batch, bf16=bf16, attention_dropout=attention_dropout,
+                         max_steps=steps + 1, show_progress=False, warmup_ratio=0.0, report=False, health_sample=0)
     trainer = Trainer(config, encoder, pairs)
     encoder.train()
-    batches = trainer._batches(0)
-    trainer.compute_gradients(batches[0])  # warm-up step, not timed
-    trainer.optimizer.zero_grad(set_to_none=True)
+    return trainer
+
+
+def timed_step(trainer, batch: list[int]) -> float:
+    import torch
+
     t0 = time.perf_counter()
-    for b in batches[1:steps + 1]:
-        trainer.compute_gradients(b)
-        trainer._optimizer_step(__import__("torch").tensor(0.0))
-    seconds = time.perf_counter() - t0
-    pad = sum(padding_share(trainer, b, chunk) for b in batches[1:steps + 1]) / steps
-    return {"chunk": chunk or "none (one padded pass)", "precision": "bf16" if bf16 else "fp32",
-            "pairs_per_s": steps * batch_size / seconds, "padding_share": pad}
+    trainer.compute_gradients(batch)
+    trainer._optimizer_step(torch.tensor(0.0))
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -55,20 +67,33 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     args = parser.parse_args()
 
-    from contrastkit.encoder import Encoder
-
     pairs = debian_pairs(args.batch * (args.steps + 1) * 2)
+    trainers = [make_trainer(pairs, args.batch, chunk, precision == "bf16", dropout, args.steps, args.max_seq_length)
+                for precision, chunk, dropout in CONFIGS]
+    batches = trainers[0]._batches(0)  # the same seed and data: every trainer has the same batches
+    for trainer in trainers:
+        timed_step(trainer, batches[0])  # warm-up step, not timed
+    # round-robin: step i of every configuration before step i + 1 of any, so a busy spell of the
+    # machine hits all configurations alike instead of whichever happened to run then
+    seconds = [0.0] * len(trainers)
+    for b in batches[1:args.steps + 1]:
+        for i, trainer in enumerate(trainers):
+            seconds[i] += timed_step(trainer, b)
+        print(f"step done: {[round(s, 1) for s in seconds]}", flush=True)
     rows = []
-    for bf16 in (False, True):
-        for chunk in (None, 8, 16, 32):
-            encoder = Encoder.from_pretrained("default", max_seq_length=args.max_seq_length)
-            rows.append(measure(encoder, pairs, args.batch, chunk, bf16, args.steps, args.max_seq_length))
-            print(rows[-1], flush=True)
+    for (precision, chunk, dropout), trainer, secs in zip(CONFIGS, trainers, seconds):
+        pad = sum(padding_share(trainer, b, chunk) for b in batches[1:args.steps + 1]) / args.steps
+        rows.append({"chunk": chunk or "none (one padded pass)", "precision": precision,
+                     "attention_dropout": "model's (0.1)" if dropout is None else dropout,
+                     "pairs_per_s": args.steps * args.batch / secs, "padding_share": pad})
     base = rows[0]["pairs_per_s"]
     for r in rows:
         r["speedup_vs_unbucketed_fp32"] = r["pairs_per_s"] / base
-    print_table(rows, ["precision", "chunk", "pairs_per_s", "padding_share", "speedup_vs_unbucketed_fp32"])
-    print(f"wrote {write_results('throughput', rows, {'batch': args.batch, 'steps': args.steps, 'max_seq_length': args.max_seq_length})}")
+    print_table(rows, ["precision", "chunk", "attention_dropout", "pairs_per_s", "padding_share",
+                       "speedup_vs_unbucketed_fp32"])
+    meta = {"batch": args.batch, "steps": args.steps, "max_seq_length": args.max_seq_length,
+            "timing": "round-robin over configurations, one step each in turn"}
+    print(f"wrote {write_results('throughput', rows, meta)}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ its own process (peak RSS is per process); the two tools alternate. Settings:
 Test nDCG@10 of the Cranfield-trained models is measured by the same code (contrastkit.evaluate).
 
     .venv/bin/python bench/vs_sentence_transformers.py [--max-seq-length 128] [--settings 0 1 2]
+        [--attention-dropout 0]   # ours without dropout on attention probabilities (fused attention)
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def cranfield_pairs(setting: dict | None = None):
     return [pairs[i] for i in keep]
 
 
-def train_ours(setting: dict, seq: int, out: Path) -> float:
+def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | None = None) -> float:
     from contrastkit.encoder import Encoder
     from contrastkit.train import TrainConfig, Trainer
 
@@ -65,14 +66,16 @@ def train_ours(setting: dict, seq: int, out: Path) -> float:
     encoder = Encoder.from_pretrained("default", max_seq_length=seq)
     config = TrainConfig(data="-", output_dir=str(out), batch_size=setting["batch"], mini_batch_size=setting["mini_batch"],
                          chunk_size=16, epochs=EPOCHS, lr=LR, temperature=1 / SCALE, warmup_ratio=WARMUP, seed=SEED,
-                         checkpoint_every=10_000, show_progress=False)
+                         checkpoint_every=10_000, show_progress=False, attention_dropout=attention_dropout,
+                         report=False, health_sample=0)  # the training alone: ST's trainer writes no report
     trainer = Trainer(config, encoder, pairs)
     t0 = time.perf_counter()
     trainer.train()
     return trainer.total_steps * setting["batch"], time.perf_counter() - t0
 
 
-def train_st(setting: dict, seq: int, out: Path) -> float:
+def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None = None) -> float:
+    # attention_dropout is ours alone: sentence-transformers trains with the model's own dropout
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments, losses)
@@ -100,7 +103,7 @@ def train_st(setting: dict, seq: int, out: Path) -> float:
     return result.global_step * setting["batch"], seconds
 
 
-def child(tool: str, index: int, seq: int) -> dict:
+def child(tool: str, index: int, seq: int, attention_dropout: float | None) -> dict:
     from contrastkit.data import load_beir
     from contrastkit.encoder import Encoder
     from contrastkit.evaluate import evaluate_retrieval
@@ -108,7 +111,7 @@ def child(tool: str, index: int, seq: int) -> dict:
     setting = SETTINGS[index]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model"
-        pairs, seconds = (train_ours if tool == "ours" else train_st)(setting, seq, out)
+        pairs, seconds = (train_ours if tool == "ours" else train_st)(setting, seq, out, attention_dropout)
         rss = peak_rss_gb()
         ndcg = None
         if setting["data"] == "cranfield":
@@ -123,10 +126,12 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--settings", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--append", action="store_true", help="keep the rows already in the results file")
+    parser.add_argument("--attention-dropout", type=float, default=None,
+                        help="ours: dropout on attention probabilities (default: the model's own, as ST)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.max_seq_length)))
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.max_seq_length, args.attention_dropout)))
         return
     rows = []
     if args.append and (RESULTS / "vs_sentence_transformers.json").is_file():
@@ -134,14 +139,17 @@ def main() -> None:
     for i in args.settings:
         runs = {}
         for tool in ("ours", "st"):  # alternate: ours, ST, ours, ST, ...
+            extra = [] if args.attention_dropout is None else ["--attention-dropout", str(args.attention_dropout)]
             out = subprocess.run([sys.executable, __file__, "--child", tool, str(i), "--max-seq-length",
-                                  str(args.max_seq_length)], cwd=REPO, capture_output=True, text=True)
+                                  str(args.max_seq_length), *extra], cwd=REPO, capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{tool} run of setting {i} failed:\n{out.stderr[-3000:]}")
             runs[tool] = json.loads(out.stdout.strip().splitlines()[-1])
             print(tool, SETTINGS[i]["setting"], runs[tool], flush=True)
         ours, st = runs["ours"], runs["st"]
-        rows.append({"setting": SETTINGS[i]["setting"], "data": SETTINGS[i]["data"], "max_seq_length": args.max_seq_length, "pairs": ours["pairs"],
+        rows.append({"setting": SETTINGS[i]["setting"], "data": SETTINGS[i]["data"],
+                     "max_seq_length": args.max_seq_length, "pairs": ours["pairs"],
+                     "ours_attention_dropout": "model's (0.1)" if args.attention_dropout is None else args.attention_dropout,
                      "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],
                      "speedup": ours["pairs_per_s"] / st["pairs_per_s"],
                      "ours_seconds": ours["seconds"], "st_seconds": st["seconds"],

@@ -196,14 +196,10 @@ def train(
     encoder = Encoder.from_pretrained(settings.model, max_seq_length=settings.max_seq_length,
                                       torch_dtype=getattr(torch, settings.dtype))
     evaluator = None
-    if settings.eval_data:
-        from contrastkit.data import load_beir
-        from contrastkit.evaluate import evaluate_retrieval
+    if settings.eval_data:  # read and checked before training starts
+        from contrastkit.train.evaluation import RetrievalEvaluator
 
-        eval_set = load_beir(settings.eval_data, settings.eval_split)  # checked before training starts
-
-        def evaluator(model):
-            return evaluate_retrieval(model, eval_set, show_progress=False).metrics
+        evaluator = RetrievalEvaluator.from_folder(settings.eval_data, settings.eval_split)
     trainer = Trainer(settings, encoder, pairs, evaluator=evaluator)
     if trainer.dist.is_main:
         typer.echo(f"training on {len(pairs)} pairs: {trainer.total_steps} steps of {settings.batch_size}"
@@ -211,6 +207,8 @@ def train(
     out = trainer.train(resume=resume)
     if trainer.dist.is_main:
         typer.echo(f"saved the model to {out}")
+        if (out / "report.html").is_file():
+            typer.echo(f"report: {out / 'report.html'}")
 
 
 @app.command("eval")
@@ -290,6 +288,49 @@ def demo(
         settings["data"] = data
     config = DemoConfig.quick(**settings) if quick else DemoConfig(**settings)
     run_demo(config, echo=typer.echo)
+
+
+@app.command()
+def adapt(
+    corpus: Annotated[str, typer.Option("--corpus", "-c", help="corpus JSONL (text, optional title / _id) or a BEIR folder")],
+    model: ModelOption = "default",
+    output_dir: Annotated[str, typer.Option("--output", "-o", help="where the adapted model goes")] = "runs/adapt",
+    strategy: Annotated[str, typer.Option(
+        help="dropout (SimCSE), crop (Contriever), title-body, neighbours; see docs/self_supervised.md")] = "crop",
+    augment: Annotated[Optional[str], typer.Option(
+        help='augment each view, e.g. "word_deletion:0.1,span_masking:0.1"')] = None,
+    max_docs: Annotated[Optional[int], typer.Option(min=1, help="train on a seeded sample of this many documents")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 1,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many steps")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="pairs per step (in-batch negatives)")] = 64,
+    mini_batch_size: Annotated[Optional[int], typer.Option(
+        "--mini-batch-size", min=1, help="gradient caching: pairs per forward pass")] = 16,
+    temperature: Annotated[float, typer.Option(help="InfoNCE τ")] = 0.05,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 2e-5,
+    seed: int = 0,
+    max_seq_length: Annotated[int, typer.Option("--max-seq-length", min=1, help="training: tokens per text")] = 128,
+    eval_data: Annotated[Optional[str], typer.Option(
+        "--eval", help="BEIR folder: print nDCG@10 / R@10 / MRR@10 on its test queries before and after")] = None,
+) -> None:
+    """Adapt a model to a domain from documents alone (no queries): self-supervised pairs + InfoNCE."""
+    from contrastkit.adapt import AdaptConfig, run_adapt
+
+    config = AdaptConfig(corpus=corpus, model=model, output_dir=output_dir, strategy=strategy, augment=augment,
+                         max_docs=max_docs, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                         mini_batch_size=mini_batch_size, temperature=temperature, lr=lr, seed=seed,
+                         max_seq_length=max_seq_length, eval_data=eval_data)
+    run_adapt(config, echo=typer.echo)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="output folder of `contrastkit train`, `adapt` or `demo`")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file (default RUN_DIR/report.html)")] = None,
+) -> None:
+    """Write the run's self-contained HTML report: curves, before/after retrieval, embedding health."""
+    from contrastkit.report import write_report
+
+    typer.echo(f"wrote {write_report(run_dir, output)}")
 
 
 def _shorten(text: str, width: int) -> str:

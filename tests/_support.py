@@ -59,6 +59,26 @@ def make_beir(folder):
     return folder
 
 
+# every figure of a report whose run recorded everything (tests/report)
+REPORT_PLOTS = ["loss", "temperature", "lr", "throughput", "eval", "similarity-histograms", "alignment-uniformity",
+                "similarity-over-steps"]
+# HTML-looking text in the data: the report must show it as text, never run or parse it
+NASTY_QUERY = 'wing lift <script>alert("x")</script> & drag'
+
+
+def make_report_beir(folder: Path) -> Path:
+    """Eight documents, four judged test queries, one with markup in its text."""
+    (folder / "qrels").mkdir(parents=True)
+    texts = ["lift of thin wings", "jet engine noise", "shock waves in nozzles", "heat transfer in boundary layers",
+             "panel flutter at high speed", "buckling of thin shells", "vortex sheets behind wings", "skin friction"]
+    write_jsonl(folder / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(texts)])
+    queries = [NASTY_QUERY, "engine noise", "flutter of panels", "friction on the skin"]
+    write_jsonl(folder / "queries.jsonl", [{"_id": f"q{i}", "text": t} for i, t in enumerate(queries)])
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq0\td6\t1\nq1\td1\t2\n"
+                                               "q2\td4\t1\nq3\td7\t1\n")
+    return folder
+
+
 def naive_similarity(x: list[float], y: list[float], kind: str) -> float:
     """A similarity written from the docstrings, one pair of plain lists at a time (test reference)."""
     dot = sum(u * v for u, v in zip(x, y))

@@ -41,6 +41,13 @@ def test_demo_chain_runs_and_reports_before_and_after(tiny_model_dir, tmp_path, 
     saved = json.loads((tmp_path / "out" / "demo_results.json").read_text())
     assert saved["metrics"] == metrics
     assert (tmp_path / "out" / "model" / "modules.json").is_file()
+    # the report of the demo folder: the trainer's curves and health (model/) with the demo's own before/after
+    assert f"report: {tmp_path / 'out' / 'report.html'}" in text
+    page = (tmp_path / "out" / "report.html").read_text()
+    for marker in ('data-plot="loss"', 'data-plot="similarity-histograms"', 'data-plot="eval"', ">base model<",
+                   ">fine-tuned<", ">BM25<", "Demo config"):
+        assert marker in page
+    assert not (tmp_path / "out" / "model" / "report.html").exists()  # one report per demo, in its folder
 
 
 def test_text_memo_encodes_each_text_once(tiny_encoder):

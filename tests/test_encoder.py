@@ -5,6 +5,8 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
+from torch import Tensor
+
 from contrastkit.encoder import Encoder
 from contrastkit.errors import ModelLoadError
 
@@ -79,6 +81,29 @@ def test_encode_leaves_training_mode_alone(tiny_encoder):
     tiny_encoder.train()
     tiny_encoder.encode(TEXTS[:2])
     assert tiny_encoder.training
+
+
+def test_attention_dropout_is_set_apart_from_hidden_dropout(tiny_model_dir):
+    from torch.profiler import profile
+
+    encoder = Encoder.from_pretrained(tiny_model_dir)
+    for module in encoder.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # hidden dropout off: only attention dropout can make two passes differ
+    encoder.train()
+
+    def two_passes() -> tuple[Tensor, Tensor, set[str]]:
+        with profile() as prof:
+            first = encoder.embed(TEXTS).detach()
+        return first, encoder.embed(TEXTS).detach(), {e.key for e in prof.key_averages()}
+
+    assert encoder.set_attention_dropout(0.5) == 2  # the tiny BERT has two layers
+    first, second, ops = two_passes()
+    assert not torch.allclose(first, second)
+    assert encoder.set_attention_dropout(0.0) == 2
+    first, second, ops = two_passes()
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops  # the fused kernel, not the math path
 
 
 def test_bf16_autocast_is_close_to_fp32(tiny_encoder):

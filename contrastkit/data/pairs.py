@@ -2,9 +2,10 @@
 
 Columns: the anchor as "anchor" or "query", the positive as "positive" or "pos", optional hard
 negatives as "negative" (one text) or "negatives" (a list; in a CSV/TSV cell, a JSON list), optional
-"anchor_id" and "positive_id". Other columns are ignored. Every reader streams and checks each
-record as it goes; the first problem stops it with a DataError naming file, line and field (for
-Parquet files and Datasets, "line" is the 1-based row number).
+"anchor_id" and "positive_id", and an optional "source" (which data set the pair comes from: with
+`group_by_source` each training batch holds pairs of one source). Other columns are ignored.
+Every reader streams and checks each record as it goes; the first problem stops it with a DataError
+naming file, line and field (for Parquet files and Datasets, "line" is the 1-based row number).
 
     for pair in iter_pairs("train.jsonl"):      # streams: files larger than memory are fine
         ...
@@ -41,6 +42,7 @@ class Pair:
     negatives: list[str] = field(default_factory=list)
     anchor_id: str | None = None
     positive_id: str | None = None
+    source: str | None = None
 
     def to_dict(self) -> dict:
         """The JSONL record: anchor, positive, then negatives and ids only where there are some."""
@@ -51,6 +53,8 @@ class Pair:
             out["anchor_id"] = self.anchor_id
         if self.positive_id is not None:
             out["positive_id"] = self.positive_id
+        if self.source is not None:
+            out["source"] = self.source
         return out
 
 
@@ -70,7 +74,7 @@ def pair_from_record(record: Mapping, *, path: str | None = None, line: int | No
     else:
         negatives = check_text_list(value, field=name, **where)
     ids = {key: check_text(record[key], field=key, **where) if record.get(key) is not None else None
-           for key in ("anchor_id", "positive_id")}
+           for key in ("anchor_id", "positive_id", "source")}
     return Pair(anchor, positive, negatives, **ids)
 
 

@@ -10,7 +10,8 @@ What each number means: docs/evaluation.md.
 
 from contrastkit.evaluate.bm25 import bm25_retrieval, bm25_run
 from contrastkit.evaluate.health import (HealthReport, alignment, effective_rank, embedding_health,
-                                         positive_negative_similarity, uniformity)
+                                         positive_negative_similarity, similarity_values,
+                                         uniformity)
 from contrastkit.evaluate.metrics import (DEFAULT_KS, METRICS, evaluate_run, mean_metrics,
                                           metric_names, query_metrics, rank_by_score)
 from contrastkit.evaluate.retrieval import (HEADLINE_METRICS, RetrievalResult, compare_results,
@@ -46,6 +47,7 @@ __all__ = [
     "rank_by_score",
     "result_from_run",
     "retrieve",
+    "similarity_values",
     "spearman",
     "sts_correlation",
     "uniformity",

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 __all__ = ["HealthReport", "alignment", "effective_rank", "embedding_health",
-           "positive_negative_similarity", "uniformity"]
+           "positive_negative_similarity", "similarity_values", "uniformity"]
 
 
 def _matrix(x: Any, name: str = "x") -> torch.Tensor:
@@ -96,6 +96,44 @@ def effective_rank(x: Any, center: bool = False) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def _pair_similarities(anchors: Any, positives: Any, groups: Sequence[Any] | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cosine similarities [N, N] of anchor i to positive j, negative mask [N, N], has-a-negative [N],
+    each such anchor's hardest (largest) negative [M])."""
+    a, p = _normalize(_matrix(anchors, "anchors")), _normalize(_matrix(positives, "positives"))
+    if a.shape != p.shape:
+        raise ValueError(f"anchors and positives must have one shape, got {tuple(a.shape)} "
+                         f"and {tuple(p.shape)}")
+    n = a.shape[0]
+    sims = a @ p.T
+    if groups is None:
+        negative = ~torch.eye(n, dtype=torch.bool, device=sims.device)
+    else:
+        if len(groups) != n:
+            raise ValueError(f"{n} pairs but {len(groups)} group labels")
+        codes = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+        g = torch.tensor([codes[x] for x in groups], device=sims.device)
+        negative = g[:, None] != g[None, :]
+    has_neg = negative.any(dim=1)
+    if not bool(has_neg.any()):
+        raise ValueError("no anchor has a negative: need at least two pairs from different groups")
+    hard = sims.masked_fill(~negative, -math.inf).max(dim=1).values[has_neg]
+    return sims, negative, has_neg, hard
+
+
+def similarity_values(anchors: Any, positives: Any,
+                      groups: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+    """The raw cosine similarities behind positive_negative_similarity, for histograms.
+
+    anchors [N, D], positives [N, D], groups as in positive_negative_similarity. Returns float64
+    arrays: "positive" [N] (each anchor with its positive), "hardest_negative" [M] (each anchor's
+    largest negative, for the M anchors that have one) and "negative" (every anchor-negative pair).
+    """
+    sims, negative, _, hard = _pair_similarities(anchors, positives, groups)
+    return {"positive": sims.diagonal().cpu().numpy(), "hardest_negative": hard.cpu().numpy(),
+            "negative": sims[negative].cpu().numpy()}
+
+
 def positive_negative_similarity(anchors: Any, positives: Any,
                                  groups: Sequence[Any] | None = None) -> dict[str, float]:
     """How far cos(anchor, its positive) stands above cos(anchor, other pairs' positives).
@@ -109,25 +147,8 @@ def positive_negative_similarity(anchors: Any, positives: Any,
     negative grows with N, so compare these across checkpoints at one N. Memory is O(N^2): a few
     thousand pairs at a time.
     """
-    a, p = _normalize(_matrix(anchors, "anchors")), _normalize(_matrix(positives, "positives"))
-    if a.shape != p.shape:
-        raise ValueError(f"anchors and positives must have one shape, got {tuple(a.shape)} "
-                         f"and {tuple(p.shape)}")
-    n = a.shape[0]
-    sims = a @ p.T
+    sims, negative, has_neg, hard = _pair_similarities(anchors, positives, groups)
     pos = sims.diagonal()
-    if groups is None:
-        negative = ~torch.eye(n, dtype=torch.bool, device=sims.device)
-    else:
-        if len(groups) != n:
-            raise ValueError(f"{n} pairs but {len(groups)} group labels")
-        codes = {g: i for i, g in enumerate(dict.fromkeys(groups))}
-        g = torch.tensor([codes[x] for x in groups], device=sims.device)
-        negative = g[:, None] != g[None, :]
-    has_neg = negative.any(dim=1)
-    if not bool(has_neg.any()):
-        raise ValueError("no anchor has a negative: need at least two pairs from different groups")
-    hard = sims.masked_fill(~negative, -math.inf).max(dim=1).values[has_neg]
     return {
         "pos_mean": float(pos.mean()),
         "pos_std": float(pos.std(unbiased=False)),

@@ -189,7 +189,9 @@ def evaluate_retrieval(encoder: TextEncoder, dataset: Any, ks: Sequence[int] = D
                        top_k: int | None = None) -> RetrievalResult:
     """Evaluate a text encoder on a BEIR-style split (corpus, queries, qrels).
 
-    encoder: anything with encode(texts, batch_size=, show_progress=) -> float32 [n, D].
+    encoder: anything with encode(texts, batch_size=, show_progress=) -> float32 [n, D]; an
+    asymmetric one (a `contrastkit.towers.DualEncoder`) encodes documents with `encode_documents`
+    and queries with `encode_queries` when it has them.
     dataset: a contrastkit.data.beir.BeirDataset or any object with corpus, queries, qrels (and
     optionally doc_text and split_queries). Documents are title + " " + text.
     top_k: docs kept per query (default max(ks)). Returns metrics, per-query values and the run.
@@ -201,9 +203,10 @@ def evaluate_retrieval(encoder: TextEncoder, dataset: Any, ks: Sequence[int] = D
     """
     k = search_depth(ks, top_k)
     queries, doc_ids, doc_texts, qrels = split_texts(dataset)
-    doc_emb = encoder.encode(doc_texts, batch_size=batch_size, show_progress=show_progress)
-    query_emb = encoder.encode(list(queries.values()), batch_size=batch_size,
-                               show_progress=show_progress)
+    encode_documents = getattr(encoder, "encode_documents", None) or encoder.encode
+    encode_queries = getattr(encoder, "encode_queries", None) or encoder.encode
+    doc_emb = encode_documents(doc_texts, batch_size=batch_size, show_progress=show_progress)
+    query_emb = encode_queries(list(queries.values()), batch_size=batch_size, show_progress=show_progress)
     run = retrieve(query_emb, doc_emb, list(queries), doc_ids, k, score=score,
                    exact_threshold=exact_threshold)
     return result_from_run(run, qrels, ks)

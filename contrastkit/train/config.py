@@ -24,7 +24,7 @@ class TrainConfig:
 
     # what and where
     model: str = "default"
-    data: str = ""                      # pair file (JSONL/CSV/TSV/Parquet) or BEIR folder
+    data: str | list[str] = ""          # pair file (JSONL/CSV/TSV/Parquet) or BEIR folder, or a list of them
     split: str = "train"                # qrels split, for a BEIR folder
     output_dir: str = "runs/contrastkit"
     max_seq_length: int | None = None   # None: the model's own
@@ -45,6 +45,7 @@ class TrainConfig:
     mini_batch_size: int | None = None  # gradient caching when set: memory bound by this, not batch_size
     chunk_size: int | None = 16         # without caching: forward in length-sorted chunks (None: one pass)
     drop_last: bool = True
+    group_by_source: bool = False       # each batch from one source: a pair's "source" field, else its data file
     # optimisation
     epochs: int = 1
     max_steps: int | None = None        # stop after this many steps (overrides epochs)
@@ -54,6 +55,8 @@ class TrainConfig:
     scheduler: str = "linear"
     max_grad_norm: float | None = 1.0
     bf16: bool = False
+    attention_dropout: float | None = None  # dropout on attention probabilities in training (None: the
+                                            # model's own); 0 lets the fused attention kernel run
     seed: int = 0
     max_nonfinite_steps: int = 5        # stop after this many non-finite steps in a row
     # bookkeeping
@@ -66,6 +69,12 @@ class TrainConfig:
     metric_for_best: str = "ndcg@10"
     tensorboard: bool = False
     show_progress: bool = True
+    # the report (docs/report.md): embedding health of a fixed sample of training pairs at step 0,
+    # every health_every steps (null: eval_every, else a tenth of the run, sparser where that would cost
+    # over 5 % of the training time) and at the end; report.html
+    health_every: int | None = None
+    health_sample: int = 128            # pairs embedded for the health signals; 0: none
+    report: bool = True                 # write report.html at the end of training
     # distributed (torchrun): collectives give up after this long, so a hung rank never hangs the rest
     # (a rank that dies is noticed at once); keep it above the evaluation time when evaluating
     dist_timeout_s: float = 60.0
@@ -89,7 +98,7 @@ class TrainConfig:
                      "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be at least 1; got {getattr(self, name)}")
-        for name in ("mini_batch_size", "chunk_size", "max_steps", "eval_every", "max_seq_length"):
+        for name in ("mini_batch_size", "chunk_size", "max_steps", "eval_every", "max_seq_length", "health_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 bad(f"{name} must be at least 1 (or null); got {value}")
@@ -106,16 +115,28 @@ class TrainConfig:
             bad(f"warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
         if not self.lr > 0:
             bad(f"lr must be > 0; got {self.lr}")
+        if isinstance(self.data, list) and not all(isinstance(p, str) and p for p in self.data):
+            bad(f"data must be a path or a list of paths; got {self.data!r}")
+        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
+            bad(f"attention_dropout must be in [0, 1) (or null); got {self.attention_dropout}")
         if self.num_hard_negatives < 0:
             bad(f"num_hard_negatives must be >= 0; got {self.num_hard_negatives}")
+        if self.health_sample < 0:
+            bad(f"health_sample must be >= 0 (0: no health signals); got {self.health_sample}")
         if check_files:
             if self.eval_data and not Path(self.eval_data).is_dir():
                 bad(f"eval_data folder '{self.eval_data}' does not exist")
             if not self.data:
                 bad("data is not set: give a pair file or a BEIR folder")
-            if not Path(self.data).exists():
-                bad(f"data file '{self.data}' does not exist")
+            for path in self.data_paths:
+                if not Path(path).exists():
+                    bad(f"data file '{path}' does not exist")
         return self
+
+    @property
+    def data_paths(self) -> list[str]:
+        """`data` as a list of paths (one file or folder, or several)."""
+        return [self.data] if isinstance(self.data, str) else list(self.data)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,6 +148,8 @@ def _allowed_types(tp: object) -> tuple[type, ...]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return tuple(t for arg in typing.get_args(tp) for t in _allowed_types(arg))
+    if origin is not None:  # list[str] → list (the elements are checked in validate)
+        return (origin,)
     return (type(None),) if tp is None or tp is type(None) else (tp,)
 
 

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from contrastkit.errors import ConfigError
+
 HEARTBEAT_EVERY_S = 1.0
 
 
@@ -58,6 +60,15 @@ def init_distributed(timeout_s: float = 30.0) -> DistContext:
     context = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
     _start_heartbeat(context)
     return context
+
+
+def join_ranks(batch_size: int, timeout_s: float, device: str) -> tuple[DistContext, torch.device]:
+    """Join the ranks (see `init_distributed`) and pick this rank's device; the global batch must split evenly."""
+    context = init_distributed(timeout_s)
+    if batch_size % context.world_size:
+        raise ConfigError(f"batch_size {batch_size} must be divisible by the number of ranks "
+                          f"({context.world_size}): each rank embeds an equal shard of the global batch")
+    return context, resolve_device(device, context)
 
 
 def resolve_device(name: str, context: DistContext) -> torch.device:

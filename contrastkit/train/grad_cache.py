@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-EmbedFn = Callable[[list[str]], Tensor]  # texts → embeddings [n, D] (with a graph when grad is on)
+EmbedFn = Callable[[list], Tensor]  # texts (or images' pixel tensors) → embeddings [n, D], graph when grad is on
 
 
 class RandState:
@@ -62,20 +62,22 @@ def length_sorted_chunks(lengths: Sequence[int], chunk_size: int | None) -> list
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def embed_in_chunks(embed_fn: EmbedFn, texts: Sequence[str], chunks: list[np.ndarray]) -> Tensor:
-    """Embed `texts` chunk by chunk (graphs kept) and return [N, D] in the original order."""
+def embed_in_chunks(embed_fn: EmbedFn, texts: Sequence, chunks: list[np.ndarray]) -> Tensor:
+    """Embed `texts` (or any items) chunk by chunk (graphs kept) and return [N, D] in the original order."""
     pieces = [embed_fn([texts[i] for i in chunk]) for chunk in chunks]
     order = torch.as_tensor(np.concatenate(chunks))
     out = torch.cat(pieces)
     return out[torch.argsort(order)]
 
 
-def grad_cache_backward(embed_fn: EmbedFn, groups: Sequence[Sequence[str]], chunks: Sequence[list[np.ndarray]],
-                        loss_fn: Callable[..., Tensor]) -> Tensor:
+def grad_cache_backward(embed_fn: EmbedFn | Sequence[EmbedFn], groups: Sequence[Sequence],
+                        chunks: Sequence[list[np.ndarray]], loss_fn: Callable[..., Tensor]) -> Tensor:
     """One gradient-cached backward pass; returns the (detached) loss.
 
     Args:
-        embed_fn: texts → embeddings; called without a graph, then again with one.
+        embed_fn: texts → embeddings; called without a graph, then again with one. Or one such
+            function per group (two towers: queries through one encoder, documents or images
+            through another); a group's items are then whatever its function takes.
         groups: the batch's text groups (e.g. anchors [B], positives [B], negatives [M]).
         chunks: for each group, its chunks of indices (see `length_sorted_chunks`).
         loss_fn: called as loss_fn(*embeddings, one [n_g, D] tensor per group) → 0-dim loss.
@@ -84,10 +86,13 @@ def grad_cache_backward(embed_fn: EmbedFn, groups: Sequence[Sequence[str]], chun
     Parameter gradients accumulate into `.grad` exactly as `loss_fn(*embed(groups)).backward()` with
     the same chunks and the same starting RNG state would.
     """
+    embed_fns = [embed_fn] * len(groups) if callable(embed_fn) else list(embed_fn)
+    if len(embed_fns) != len(groups):
+        raise ValueError(f"got {len(embed_fns)} embed functions for {len(groups)} groups")
     states: list[list[RandState]] = []
     cached: list[Tensor] = []
     with torch.no_grad():
-        for texts, group_chunks in zip(groups, chunks):
+        for embed_fn, texts, group_chunks in zip(embed_fns, groups, chunks):
             group_states, pieces = [], []
             for chunk in group_chunks:
                 group_states.append(RandState())
@@ -101,7 +106,7 @@ def grad_cache_backward(embed_fn: EmbedFn, groups: Sequence[Sequence[str]], chun
     loss = loss_fn(*leaves)
     loss.backward()
 
-    for texts, group_chunks, group_states, leaf in zip(groups, chunks, states, leaves):
+    for embed_fn, texts, group_chunks, group_states, leaf in zip(embed_fns, groups, chunks, states, leaves):
         if leaf.grad is None:  # this group does not reach the loss
             continue
         for chunk, state in zip(group_chunks, group_states):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import shutil
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,12 +22,15 @@ from tqdm.auto import tqdm
 from contrastkit.data import Pair, load_beir, pairs_from_beir, read_pairs
 from contrastkit.encoder import Encoder, autocast
 from contrastkit.errors import ConfigError, ContrastkitError
+from contrastkit.evaluate import embedding_health, similarity_values
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
+from contrastkit.report.record import clear_records, record_environment, record_similarities, sample_indices
 from contrastkit.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
                                           write_atomically)
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, describe_failure,
-                                           gather_with_local_grad, init_distributed, resolve_device)
+                                           gather_with_local_grad, join_ranks)
+from contrastkit.train.evaluation import RetrievalEvaluator
 from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
 from contrastkit.train.sampler import no_duplicate_batches
 
@@ -36,11 +41,30 @@ class TrainingError(ContrastkitError, RuntimeError):
     """Training cannot go on (e.g. the loss stayed non-finite)."""
 
 
-def load_training_pairs(source: str | Path, split: str = "train") -> list[Pair]:
-    """Pairs from a pair file (JSONL/CSV/TSV/Parquet) or a BEIR folder's split, fully validated."""
-    if Path(source).is_dir():
-        return pairs_from_beir(load_beir(source, split))
-    return read_pairs(source)
+def load_training_pairs(source: str | Path | Sequence[str | Path], split: str = "train") -> list[Pair]:
+    """Pairs from pair files (JSONL/CSV/TSV/Parquet) or BEIR folders' split, fully validated.
+
+    A pair without a "source" field gets its file's (or folder's) path as source, for group_by_source.
+    """
+    if isinstance(source, (str, Path)):
+        source = [source]
+    pairs: list[Pair] = []
+    for path in source:
+        found = pairs_from_beir(load_beir(path, split)) if Path(path).is_dir() else read_pairs(path)
+        pairs.extend(p if p.source is not None else dataclasses.replace(p, source=str(path)) for p in found)
+    return pairs
+
+
+def default_health_every(total_steps: int, batch_size: int, texts_per_pair: int, health_sample: int,
+                         budget: float = 0.05) -> int:
+    """Health steps every tenth of the run, but sparser when they would cost more than `budget` of it.
+
+    A health pass embeds 2 × health_sample texts forward only; a training step embeds texts_per_pair ×
+    batch_size texts forward and backward (about three forward passes' work).
+    """
+    health_cost = 2 * health_sample
+    step_cost = 3 * texts_per_pair * batch_size
+    return max(1, total_steps // 10, math.ceil(health_cost / (budget * step_cost)))
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
@@ -94,15 +118,14 @@ class Trainer:
         if config.eval_every and evaluator is None:
             raise ConfigError("eval_every is set but there is nothing to evaluate with: set eval_data (a BEIR "
                               "folder) or pass an evaluator")
-        self.dist = init_distributed(config.dist_timeout_s)
-        if config.batch_size % self.dist.world_size:
-            raise ConfigError(f"batch_size {config.batch_size} must be divisible by the number of ranks "
-                              f"({self.dist.world_size}): each rank embeds an equal shard of the global batch")
+        self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device)
         self.config = config
-        self.device = resolve_device(config.device, self.dist)
         self.encoder = encoder.to(self.device)
         if config.max_seq_length:
             encoder.max_seq_length = config.max_seq_length
+        if config.attention_dropout is not None and not encoder.set_attention_dropout(config.attention_dropout):
+            raise ConfigError(f"attention_dropout is set but no attention dropout was found in "
+                              f"{type(encoder.model).__name__}; leave it null for this model")
         self.examples = list(examples)
         self.evaluator = evaluator
         self.loss_fn = build_loss(config).to(self.device)
@@ -121,6 +144,11 @@ class Trainer:
         self.nonfinite_total = 0
         self.best_metric: float | None = None
         self._lengths: dict[str, int] = {}
+        # the report's health signals: a fixed sample of pairs, embedded now and then (main rank only)
+        self._health_pairs = [self.examples[i] for i in sample_indices(len(self.examples), config.health_sample,
+                                                                       config.seed)]
+        self.health_every = config.health_every or config.eval_every or default_health_every(
+            self.total_steps, config.batch_size, 2 + config.num_hard_negatives, config.health_sample)
 
     # ------------------------------------------------------------------ setup
     def _param_groups(self) -> list[dict]:
@@ -158,8 +186,9 @@ class Trainer:
     def _sample_batches(self, epoch: int) -> list[list[int]]:
         k = self.config.num_hard_negatives
         texts = [(ex.anchor, ex.positive, *ex.negatives[:k]) for ex in self.examples]
+        sources = [ex.source or "" for ex in self.examples] if self.config.group_by_source else None
         return no_duplicate_batches(texts, self.config.batch_size, self.config.seed, epoch,
-                                    drop_last=self.config.drop_last)
+                                    drop_last=self.config.drop_last, sources=sources)
 
     def _token_length(self, texts: Sequence[str]) -> list[int]:
         missing = [t for t in dict.fromkeys(texts) if t not in self._lengths]
@@ -239,12 +268,15 @@ class Trainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            record_environment(self.output_dir, model=str(self.encoder.name_or_path), device=str(self.device),
+                               world_size=self.dist.world_size)
         torch.manual_seed(config.seed + self.dist.rank)
         if resume:
             self._resume()
         elif main:  # a fresh run: an old run's checkpoints must never be resumed into this one
             for stale in list_checkpoints(self.checkpoint_dir):
                 shutil.rmtree(stale)
+            clear_records(self.output_dir)
         barrier(self.dist)
         self.encoder.train()
         log = (self.output_dir / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8") if main else None
@@ -252,6 +284,8 @@ class Trainer:
         progress = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
                         disable=not (config.show_progress and main), dynamic_ncols=True)
         try:
+            if main and self.step == 0:
+                self._before_training(log, writer)
             self._loop(log, writer, progress)
         except (dist.DistError, RuntimeError) as exc:
             if not self.dist.enabled or isinstance(exc, ContrastkitError):
@@ -266,6 +300,7 @@ class Trainer:
         self.encoder.eval()
         if main:
             self.encoder.save(self.output_dir)
+            self._write_report()
         # the weights are now those of the output folder: caches keyed by model must not see the old name
         self.encoder.name_or_path = str(self.output_dir)
         return self.output_dir
@@ -287,8 +322,13 @@ class Trainer:
                                  pairs_s=f"{pairs_seen / (time.perf_counter() - started):.1f}")
             if log is not None and (self.step % config.log_every == 0 or self.step == self.total_steps):
                 self._log(log, writer, record)
-            if config.eval_every and self.evaluator and self.step % config.eval_every == 0 and self.dist.is_main:
+            final = self.step == self.total_steps
+            if self.dist.is_main and self.evaluator and (
+                    (config.eval_every and self.step % config.eval_every == 0)
+                    or (final and isinstance(self.evaluator, RetrievalEvaluator))):
                 self._evaluate(log, writer)
+            if self.dist.is_main and (self.step % self.health_every == 0 or final):
+                self._record_health(log, writer)
             if self.step % config.checkpoint_every == 0 or self.step == self.total_steps:
                 self._checkpoint(epoch, position + 1)
 
@@ -334,19 +374,68 @@ class Trainer:
             raise ConfigError("tensorboard = true needs the tensorboard package (pip install tensorboard)") from exc
         return SummaryWriter(str(self.output_dir / "tensorboard"))
 
-    def _evaluate(self, log, writer) -> None:
-        self.encoder.eval()
-        metrics = self.evaluator(self.encoder)
-        self.encoder.train()
-        record = {"step": self.step, "eval": metrics}
-        self._log(log, None, record)
+    def _log_section(self, log, writer, section: str, values: dict) -> None:
+        """One {"step": …, section: values} record, e.g. "eval" or "health"; scalars to tensorboard."""
+        self._log(log, None, {"step": self.step, section: values})
         if writer is not None:
-            for key, value in metrics.items():
-                writer.add_scalar(f"eval/{key}", value, self.step)
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    writer.add_scalar(f"{section}/{key}", value, self.step)
+
+    def _run_evaluator(self, role: str | None = None) -> dict[str, float]:
+        """The evaluator's metrics; a RetrievalEvaluator's full result is also recorded as `role`."""
+        self.encoder.eval()
+        try:
+            if not isinstance(self.evaluator, RetrievalEvaluator):
+                return self.evaluator(self.encoder)
+            result = self.evaluator.evaluate(self.encoder)
+        finally:
+            self.encoder.train()
+        if role:
+            self.evaluator.record(self.output_dir, role, result, step=self.step)
+        return result.metrics
+
+    def _evaluate(self, log, writer) -> None:
+        metrics = self._run_evaluator("after" if self.step == self.total_steps else None)
+        self._log_section(log, writer, "eval", metrics)
         value = metrics.get(self.config.metric_for_best)
-        if value is not None and (self.best_metric is None or value > self.best_metric):
+        if self.config.eval_every and value is not None and (self.best_metric is None or value > self.best_metric):
             self.best_metric = value
             write_atomically(self.output_dir / "best", lambda tmp: self.encoder.save(tmp))
+
+    # ------------------------------------------------------------------ what the report shows
+    def _before_training(self, log, writer) -> None:
+        """Step 0: health of the untouched model; with a RetrievalEvaluator, its retrieval and BM25's."""
+        self._record_health(log, writer)
+        if isinstance(self.evaluator, RetrievalEvaluator):
+            self.evaluator.record_bm25(self.output_dir)
+            self._run_evaluator("before")
+
+    def _record_health(self, log, writer) -> None:
+        """Alignment, uniformity and similarities of the fixed pair sample (cheap: no grad, eval mode).
+
+        At step 0 and at the end the raw similarities are kept too, for the report's histograms.
+        """
+        pairs = self._health_pairs
+        groups = [p.anchor for p in pairs]  # pairs of one anchor are not each other's negatives
+        if len(set(groups)) < 2:
+            return
+        anchors = self.encoder.encode(groups)
+        positives = self.encoder.encode([p.positive for p in pairs])
+        self._log_section(log, writer, "health", embedding_health(anchors, positives, groups).to_dict())
+        if self.step in (0, self.total_steps):
+            record_similarities(self.output_dir, "before" if self.step == 0 else "after", self.step,
+                                similarity_values(anchors, positives, groups), seed=self.config.seed)
+
+    def _write_report(self) -> None:
+        if not self.config.report:
+            return
+        from contrastkit.report import ReportError, write_report
+
+        try:
+            write_report(self.output_dir)
+        except ReportError as exc:  # e.g. matplotlib missing: the model is saved, the report is extra
+            warnings.warn(f"no report.html written: {exc}", stacklevel=2)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, epoch: int, next_position: int) -> None:

@@ -90,6 +90,14 @@ def test_write_pairs_round_trips_atomically(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["out.jsonl"]
 
 
+def test_source_field_is_read_and_written(tmp_path):
+    pairs = [Pair("q1", "d1", source="faq"), Pair("q2", "d2")]
+    out = write_pairs(pairs, tmp_path / "p.jsonl")
+    assert json.loads(out.read_text().splitlines()[0])["source"] == "faq"
+    assert "source" not in json.loads(out.read_text().splitlines()[1])
+    assert [p.source for p in read_pairs(out)] == ["faq", None]
+
+
 # ------------------------------------------------------------------------ bad input, exact messages
 BAD_JSONL = [
     ('{"anchor": "a", "positive": }', 'line 1: not valid JSON: Expecting value (column 29)'),
@@ -105,6 +113,7 @@ BAD_JSONL = [
     ('{"anchor": "a", "positive": "b", "negative": "c", "negatives": ["d"]}',
      'line 1: field "negatives": given twice, as "negatives" and "negative"'),
     ('{"anchor": "a", "positive": "b", "anchor_id": 7}', 'line 1: field "anchor_id": expected a string, got number'),
+    ('{"anchor": "a", "positive": "b", "source": ""}', 'line 1: field "source": is empty'),
 ]
 
 

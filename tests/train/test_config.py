@@ -31,6 +31,11 @@ def test_yaml_and_toml_load_with_overrides(tmp_path):
     ("data: {data}\ntemperature: 0\n", "temperature must be > 0"),
     ("- a\n- b\n", "c.yaml: expected a mapping of keys to values"),
     ("data: [unclosed\n", "c.yaml: cannot parse"),
+    ("data: [{data}, {data}/gone.jsonl]\n", "c.yaml: data file '{data}/gone.jsonl' does not exist"),
+    ("data: [{data}, 3]\n", "c.yaml: data must be a path or a list of paths; got ["),
+    ("data: {{a: 1}}\n", "c.yaml: key 'data' must be str or list; got dict"),
+    ("data: {data}\ngroup_by_source: maybe\n", "c.yaml: key 'group_by_source' must be bool; got str"),
+    ("data: {data}\nattention_dropout: 1.5\n", "c.yaml: attention_dropout must be in [0, 1) (or null); got 1.5"),
 ])
 def test_bad_configs_are_refused_before_training(tmp_path, text, message):
     path = write(tmp_path, "c.yaml", text.format(data=tmp_path))

@@ -22,7 +22,8 @@ def no_dropout_model(tmp_path_factory):
 def train_args(model, data, out, *extra):
     return ["-m", "contrastkit.cli", "train", "--model", str(model), "--data", str(data), "--output", str(out),
             "--set", "batch_size=8", "--set", "lr=1e-3", "--set", "warmup_ratio=0", "--set", "dtype=float64",
-            "--set", "show_progress=false", "--set", "max_seq_length=32", *extra]
+            "--set", "show_progress=false", "--set", "max_seq_length=32", "--set", "report=false",
+            "--set", "health_every=1", *extra]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -50,7 +51,8 @@ def test_two_ranks_equal_one_process(no_dropout_model, tmp_path, mode):
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
     assert any((a[n] - start[n].double()).abs().max() > 1e-4 for n in a)  # the weights did move
     logs = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logs] == [1, 2, 3]  # only rank 0 writes the log
+    assert [r["step"] for r in logs if "loss" in r] == [1, 2, 3]  # only rank 0 writes the log
+    assert [r["step"] for r in logs if "health" in r] == [0, 1, 2, 3]  # health too: rank 0 only, once each
 
 
 def test_a_killed_rank_makes_the_other_exit_with_a_clear_error(no_dropout_model, tmp_path):

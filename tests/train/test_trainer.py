@@ -19,10 +19,17 @@ from contrastkit.train.checkpoint import latest_checkpoint, list_checkpoints
 from _support import make_beir, make_pairs, write_pairs
 
 def config(tmp_path, **kw):
+    # report=False: these tests are about the loop (tests/report renders reports); health records stay on
     base = dict(data="unused", output_dir=str(tmp_path / "run"), batch_size=8, lr=1e-3, warmup_ratio=0.0,
-                max_steps=12, checkpoint_every=6, show_progress=False, seed=3)
+                max_steps=12, checkpoint_every=6, show_progress=False, seed=3, report=False)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def step_records(path):
+    """The training-step records of a metrics.jsonl (not its "eval" or "health" records)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if "eval" not in r and "health" not in r]
 
 
 def mean_pair_loss(encoder, pairs):
@@ -53,7 +60,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tiny_model_dir, tmp
     out = Trainer(config(tmp_path, **options), encoder, pairs).train()
     after = mean_pair_loss(encoder, pairs)
     assert after < before - 0.05, (before, after)
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    log = step_records(out / "metrics.jsonl")
     assert [r["step"] for r in log] == list(range(1, 13))
     assert all(np.isfinite(r["loss"]) and r["pairs_per_s"] > 0 for r in log)
     assert (out / "train_config.yaml").is_file()
@@ -86,7 +93,7 @@ def test_nonfinite_steps_are_skipped_then_training_stops(tiny_model_dir, tmp_pat
     monkeypatch.setattr(trainer, "compute_gradients", sometimes_nan)
     with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
         trainer.train()
-    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    log = step_records(tmp_path / "run" / "metrics.jsonl")
     assert [r["skipped"] for r in log] == [False, True, False, True, True]
     assert log[-1]["nonfinite_total"] == 3
     assert any(not torch.equal(before[n], p) for n, p in encoder.named_parameters())
@@ -116,7 +123,7 @@ def _train_cmd(model_dir, data, out, *extra):
     return [sys.executable, "-m", "contrastkit.cli", "train", "--model", str(model_dir), "--data", str(data),
             "--output", str(out), "--set", "batch_size=8", "--set", "max_steps=40", "--set", "checkpoint_every=4",
             "--set", "lr=1e-3", "--set", "show_progress=false", "--set", "max_seq_length=32", "--set",
-            "mini_batch_size=4", *extra]
+            "mini_batch_size=4", "--set", "report=false", *extra]
 
 
 def test_kill_minus_9_then_resume_gives_the_same_weights(tiny_model_dir, tmp_path):
@@ -171,7 +178,7 @@ def test_epochs_of_different_lengths_are_all_trained(tiny_model_dir, tmp_path):
     assert len(set(lengths)) > 1, lengths  # the case this test is about
     assert trainer.total_steps == sum(lengths)
     trainer.train()
-    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    log = step_records(tmp_path / "run" / "metrics.jsonl")
     assert [r["epoch"] for r in log] == [e for e, n in enumerate(lengths) for _ in range(n)]
 
 
@@ -195,5 +202,46 @@ def test_a_fresh_run_in_an_old_folder_starts_clean(tiny_model_dir, tmp_path):
     Trainer(config(tmp_path, max_steps=4, checkpoint_every=2), Encoder.from_pretrained(tiny_model_dir), make_pairs()).train()
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["checkpoint-00000002",
                                                                                    "checkpoint-00000004"]
-    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    log = step_records(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3, 4]
+
+
+def test_group_by_source_keeps_each_batch_to_one_data_set(tiny_model_dir, tmp_path):
+    from contrastkit.train import load_training_pairs
+
+    faq = write_pairs(tmp_path / "faq.jsonl", make_pairs(24)[:12])
+    docs = make_pairs(24)[12:]
+    for pair in docs[:4]:
+        pair.source = "manual"  # an explicit source wins over the file's name
+    other = write_pairs(tmp_path / "other.jsonl", docs)
+    pairs = load_training_pairs([faq, other])
+    assert [p.source for p in pairs] == [str(faq)] * 12 + ["manual"] * 4 + [str(other)] * 8
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    grouped = Trainer(config(tmp_path, max_steps=None, batch_size=4, group_by_source=True), encoder, pairs)
+    mixed = Trainer(config(tmp_path, max_steps=None, batch_size=4), encoder, pairs)
+    for epoch in range(3):
+        assert all(len({pairs[i].source for i in b}) == 1 for b in grouped._batches(epoch))
+        assert sorted(i for b in grouped._batches(epoch) for i in b) == list(range(24))
+    assert any(len({pairs[i].source for i in b}) > 1 for b in mixed._batches(0))
+
+
+def test_attention_dropout_setting_reaches_the_model_or_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    Trainer(config(tmp_path, attention_dropout=0.0), encoder, make_pairs(16))
+    dropouts = {name: m.p for name, m in encoder.model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert {p for n, p in dropouts.items() if n.endswith("attention.self.dropout")} == {0.0}
+    assert {p for n, p in dropouts.items() if not n.endswith("attention.self.dropout")} == {0.1}
+    monkeypatch.setattr(Encoder, "set_attention_dropout", lambda self, p: 0)  # a model without any
+    with pytest.raises(ConfigError, match="no attention dropout was found in BertModel"):
+        Trainer(config(tmp_path, attention_dropout=0.0), encoder, make_pairs(16))
+
+
+def test_health_steps_stay_a_small_share_of_training():
+    from contrastkit.train.trainer import default_health_every
+
+    assert default_health_every(1000, 64, 3, 128) == 100      # a long run: every tenth
+    assert default_health_every(15, 32, 2, 128) == 27          # 32-pair steps: only step 0 and the end
+    assert default_health_every(30, 64, 3, 128) == 9           # the demo: 0, 9, 18, 27 and 30
+    for total, batch, texts, sample in [(15, 32, 2, 128), (30, 64, 3, 128), (200, 8, 2, 64)]:
+        every = default_health_every(total, batch, texts, sample)
+        assert (2 * sample) / every <= 0.05 * 3 * texts * batch + 1e-9  # health work per step ≤ 5 % of a step

@@ -1,0 +1,87 @@
+"""Image–caption data: a folder of images and a JSONL of {"image": relative path, "caption": text}.
+
+Every record is checked before any training: the JSONL strictly (file, line, field), and every
+image must exist and open with Pillow. A problem stops the run with a line such as
+
+    error: captions.jsonl line 7: field "image": image 'cats/3.png' not found (looked for /data/cats/3.png)
+
+Images are only decoded here; resizing and normalisation belong to the vision tower's own image
+processor (`contrastkit.towers.VisionTower.prepare`), so they always match the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from contrastkit.data.validate import check_object, check_text, pick_field
+from contrastkit.errors import DataError
+from contrastkit.jsonl import iter_jsonl
+
+IMAGE_FIELDS = ("image", "image_path", "file_name")
+CAPTION_FIELDS = ("caption", "text")
+
+
+@dataclass(frozen=True)
+class ImageCaption:
+    """One training example: an image file and its caption (and where the record came from)."""
+
+    image: Path
+    caption: str
+    source: str = ""
+    line: int | None = None
+
+
+def read_image_captions(path: str | Path, image_dir: str | Path | None = None, *,
+                        check_images: bool = True) -> list[ImageCaption]:
+    """Read and check a JSONL of {"image": path, "caption": text}; image paths are relative to `image_dir`.
+
+    `image_dir` defaults to the JSONL's own folder; absolute image paths are used as they are.
+    With `check_images`, every image must exist and be readable by Pillow (header and data
+    checked with `Image.verify`, without decoding the pixels), so a bad file stops the run before
+    the model loads rather than hours into training.
+    """
+    path = Path(path)
+    root = Path(image_dir) if image_dir is not None else path.parent
+    if not root.is_dir():
+        raise DataError("image folder not found" if not root.exists() else "not a folder", path=str(root))
+    records = []
+    for line, value in iter_jsonl(path):
+        record = check_object(value, path=str(path), line=line)
+        image_field, relative = pick_field(record, IMAGE_FIELDS, path=str(path), line=line)
+        relative = check_text(relative, field=image_field, path=str(path), line=line)
+        caption_field, caption = pick_field(record, CAPTION_FIELDS, path=str(path), line=line)
+        caption = check_text(caption, field=caption_field, path=str(path), line=line)
+        image = root / relative
+        if check_images:
+            check_image(image, relative=relative, path=str(path), line=line, field=image_field)
+        records.append(ImageCaption(image=image, caption=caption, source=str(path), line=line))
+    if not records:
+        raise DataError("the file is empty: no image-caption records", path=str(path))
+    return records
+
+
+def check_image(image: Path, *, relative: str, path: str | None = None, line: int | None = None,
+                field: str | None = None) -> None:
+    """Raise a DataError naming file, line and field unless `image` exists and Pillow can read it."""
+    from PIL import Image
+
+    if not image.is_file():
+        what = "is a folder, not an image" if image.exists() else "not found"
+        raise DataError(f"image '{relative}' {what} (looked for {image})", path=path, line=line, field=field)
+    try:
+        with Image.open(image) as opened:
+            opened.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"image '{relative}' cannot be read: {exc}", path=path, line=line, field=field) from exc
+
+
+def load_image(image: str | Path):
+    """Decode an image file into an RGB `PIL.Image` (a DataError naming the file if it cannot be read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read the image: {exc}", path=str(image)) from exc

@@ -1,0 +1,225 @@
+r"""The two-tower training loop: CLIP-style symmetric InfoNCE with the model's learnable logit scale.
+
+For a batch of B aligned (query, document) pairs — or (caption, image) — with embeddings
+q_i = DualEncoder.embed("query", ·), d_i = DualEncoder.embed("document", ·) (unit vectors) and
+logit scale s = exp(t) ≤ 100 held by the model:
+
+    L = ½ [ −1/B Σ_i log softmax_j(s · q_i·d_j)_i  −  1/B Σ_i log softmax_j(s · d_i·q_j)_i ]
+
+(Radford et al. 2021; `contrastkit.losses.info_nce` with symmetric=True and τ = 1/s). Everything
+else is the text trainer's machinery, reused: the batches come from `no_duplicate_batches` (no
+caption or image twice in a batch), both towers go through `grad_cache_backward` with one embed
+function per side (gradient caching when `mini_batch_size` is set), under torchrun the embeddings
+are gathered across ranks (`gather_with_local_grad`: every anchor sees the global batch), and the
+loop keeps AdamW, warm-up + decay (`lr_factor`), clipping, metrics.jsonl and atomic checkpoints.
+
+The knobs are a `TrainConfig`; the loss-specific ones (`temperature`, `learnable_temperature`,
+`symmetric`) do not apply: the logit scale lives in the `DualEncoder`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from contrastkit.data import Pair
+from contrastkit.data.images import ImageCaption
+from contrastkit.errors import ConfigError
+from contrastkit.losses import info_nce
+from contrastkit.towers import SIDES, DualEncoder, TextTower
+from contrastkit.train.checkpoint import save_checkpoint
+from contrastkit.train.config import TrainConfig
+from contrastkit.train.distributed import all_reduce_gradients, gather_with_local_grad, join_ranks
+from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
+from contrastkit.train.sampler import no_duplicate_batches
+from contrastkit.train.trainer import TrainingError, lr_factor
+
+
+def clip_loss(queries: Tensor, documents: Tensor, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE of aligned rows [B, D] × [B, D] at logit scale s (CLIP; 0-dim tensor).
+
+    L = ½ (CE(s·Q Dᵀ, I) + CE(s·D Qᵀ, I)); embeddings unit-normalised (cosine). Radford et al. 2021.
+    """
+    return info_nce(queries, documents, temperature=1.0 / logit_scale, symmetric=True, similarity="dot")
+
+
+def sides_from_pairs(pairs: Sequence[Pair]) -> tuple[list[str], list[str]]:
+    """(queries, documents) of text pairs: anchors to the query tower, positives to the document tower."""
+    return [p.anchor for p in pairs], [p.positive for p in pairs]
+
+
+def sides_from_image_captions(records: Sequence[ImageCaption], model: DualEncoder) -> tuple[list, list]:
+    """(queries, documents) of image–caption records, the images on the model's vision side."""
+    captions, images = [r.caption for r in records], [r.image for r in records]
+    return (captions, images) if model.image_side == "document" else (images, captions)
+
+
+class DualTrainer:
+    """Trains a `DualEncoder` on aligned (query, document) items with the symmetric CLIP loss.
+
+    `queries[i]` and `documents[i]` are a positive pair; every other document of the global batch
+    is a negative (and every other query, in the reverse direction).
+
+    Example:
+        >>> records = read_image_captions("captions.jsonl")
+        >>> DualTrainer(TrainConfig(output_dir="runs/clip", batch_size=256, mini_batch_size=32),
+        ...             model, *sides_from_image_captions(records, model)).train()
+    """
+
+    def __init__(self, config: TrainConfig, model: DualEncoder, queries: Sequence, documents: Sequence) -> None:
+        config.validate(check_files=False)
+        if config.loss != "infonce" or config.num_hard_negatives:
+            raise ConfigError("the two-tower trainer trains with symmetric InfoNCE on in-batch negatives (CLIP): "
+                              "set loss = infonce and num_hard_negatives = 0")
+        if len(queries) != len(documents):
+            raise ConfigError(f"{len(queries)} queries but {len(documents)} documents: they must be aligned pairs")
+        if len(queries) < config.batch_size and config.drop_last:
+            raise ConfigError(f"only {len(queries)} training pairs, fewer than batch_size {config.batch_size}")
+        self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device)
+        self.config = config
+        self.model = model.to(self.device)
+        if config.max_seq_length:
+            for side in SIDES:
+                tower = model.tower(side)
+                if isinstance(tower, TextTower):
+                    tower.encoder.max_seq_length = config.max_seq_length
+        self.queries, self.documents = list(queries), list(documents)
+        # batches never repeat a text or an image file: a repeat would be its own false negative
+        self._keys = [(_key(q, i, "query"), _key(d, i, "document")) for i, (q, d) in enumerate(zip(queries, documents))]
+        self.output_dir = Path(config.output_dir)
+        self.total_steps = config.max_steps or sum(len(self._batches(e)) for e in range(config.epochs))
+        if self.total_steps == 0:
+            raise ConfigError("no complete batch without repeating a text or image; lower batch_size")
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
+        warmup = int(config.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, config.scheduler))
+        self.step = 0
+
+    def _param_groups(self) -> list[dict]:
+        """AdamW groups: weight decay on matrices only (not on biases, norms or the logit scale)."""
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        return [{"params": decay, "weight_decay": self.config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        return no_duplicate_batches(self._keys, self.config.batch_size, self.config.seed, epoch,
+                                    drop_last=self.config.drop_last)
+
+    def _schedule(self) -> Iterator[tuple[int, list[int]]]:
+        """(epoch, global batch) for every step of the run, epoch after epoch."""
+        epoch = 0
+        while True:
+            batches = self._batches(epoch)
+            if not batches:
+                raise ConfigError(f"epoch {epoch} has no complete batch without repeating a text; lower batch_size")
+            for batch in batches:
+                yield epoch, batch
+            epoch += 1
+
+    # ------------------------------------------------------------------ one step
+    def compute_gradients(self, batch: list[int]) -> Tensor:
+        """Forward and backward of both towers for one global batch; returns the loss.
+
+        This rank embeds its shard; the loss sees the gathered global batch; tower gradients are
+        summed over ranks. The logit scale already sees the whole loss on every rank: not summed.
+        """
+        shard = len(batch) // self.dist.world_size
+        local = batch[self.dist.rank * shard:(self.dist.rank + 1) * shard]
+        groups = [self.model.prepare("query", [self.queries[i] for i in local]),
+                  self.model.prepare("document", [self.documents[i] for i in local])]
+
+        def loss_on(queries: Tensor, documents: Tensor) -> Tensor:
+            return clip_loss(gather_with_local_grad(queries, self.dist), gather_with_local_grad(documents, self.dist),
+                             self.model.logit_scale)
+
+        chunk = self.config.mini_batch_size or self.config.chunk_size
+        chunks = [length_sorted_chunks(self.model.lengths(side, g), chunk) for side, g in zip(SIDES, groups)]
+        embed_fns = [functools.partial(self.model.embed_prepared, side) for side in SIDES]
+        if self.config.mini_batch_size:
+            loss = grad_cache_backward(embed_fns, groups, chunks, loss_on)
+        else:
+            loss = loss_on(*(embed_in_chunks(f, g, c) for f, g, c in zip(embed_fns, groups, chunks)))
+            loss.backward()
+        tower_params = [p for p in self.model.parameters() if p.requires_grad and p is not self.model.log_logit_scale]
+        all_reduce_gradients(tower_params, self.dist)
+        return loss.detach()
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> Path:
+        """Train for `max_steps` (or `epochs`), checkpoint, save the model (`DualEncoder.load(folder)`); the folder."""
+        config, main = self.config, self.dist.is_main
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        torch.manual_seed(config.seed + self.dist.rank)
+        self.model.train()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        log = (self.output_dir / "metrics.jsonl").open("w", encoding="utf-8") if main else None
+        progress = tqdm(total=self.total_steps, desc="training two towers", unit="step",
+                        disable=not (config.show_progress and main), dynamic_ncols=True)
+        nonfinite_in_a_row = 0
+        try:
+            for epoch, batch in self._schedule():
+                if self.step >= self.total_steps:
+                    break
+                started = time.perf_counter()
+                loss = self.compute_gradients(batch)
+                finite = bool(torch.isfinite(loss)) and all(torch.isfinite(p.grad).all() for p in params
+                                                            if p.grad is not None)
+                grad_norm = float("nan")
+                if finite:
+                    if config.max_grad_norm:
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+                    self.optimizer.step()
+                nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
+                if nonfinite_in_a_row >= config.max_nonfinite_steps:
+                    raise TrainingError(f"the loss or gradients were not finite for {nonfinite_in_a_row} steps in "
+                                        f"a row (last at step {self.step + 1}); lower lr")
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                record = {"step": self.step, "epoch": epoch, "loss": float(loss), "lr": self.scheduler.get_last_lr()[0],
+                          "logit_scale": float(self.model.logit_scale.detach()), "grad_norm": grad_norm,
+                          "skipped": not finite, "pairs_per_s": len(batch) / (time.perf_counter() - started)}
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", scale=f"{record['logit_scale']:.1f}")
+                if log is not None and (self.step % config.log_every == 0 or self.step == self.total_steps):
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if self.step % config.checkpoint_every == 0 or self.step == self.total_steps:
+                    self._checkpoint(epoch)
+        finally:
+            progress.close()
+            if log is not None:
+                log.close()
+        self.model.eval()
+        if main:
+            self.model.save(self.output_dir)
+        return self.output_dir
+
+    def _checkpoint(self, epoch: int) -> None:
+        """An atomic checkpoint: the model (both towers), optimizer, scheduler and RNG state."""
+        if not self.dist.is_main:
+            return
+        state = {"step": self.step, "epoch": epoch, "total_steps": self.total_steps, "config": self.config.to_dict()}
+        tensors = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                   "torch_rng": RandState().to_dict()}
+        save_checkpoint(self.output_dir / "checkpoints", self.step, self.model, state, tensors,
+                        self.config.keep_checkpoints)
+
+
+def _key(item: object, index: int, side: str) -> str:
+    """What identifies an item for the no-duplicates sampler: a text or image path as itself, else its index."""
+    return f"{side}:{item}" if isinstance(item, (str, Path)) else f"{side}#{index}"

@@ -1,0 +1,237 @@
+"""Self-supervised pair generators and augmentations: small texts, seeded, checked against what each promises."""
+
+import numpy as np
+import pytest
+import torch
+
+from contrastkit.data.augment import MASK_TOKEN, parse_augmentation, span_masking, word_deletion
+from contrastkit.data.selfsup import (STRATEGIES, Document, dropout_views, independent_crops, neighbour_sentences,
+                                      read_documents, self_supervised_pairs, split_sentences, title_body)
+from contrastkit.encoder import Encoder
+from contrastkit.errors import ConfigError, DataError
+from contrastkit.losses import info_nce
+from contrastkit.train import TrainConfig, Trainer
+from contrastkit.train.grad_cache import grad_cache_backward
+from contrastkit.train.sampler import no_duplicate_batches
+
+from _support import build_tiny_bert_folder, write_jsonl
+
+WORDS = ("lift drag wing shock wave nozzle flow heat transfer boundary layer panel flutter jet noise vortex "
+         "sheet skin friction stall angle buckling shell").split()
+
+
+def make_documents(n: int = 24, titled: bool = True) -> list[Document]:
+    """Documents of three or four sentences, each sentence 6–9 words, some titled."""
+    rng = np.random.default_rng(123)
+    docs = []
+    for i in range(n):
+        sentences = [" ".join(rng.choice(WORDS, size=rng.integers(6, 10))) + f" s{i}x{j}."
+                     for j in range(3 + i % 2)]
+        title = f"title {i} {WORDS[i % len(WORDS)]}" if titled and i % 3 else ""
+        docs.append(Document(id=f"d{i}", title=title, text=" ".join(sentences)))
+    return docs
+
+
+# ---------------------------------------------------------------- reading a raw corpus
+
+def test_read_documents_accepts_strings_objects_and_skips_empty_ones(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", ["a plain  string", {"text": "body one", "title": "T1", "_id": "x"},
+                                              {"text": "  ", "title": ""}, {"text": "no title", "id": 7}])
+    docs = read_documents(path)
+    assert docs == [Document("1", "", "a plain string"), Document("x", "T1", "body one"),
+                    Document("7", "", "no title")]
+
+
+def test_read_documents_takes_a_beir_folder(tmp_path):
+    (tmp_path / "beir").mkdir()
+    write_jsonl(tmp_path / "beir" / "corpus.jsonl", [{"_id": "d0", "title": "t", "text": "x y"}])
+    assert read_documents(tmp_path / "beir") == [Document("d0", "t", "x y")]
+    with pytest.raises(DataError, match="corpus.jsonl"):
+        read_documents(tmp_path)  # a folder without corpus.jsonl
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"text": "ok"}', '{"text": 3}'], 'line 2: field "text": expected a string, got number'),
+    (['{"text": "ok"}', '{"title": "t"}'], 'line 2: field "text": is missing'),
+    (['{"text": "ok", "title": ["t"]}'], 'line 1: field "title": expected a string, got list'),
+    (['{"text": "ok"}', '{"text": "b"'], "line 2: not valid JSON"),
+    (['[1, 2]'], "line 1: expected a JSON object, got list"),
+    (['{"text": ""}'], "no non-empty document"),
+    ([""], "the file is empty"),
+])
+def test_read_documents_errors_name_file_line_field(tmp_path, lines, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as exc:
+        read_documents(path)
+    assert str(exc.value).startswith(str(path)) and message in str(exc.value)
+
+
+def test_split_sentences():
+    assert split_sentences("One two three. Four five six! Seven eight nine?") == [
+        "One two three.", "Four five six!", "Seven eight nine?"]
+    # Cranfield's lower-case text with spaced full stops, and a short fragment joined to its sentence
+    assert split_sentences("the wing was tested . see fig. 3 for the lift curves .") == [
+        "the wing was tested .", "see fig. 3 for the lift curves ."]
+    assert split_sentences("para one has words\n\npara two has words") == ["para one has words", "para two has words"]
+    assert split_sentences("   ") == []
+
+
+# ---------------------------------------------------------------- the generators
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_each_generator_is_deterministic_in_its_seed(strategy):
+    docs = make_documents()
+    first = self_supervised_pairs(docs, strategy, seed=3)
+    assert first == self_supervised_pairs(docs, strategy, seed=3)
+    assert len(first) > 0 and all(p.anchor.strip() and p.positive.strip() for p in first)
+    assert all(p.source == strategy and p.anchor_id == p.positive_id for p in first)
+    if strategy in ("crop", "neighbours"):  # the random ones change with the seed
+        assert first != self_supervised_pairs(docs, strategy, seed=4)
+
+
+def test_dropout_views_are_the_same_string_twice():
+    docs = make_documents()
+    pairs = dropout_views(docs, seed=0)
+    assert [(p.anchor, p.positive) for p in pairs] == [(f"{d.title} {d.text}".strip(),) * 2 for d in docs]
+
+
+def test_crops_are_independent_spans_of_the_document():
+    docs = make_documents(40)
+    pairs = independent_crops(docs, seed=0, min_ratio=0.2, max_ratio=0.5, min_words=4)
+    assert len(pairs) == len(docs)
+    starts_differ = 0
+    for doc, pair in zip(docs, pairs):
+        words = f"{doc.title} {doc.text}".strip().split()
+        spans = []
+        for crop in (pair.anchor, pair.positive):
+            piece = crop.split()
+            assert max(4, round(0.2 * len(words))) <= len(piece) <= max(4, round(0.5 * len(words)))
+            spans.append([i for i in range(len(words) - len(piece) + 1) if words[i:i + len(piece)] == piece])
+            assert spans[-1], f"{crop!r} is not a contiguous span of {doc.id}"
+        starts_differ += spans[0][0] != spans[1][0]
+    assert starts_differ > len(docs) // 2  # independent draws, not one span copied
+
+
+def test_crops_skip_documents_too_short_to_crop():
+    docs = [Document("a", "", "only five words in here"), Document("b", "", " ".join(WORDS))]
+    assert [p.anchor_id for p in independent_crops(docs, min_words=8)] == ["b"]
+    with pytest.raises(ConfigError, match="min_ratio"):
+        independent_crops(docs, min_ratio=0.6, max_ratio=0.5)
+
+
+def test_title_body_drops_untitled_documents_and_a_repeated_title():
+    docs = [Document("a", "wing lift .", "wing lift . the lift of thin wings ."),
+            Document("b", "", "no title here"), Document("c", "Jet noise", "measured in a tunnel"),
+            Document("d", "only a title", "")]
+    pairs = title_body(docs)
+    assert [(p.anchor, p.positive) for p in pairs] == [("wing lift .", "the lift of thin wings ."),
+                                                       ("Jet noise", "measured in a tunnel")]
+
+
+def test_neighbours_are_adjacent_sentences_of_the_body():
+    docs = make_documents() + [Document("one", "t", "just one sentence here.")]
+    pairs = neighbour_sentences(docs, seed=1)
+    assert "one" not in {p.anchor_id for p in pairs}
+    by_id = {d.id: d for d in docs}
+    for pair in pairs:
+        sentences = split_sentences(by_id[pair.anchor_id].text)
+        i = sentences.index(pair.anchor)
+        assert sentences[i + 1] == pair.positive
+    assert len({split_sentences(by_id[p.anchor_id].text).index(p.anchor) for p in pairs}) > 1
+
+
+def test_unknown_strategy_and_no_pair_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown strategy 'simcse'"):
+        self_supervised_pairs(make_documents(), "simcse")
+    with pytest.raises(ConfigError, match="needs documents with a title"):
+        self_supervised_pairs(make_documents(titled=False), "title-body")
+
+
+# ---------------------------------------------------------------- augmentations
+
+def test_word_deletion_keeps_an_ordered_subset_and_at_least_one_word():
+    text = " ".join(WORDS)
+    out = word_deletion(text, np.random.default_rng(0), p=0.3)
+    assert out == word_deletion(text, np.random.default_rng(0), p=0.3)
+    kept = out.split()
+    assert 0 < len(kept) < len(WORDS)
+    it = iter(WORDS)
+    assert all(w in it for w in kept)  # a subsequence, order kept
+    assert word_deletion(text, np.random.default_rng(0), p=0.0) == text
+    assert len(word_deletion("a b c", np.random.default_rng(0), p=0.99).split()) >= 1
+
+
+def test_span_masking_masks_one_contiguous_span():
+    words = WORDS[:20]
+    out = span_masking(" ".join(words), np.random.default_rng(5), ratio=0.2).split()
+    masked = [i for i, w in enumerate(out) if w == MASK_TOKEN]
+    assert len(masked) == 4 and masked == list(range(masked[0], masked[0] + 4))
+    assert [w for i, w in enumerate(out) if i not in masked] == [w for i, w in enumerate(words) if i not in masked]
+    assert span_masking("single", np.random.default_rng(0)) == "single"
+
+
+def test_parse_augmentation_and_views_augmented_independently():
+    augment = parse_augmentation("word_deletion:0.3,span_masking:0.2")
+    pairs = dropout_views(make_documents(8), seed=0, augment=augment)
+    assert pairs == dropout_views(make_documents(8), seed=0, augment=augment)
+    assert any(p.anchor != p.positive for p in pairs) and all(MASK_TOKEN in p.anchor for p in pairs)
+    assert parse_augmentation("none") is None and parse_augmentation(None) is None
+    with pytest.raises(ConfigError, match="unknown augmentation 'shuffle'"):
+        parse_augmentation("shuffle")
+    with pytest.raises(ConfigError, match=r"in \[0, 1\)"):
+        parse_augmentation("word_deletion:1.5")
+
+
+# ---------------------------------------------------------------- dropout views differ only through dropout
+
+def test_dropout_views_differ_only_through_dropout(tmp_path, tiny_encoder):
+    text = dropout_views(make_documents(1))[0].anchor
+    tiny_encoder.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        first, second = tiny_encoder.embed([text]), tiny_encoder.embed([text])
+    assert not torch.allclose(first, second, atol=1e-4)  # dropout on: two different views
+    tiny_encoder.eval()
+    with torch.no_grad():
+        assert torch.equal(tiny_encoder.embed([text]), tiny_encoder.embed([text]))  # dropout off: identical
+    no_dropout = Encoder.from_pretrained(build_tiny_bert_folder(tmp_path / "p0", dropout=0.0), max_seq_length=64)
+    no_dropout.train()
+    with torch.no_grad():
+        assert torch.equal(no_dropout.embed([text]), no_dropout.embed([text]))  # training mode, p = 0: identical
+
+
+@pytest.mark.parametrize("dropout, differ", [(0.1, True), (0.0, False)])
+def test_the_gradient_cache_sees_two_dropout_views(tmp_path, dropout, differ):
+    """In the trainer's step, the anchors' and positives' embeddings of a dropout pair differ iff dropout > 0."""
+    encoder = Encoder.from_pretrained(build_tiny_bert_folder(tmp_path / "m", dropout=dropout), max_seq_length=64)
+    encoder.train()
+    pairs = dropout_views(make_documents(8))
+    groups = [[p.anchor for p in pairs], [p.positive for p in pairs]]
+    assert groups[0] == groups[1]
+    seen = []
+
+    def loss_fn(anchors, positives):
+        seen.append((anchors.detach().clone(), positives.detach().clone()))
+        return info_nce(anchors, positives)
+
+    chunks = [[np.arange(0, 4), np.arange(4, 8)]] * 2
+    grad_cache_backward(encoder.embed, groups, chunks, loss_fn)
+    anchors, positives = seen[0]
+    assert torch.allclose(anchors, positives, atol=1e-6) != differ
+
+
+def test_a_dropout_pair_keeps_its_positive_in_sampler_and_masking(tmp_path, tiny_encoder):
+    """anchor == positive must be neither rejected as a duplicate nor masked as a false negative."""
+    pairs = dropout_views(make_documents(24))
+    texts = [(p.anchor, p.positive) for p in pairs]
+    batches = no_duplicate_batches(texts, 8, seed=0, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(24))
+    config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=8, show_progress=False)
+    trainer = Trainer(config, tiny_encoder, pairs)
+    assert len(trainer._batches(0)) == 3
+    groups = trainer._groups(trainer._batches(0)[0])
+    anchors, positives = torch.randn(8, 16), torch.randn(8, 16)
+    loss = trainer._loss_on(groups)(anchors, positives)
+    assert trainer._stats["masked"] == 0
+    torch.testing.assert_close(loss, info_nce(anchors, positives, temperature=config.temperature))

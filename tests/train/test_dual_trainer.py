@@ -1,0 +1,226 @@
+"""The two-tower loop: CLIP-style training learns, caches both towers exactly, and gathers across ranks."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _image_support import tiny_clip_vision_config, tiny_vit_config, write_shapes_dataset
+from _support import make_pairs
+from contrastkit.data.images import read_image_captions
+from contrastkit.errors import ConfigError
+from contrastkit.losses import info_nce
+from contrastkit.towers import DualEncoder, ModuleTower, TextTower, VisionTower
+from contrastkit.train import TrainConfig
+from contrastkit.train.dual_trainer import DualTrainer, clip_loss, sides_from_image_captions, sides_from_pairs
+
+
+def image_to_text_recall_at_1(model, records) -> float:
+    images = model.encode_images([r.image for r in records])
+    captions = model.encode_queries([r.caption for r in records])
+    return float(np.mean((images @ captions.T).argmax(1) == np.arange(len(records))))
+
+
+def test_clip_loss_is_the_mean_of_both_cross_entropies():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
+    d = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64)
+    logits = scale * q @ d.T
+    labels = torch.arange(6)
+    cross_entropy = torch.nn.functional.cross_entropy
+    naive = (cross_entropy(logits, labels) + cross_entropy(logits.T, labels)) / 2
+    torch.testing.assert_close(clip_loss(q, d, scale), naive, atol=1e-12, rtol=0)
+
+
+def test_clip_training_of_tiny_towers_learns_shapes_and_colours(tiny_model_dir, tmp_path):
+    """Tiny random BERT + tiny random CLIP vision tower, 24 generated images: R@1 climbs far above chance."""
+    records = read_image_captions(write_shapes_dataset(tmp_path / "data"))
+    torch.manual_seed(0)
+    model = DualEncoder(TextTower.from_pretrained(tiny_model_dir, max_seq_length=16),
+                        VisionTower.from_config(tiny_clip_vision_config()), dim=16)
+    chance, before = 1 / len(records), image_to_text_recall_at_1(model, records)
+    config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=24, chunk_size=None, max_steps=24, lr=3e-3,
+                         warmup_ratio=0.1, scheduler="constant", show_progress=False)
+    out = DualTrainer(config, model, *sides_from_image_captions(records, model)).train()
+
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 25))
+    first, last = np.mean([r["loss"] for r in log[:3]]), np.mean([r["loss"] for r in log[-3:]])
+    assert last < 0.6 * first, (first, last)
+    assert log[0]["logit_scale"] != pytest.approx(1 / 0.07, rel=1e-4)  # the scale is learnt
+    after = image_to_text_recall_at_1(model, records)
+    assert before <= 3 * chance and after >= 10 * chance, (before, after)
+    # the run's folder holds both towers and a complete checkpoint
+    assert (out / "checkpoints" / "checkpoint-00000024" / "model" / "dual_encoder.json").is_file()
+    assert image_to_text_recall_at_1(DualEncoder.load(out), records) == after
+
+
+@pytest.fixture
+def text_and_vit_float64(tiny_model_dir):
+    """Both towers in float64 with dropout on, so gradients can be compared to 1e-8."""
+    torch.manual_seed(0)
+    vit_config = tiny_vit_config()
+    vit_config.hidden_dropout_prob = vit_config.attention_probs_dropout_prob = 0.1
+    return DualEncoder(TextTower.from_pretrained(tiny_model_dir, max_seq_length=16),
+                       VisionTower.from_config(vit_config), dim=16).double()
+
+
+@pytest.mark.parametrize("cached", [{"mini_batch_size": 3}, {"mini_batch_size": 12}])
+def test_gradient_cache_over_both_towers_equals_the_uncached_step(text_and_vit_float64, tmp_path, cached):
+    """Dropout on in both towers: the cached step's gradients (towers, projections, scale) equal the plain step's."""
+    model = text_and_vit_float64
+    records = read_image_captions(write_shapes_dataset(tmp_path / "data"))[:12]
+    sides = sides_from_image_captions(records, model)
+
+    def grads(seed: int = 7, **batching) -> dict[str, torch.Tensor]:
+        config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=12, show_progress=False, **batching)
+        trainer = DualTrainer(config, model, *sides)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        trainer.compute_gradients(list(range(12)))
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full = grads(chunk_size=cached["mini_batch_size"])
+    with_cache = grads(**cached)
+    assert full.keys() == with_cache.keys()
+    assert {"log_logit_scale", "projections.query.weight", "projections.document.weight"} <= full.keys()
+    assert any(n.startswith("towers.query.") for n in full) and any(n.startswith("towers.document.") for n in full)
+    for name in full:
+        torch.testing.assert_close(with_cache[name], full[name], atol=1e-8, rtol=0, msg=name)
+    other_masks = grads(seed=8, **cached)  # dropout is on: other masks, another gradient (the check has teeth)
+    assert any(not torch.allclose(other_masks[n], full[n], atol=1e-6) for n in full)
+
+
+def test_text_pairs_train_through_a_shared_tower_with_prefixes(tiny_encoder, tmp_path):
+    model = DualEncoder.shared(tiny_encoder)
+    seen: list[str] = []
+    embed = tiny_encoder.embed
+    tiny_encoder.embed = lambda texts: seen.extend(texts) or embed(texts)
+    config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=8, mini_batch_size=4, max_steps=2,
+                         show_progress=False)
+    DualTrainer(config, model, *sides_from_pairs(make_pairs(16))).train()
+    assert seen and all(t.startswith(("query: what about", "passage: a study of")) for t in seen)
+    assert DualEncoder.load(tmp_path / "run").prefixes == {"query": "query: ", "document": "passage: "}
+
+
+def test_bad_settings_stop_before_training(tiny_encoder, tmp_path):
+    model = DualEncoder.shared(tiny_encoder)
+    queries, documents = sides_from_pairs(make_pairs(16))
+    with pytest.raises(ConfigError, match="num_hard_negatives = 0"):
+        DualTrainer(TrainConfig(output_dir=str(tmp_path), batch_size=8, num_hard_negatives=1),
+                    model, queries, documents)
+    with pytest.raises(ConfigError, match="16 queries but 15 documents"):
+        DualTrainer(TrainConfig(output_dir=str(tmp_path), batch_size=8), model, queries, documents[:-1])
+    with pytest.raises(ConfigError, match="fewer than batch_size 32"):
+        DualTrainer(TrainConfig(output_dir=str(tmp_path), batch_size=32), model, queries, documents)
+
+
+RANK_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from torch import nn
+    from contrastkit.towers import DualEncoder, ModuleTower
+    from contrastkit.train import TrainConfig
+    from contrastkit.train.dual_trainer import DualTrainer
+
+    torch.manual_seed(0)
+    queries = list(torch.randn(16, 5, dtype=torch.float64))
+    documents = list(torch.randn(16, 7, dtype=torch.float64))
+    model = DualEncoder(ModuleTower(nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8)), 8),
+                        ModuleTower(nn.Linear(7, 6), 6), dim=4).double()
+    config = TrainConfig(output_dir=sys.argv[1], batch_size=8, mini_batch_size=2, max_steps=3, lr=1e-2,
+                         warmup_ratio=0, show_progress=False)
+    DualTrainer(config, model, queries, documents).train()
+""")
+
+
+def test_two_ranks_gather_negatives_and_equal_one_process(tmp_path):
+    """2 gloo ranks, each embedding half of every global batch (gradient cache on), end with one process's weights."""
+    script = tmp_path / "train_rank.py"
+    script.write_text(RANK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = ({**load_file(out / "dual_encoder.safetensors"), **load_file(out / "query" / "module.safetensors"),
+             **{f"doc.{k}": v for k, v in load_file(out / "document" / "module.safetensors").items()}}
+            for out in (tmp_path / "one", tmp_path / "two"))
+    assert a.keys() == b.keys() and "log_logit_scale" in a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+    assert not math.isclose(float(a["log_logit_scale"]), math.log(1 / 0.07), rel_tol=1e-6)
+    logs = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in logs] == [1, 2, 3]
+
+
+class RecordingTokenizer:
+    """Delegates to a tokenizer and remembers every text it was asked to tokenize."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.texts = tokenizer, []
+
+    def __call__(self, texts, *args, **kwargs):
+        self.texts.extend([texts] if isinstance(texts, str) else texts)
+        return self.tokenizer(texts, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+@pytest.mark.slow
+def test_asymmetric_fine_tune_of_the_default_model_on_cranfield(shared_data, tmp_path):
+    """Shared MiniLM with "query: " / "passage: ", a short fine-tune on Cranfield train pairs, then the
+    evaluation issue's evaluate_retrieval on test queries (queries and documents through their own sides)."""
+    from contrastkit.data import BeirDataset, load_beir, pairs_from_beir
+    from contrastkit.encoder import Encoder
+    from contrastkit.evaluate import evaluate_retrieval
+
+    folder = shared_data / "cranfield"
+    rng = np.random.default_rng(0)
+    pairs, seen = [], set()
+    for i in rng.permutation(len(train := pairs_from_beir(load_beir(folder, "train")))):
+        if train[i].anchor not in seen and len(pairs) < 48:  # one pair per query: no false in-batch negatives
+            seen.add(train[i].anchor)
+            pairs.append(train[i])
+    queries, documents = sides_from_pairs(pairs)
+    encoder = Encoder.from_pretrained("default", max_seq_length=128)
+    model = DualEncoder.shared(encoder, query_prefix="query: ", document_prefix="passage: ")
+
+    def loss_on_the_pairs() -> float:
+        q, d = model.encode_queries(queries), model.encode_documents(documents)
+        return float(clip_loss(torch.from_numpy(q), torch.from_numpy(d), model.logit_scale.detach()))
+
+    before = loss_on_the_pairs()
+    config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=16, chunk_size=8, epochs=2, lr=5e-5,
+                         max_seq_length=128, show_progress=False)
+    DualTrainer(config, model, queries, documents).train()
+    after = loss_on_the_pairs()
+    assert after < before - 0.05, (before, after)
+
+    # test split: 20 queries against their judged documents plus others (a 200-document corpus)
+    test = load_beir(folder, "test")
+    qrels = dict(list(test.qrels.items())[:20])
+    judged = {d for docs in qrels.values() for d in docs}
+    others = [d for d in rng.permutation(sorted(test.corpus)) if d not in judged][:200 - len(judged)]
+    subset = BeirDataset(corpus={d: test.corpus[d] for d in sorted(judged) + others}, queries=test.queries,
+                         qrels=qrels, split="test")
+    recorder = encoder.tokenizer = RecordingTokenizer(encoder.tokenizer)
+    result = evaluate_retrieval(model, subset, show_progress=False)
+    metrics = result.metrics
+    print({k: round(v, 3) for k, v in metrics.items() if k in ("ndcg@10", "recall@10", "mrr@10", "recall@100")},
+          f"loss {before:.3f} -> {after:.3f}")
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert metrics["ndcg@10"] > 0.3 and metrics["recall@100"] > 0.8  # random ranking: nDCG@10 ≈ 0.05
+    prefixed = [t for t in recorder.texts if t.startswith(("query: ", "passage: "))]
+    assert len(prefixed) == len(recorder.texts) and {t.split(":")[0] for t in prefixed} == {"query", "passage"}
