@@ -33,7 +33,8 @@ def padding_share(trainer, batch: list[int], chunk: int | None) -> float:
 
 # (precision, chunk, attention dropout): the model's own dropout (0.1) unless a value is given
 CONFIGS = [("fp32", None, None), ("fp32", 8, None), ("fp32", 16, None), ("fp32", 32, None),
-           ("fp32", None, 0.0), ("fp32", 16, 0.0), ("bf16", None, None), ("bf16", 16, None)]
+           ("fp32", None, 0.0), ("fp32", 8, 0.0), ("fp32", 16, 0.0), ("fp32", 32, 0.0),
+           ("bf16", None, None), ("bf16", 16, None)]
 
 
 def make_trainer(pairs, batch_size: int, chunk: int | None, bf16: bool, attention_dropout: float | None,
