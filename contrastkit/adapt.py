@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 
 from contrastkit.data import Pair
 from contrastkit.data.augment import parse_augmentation
 from contrastkit.data.selfsup import STRATEGIES, Document, read_documents, self_supervised_pairs
 from contrastkit.errors import ConfigError
+from contrastkit.report.record import sample_indices
 from contrastkit.train.config import TrainConfig
 
 ADAPT_METRICS = ("ndcg@10", "recall@10", "mrr@10")
@@ -74,10 +74,9 @@ class AdaptConfig:
 
 def sample_documents(documents: list[Document], max_docs: int | None, seed: int) -> list[Document]:
     """A seeded sample of `max_docs` documents, in corpus order (all of them when there are fewer)."""
-    if max_docs is None or len(documents) <= max_docs:
+    if max_docs is None:
         return documents
-    keep = np.sort(np.random.default_rng(seed).choice(len(documents), max_docs, replace=False))
-    return [documents[i] for i in keep]
+    return [documents[i] for i in sample_indices(len(documents), max_docs, seed)]
 
 
 def adapt_pairs(config: AdaptConfig) -> tuple[list[Document], list[Pair]]:

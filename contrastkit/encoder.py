@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -201,22 +201,9 @@ class Encoder(nn.Module):
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        was_training = self.training
-        self.eval()
-        order = np.argsort([-n for n in self.token_lengths(texts)], kind="stable")
-        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
-        batches = _chunks(order, batch_size)
-        progress = tqdm(total=len(texts), desc="encoding", unit="text", disable=not show_progress)
-        try:
-            with autocast(bf16, self.device.type):
-                for idx in batches:
-                    emb = self.embed([texts[i] for i in idx])
-                    out[idx] = emb.float().cpu().numpy()
-                    progress.update(len(idx))
-        finally:
-            progress.close()
-            self.train(was_training)
-        return out
+        with autocast(bf16, self.device.type):
+            return encode_longest_first(self, texts, self.token_lengths(texts), self.embed, self.embedding_dim,
+                                        batch_size=batch_size, show_progress=show_progress)
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | os.PathLike) -> Path:
@@ -235,9 +222,27 @@ class Encoder(nn.Module):
         return path
 
 
-def _chunks(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(order), size):
-        yield order[start:start + size]
+def encode_longest_first(module: nn.Module, items: Sequence, lengths: Sequence[int],
+                         embed: Callable[[list], Tensor], dim: int, *, batch_size: int, show_progress: bool = False,
+                         desc: str = "encoding", unit: str = "text") -> np.ndarray:
+    """`embed` over items in batches of similar length (longest first), `module` in eval mode meanwhile.
+
+    Returns float32 numpy [len(items), dim] in the order given; the caller turns gradients off.
+    """
+    order = np.argsort([-n for n in lengths], kind="stable")
+    out = np.empty((len(items), dim), dtype=np.float32)
+    was_training = module.training
+    module.eval()
+    progress = tqdm(total=len(items), desc=desc, unit=unit, disable=not show_progress)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            out[idx] = embed([items[i] for i in idx]).float().cpu().numpy()
+            progress.update(len(idx))
+    finally:
+        progress.close()
+        module.train(was_training)
+    return out
 
 
 def _version() -> str:

@@ -30,10 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from contrastkit.data.images import load_image
-from contrastkit.encoder import Encoder, resolve_model_path
+from contrastkit.encoder import Encoder, encode_longest_first, resolve_model_path
 from contrastkit.errors import ModelLoadError
 from contrastkit.losses.info_nce import INFO_NCE_CITATION
 
@@ -380,18 +379,10 @@ class DualEncoder(nn.Module):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         items = list(items)
-        out = np.empty((len(items), self.dim), dtype=np.float32)
-        tower = self.tower(side)
-        order = np.argsort([-n for n in tower.lengths(self._prefixed(side, items))], kind="stable")
-        was_training = self.training
-        self.eval()
-        with tqdm(total=len(items), desc=f"encoding {side}s", unit="item", disable=not show_progress) as progress:
-            for start in range(0, len(items), batch_size):
-                idx = order[start:start + batch_size]
-                out[idx] = self.embed(side, [items[i] for i in idx]).float().cpu().numpy()
-                progress.update(len(idx))
-        self.train(was_training)
-        return out
+        lengths = self.tower(side).lengths(self._prefixed(side, items))
+        return encode_longest_first(self, items, lengths, lambda batch: self.embed(side, batch), self.dim,
+                                    batch_size=batch_size, show_progress=show_progress,
+                                    desc=f"encoding {side}s", unit="item")
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
         """Queries (with the query prefix) through the query tower: float32 [n, dim]."""
