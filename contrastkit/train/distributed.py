@@ -13,7 +13,10 @@ embeddings and the encoder.
 
 A rank that dies must not leave the others hanging: collectives run with a timeout, every rank
 writes a heartbeat into the rendezvous store, and a failed collective is reported as a
-`TrainingError` naming the ranks whose heartbeat stopped.
+`TrainingError` naming the ranks whose heartbeat stopped. A rank that finishes leaves cleanly
+(`leave_ranks`): it stops its heartbeat, waits for the others and closes the process group, since
+a process that exits with gloo's threads still alive can abort ("terminate called without an
+active exception") after its work is done.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from torch import Tensor
 from contrastkit.errors import ConfigError
 
 HEARTBEAT_EVERY_S = 1.0
+_heartbeat: tuple[threading.Thread, threading.Event] | None = None
+_opened_group = False  # whether init_distributed opened the process group (and so should close it)
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,11 @@ def init_distributed(timeout_s: float = 30.0) -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()
+    global _opened_group
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        _opened_group = True
     context = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
     _start_heartbeat(context)
     return context
@@ -69,6 +76,22 @@ def join_ranks(batch_size: int, timeout_s: float, device: str) -> tuple[DistCont
         raise ConfigError(f"batch_size {batch_size} must be divisible by the number of ranks "
                           f"({context.world_size}): each rank embeds an equal shard of the global batch")
     return context, resolve_device(device, context)
+
+
+def leave_ranks(context: DistContext) -> None:
+    """The end of training on every rank: stop the heartbeat, wait for all ranks, close the group we opened."""
+    global _heartbeat, _opened_group
+    if not context.enabled:
+        return
+    if _heartbeat is not None:
+        thread, stop = _heartbeat
+        stop.set()
+        thread.join(timeout=5 * HEARTBEAT_EVERY_S)
+        _heartbeat = None
+    dist.barrier()
+    if _opened_group and dist.is_initialized():
+        dist.destroy_process_group()
+        _opened_group = False
 
 
 def resolve_device(name: str, context: DistContext) -> torch.device:
@@ -132,19 +155,23 @@ def barrier(context: DistContext) -> None:
 
 
 def _start_heartbeat(context: DistContext) -> None:
+    global _heartbeat
     store = _store()
-    if store is None:
+    if store is None or _heartbeat is not None:
         return
+    stop = threading.Event()
 
     def beat() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 store.set(f"contrastkit/heartbeat/{context.rank}", str(time.time()))
             except Exception:  # the store went away with its host: nothing more to report to
                 return
-            time.sleep(HEARTBEAT_EVERY_S)
+            stop.wait(HEARTBEAT_EVERY_S)
 
-    threading.Thread(target=beat, name="contrastkit-heartbeat", daemon=True).start()
+    thread = threading.Thread(target=beat, name="contrastkit-heartbeat", daemon=True)
+    thread.start()
+    _heartbeat = (thread, stop)
 
 
 def _store():

@@ -37,7 +37,7 @@ from contrastkit.losses import info_nce
 from contrastkit.towers import SIDES, DualEncoder, TextTower
 from contrastkit.train.checkpoint import save_checkpoint
 from contrastkit.train.config import TrainConfig
-from contrastkit.train.distributed import all_reduce_gradients, gather_with_local_grad, join_ranks
+from contrastkit.train.distributed import all_reduce_gradients, gather_with_local_grad, join_ranks, leave_ranks
 from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
 from contrastkit.train.sampler import no_duplicate_batches
 from contrastkit.train.trainer import TrainingError, lr_factor
@@ -204,6 +204,7 @@ class DualTrainer:
             progress.close()
             if log is not None:
                 log.close()
+        leave_ranks(self.dist)
         self.model.eval()
         if main:
             self.model.save(self.output_dir)

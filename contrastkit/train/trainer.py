@@ -29,7 +29,7 @@ from contrastkit.train.checkpoint import (latest_checkpoint, list_checkpoints, l
                                           write_atomically)
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, describe_failure,
-                                           gather_with_local_grad, join_ranks)
+                                           gather_with_local_grad, join_ranks, leave_ranks)
 from contrastkit.train.evaluation import RetrievalEvaluator
 from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
 from contrastkit.train.sampler import no_duplicate_batches
@@ -297,6 +297,7 @@ class Trainer:
                 log.close()
             if writer is not None:
                 writer.close()
+        leave_ranks(self.dist)
         self.encoder.eval()
         if main:
             self.encoder.save(self.output_dir)

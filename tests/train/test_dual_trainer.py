@@ -125,7 +125,7 @@ def test_bad_settings_stop_before_training(tiny_encoder, tmp_path):
 
 
 RANK_SCRIPT = textwrap.dedent("""
-    import sys, torch
+    import sys, threading, torch
     from torch import nn
     from contrastkit.towers import DualEncoder, ModuleTower
     from contrastkit.train import TrainConfig
@@ -139,6 +139,9 @@ RANK_SCRIPT = textwrap.dedent("""
     config = TrainConfig(output_dir=sys.argv[1], batch_size=8, mini_batch_size=2, max_steps=3, lr=1e-2,
                          warmup_ratio=0, show_progress=False)
     DualTrainer(config, model, queries, documents).train()
+    # every rank leaves cleanly: gloo's threads left alive at exit can abort a finished process
+    assert not torch.distributed.is_initialized()
+    assert not any(t.name == "contrastkit-heartbeat" and t.is_alive() for t in threading.enumerate())
 """)
 
 
