@@ -19,9 +19,10 @@ from pathlib import Path
 
 from contrastkit.data import Pair
 from contrastkit.data.augment import parse_augmentation
-from contrastkit.data.selfsup import STRATEGIES, Document, read_documents, self_supervised_pairs
+from contrastkit.data.corpus import Document, read_documents
+from contrastkit.data.selfsup import STRATEGIES, self_supervised_pairs
+from contrastkit.data.subset import sample_indices
 from contrastkit.errors import ConfigError
-from contrastkit.report.record import sample_indices
 from contrastkit.train.config import TrainConfig
 
 ADAPT_METRICS = ("ndcg@10", "recall@10", "mrr@10")

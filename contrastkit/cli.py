@@ -276,7 +276,7 @@ def demo(
     pairs: Annotated[Optional[str], typer.Option("--pairs", help="train on this pair file instead")] = None,
     model: ModelOption = "default",
     output_dir: Annotated[str, typer.Option("--output", "-o", help="where the model and results go")] = "demo_output",
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="fine-tuning epochs (default 2; --quick 1)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="fine-tuning epochs (default 3; --quick 1)")] = None,
 ) -> None:
     """Evaluate the default model, mine hard negatives, fine-tune, evaluate again: the before/after table."""
     from contrastkit.demo import DemoConfig, run_demo

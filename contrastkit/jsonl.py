@@ -61,24 +61,6 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
     return texts
 
 
-def read_corpus(path: str | Path) -> tuple[list[str], list[str], list[str]]:
-    """A corpus JSONL (BEIR style: `_id`, `title`, `text`) → (ids, titles, texts to encode).
-
-    An empty document is kept (real corpora have them: Cranfield has two) so ids and counts stay
-    true to the file; it simply never matches anything well.
-    """
-    ids, titles, texts = [], [], []
-    for line_no, value in iter_jsonl(path):
-        text = _text_of(value, "text", path, line_no, allow_empty=True)
-        doc_id = value.get("_id", value.get("id")) if isinstance(value, dict) else None
-        ids.append(str(doc_id) if doc_id is not None else str(len(ids)))
-        titles.append(str(value.get("title") or "") if isinstance(value, dict) else "")
-        texts.append(text)
-    if not texts:
-        raise DataError("the file is empty: no documents to read", path=str(path))
-    return ids, titles, texts
-
-
 def _text_of(value: object, field: str, path: str | Path, line_no: int, allow_empty: bool = False) -> str:
     if isinstance(value, str):
         text = value

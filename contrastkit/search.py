@@ -51,7 +51,7 @@ class CorpusSearcher:
     @classmethod
     def build(cls, encoder, corpus_path: str | Path, *, kind: str = "auto", batch_size: int = 32,
               cache_dir: str | Path | None = None, show_progress: bool = True) -> "CorpusSearcher":
-        from contrastkit.jsonl import read_corpus
+        from contrastkit.data.corpus import read_corpus
         from contrastkit.mining import default_cache_dir, encode_cached
 
         ids, titles, texts = read_corpus(corpus_path)

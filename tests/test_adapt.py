@@ -8,7 +8,8 @@ import torch
 
 from contrastkit import cli
 from contrastkit.adapt import AdaptConfig, adapt_pairs, run_adapt, sample_documents
-from contrastkit.data.selfsup import STRATEGIES, Document, read_documents
+from contrastkit.data.corpus import Document, read_documents
+from contrastkit.data.selfsup import STRATEGIES
 from contrastkit.encoder import Encoder
 from contrastkit.errors import ConfigError, DataError
 

@@ -41,58 +41,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from contrastkit.data.augment import Augmentation
+from contrastkit.data.corpus import Document
 from contrastkit.data.pairs import Pair
-from contrastkit.data.validate import check_object, check_text, pick_field
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.jsonl import iter_jsonl
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document of a raw corpus: its id, its title ("" when none) and its body text."""
-
-    id: str
-    title: str
-    text: str
-
-
-def read_documents(source: str | Path) -> list[Document]:
-    """Documents from a corpus JSONL, or a BEIR folder's corpus.jsonl; empty documents are left out.
-
-    Each line is a JSON string (the text) or an object with "text" and optional "title" and "_id"
-    (or "id"). Every problem is a DataError naming the file, line and field.
-    """
-    path = Path(source)
-    if path.is_dir():
-        path = path / "corpus.jsonl"
-        if not path.is_file():
-            raise DataError("a BEIR folder must hold corpus.jsonl; none found", path=str(path))
-    documents, lines = [], 0
-    for line, value in iter_jsonl(path):
-        lines += 1
-        where = dict(path=str(path), line=line)
-        if isinstance(value, str):
-            title, text, doc_id = "", value, str(line)
-        else:
-            record = check_object(value, **where)
-            _, raw = pick_field(record, ("text",), **where)
-            text = check_text(raw, field="text", allow_empty=True, **where)
-            raw_title = record.get("title")
-            title = "" if raw_title is None else check_text(raw_title, field="title", allow_empty=True, **where)
-            name, raw_id = pick_field(record, ("_id", "id"), required=False, **where)
-            doc_id = str(line) if name is None else str(raw_id)
-        if text.strip() or title.strip():
-            documents.append(Document(doc_id, " ".join(title.split()), " ".join(text.split())))
-    if not documents:
-        raise DataError("no non-empty document to learn from" if lines else "the file is empty", path=str(path))
-    return documents
-
+from contrastkit.errors import ConfigError
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 

@@ -137,13 +137,6 @@ def record_environment(run_dir: str | Path, **extra: Any) -> None:
     write_json(Path(run_dir) / ENVIRONMENT_FILE, environment(**extra))
 
 
-def sample_indices(n: int, size: int, seed: int) -> list[int]:
-    """A fixed, seeded choice of min(n, size) indices out of n, in order."""
-    if size >= n:
-        return list(range(n))
-    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size, replace=False))
-
-
 __all__ = ["ENVIRONMENT_FILE", "RETRIEVAL_FILE", "ROLE_LABELS", "SIMILARITIES_FILE", "clear_records", "environment",
            "read_json", "record_environment", "record_retrieval", "record_similarities", "retrieval_snapshot",
-           "sample_indices", "similarity_sample", "snippet", "write_json"]
+           "similarity_sample", "snippet", "write_json"]

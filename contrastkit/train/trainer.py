@@ -20,11 +20,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from contrastkit.data import Pair, load_beir, pairs_from_beir, read_pairs
+from contrastkit.data.subset import sample_indices
 from contrastkit.encoder import Encoder, autocast
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
-from contrastkit.report.record import clear_records, record_environment, record_similarities, sample_indices
+from contrastkit.report.record import clear_records, record_environment, record_similarities
 from contrastkit.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
                                           write_atomically)
 from contrastkit.train.config import TrainConfig

@@ -5,16 +5,17 @@ import pytest
 import torch
 
 from contrastkit.data.augment import MASK_TOKEN, parse_augmentation, span_masking, word_deletion
-from contrastkit.data.selfsup import (STRATEGIES, Document, dropout_views, independent_crops, neighbour_sentences,
-                                      read_documents, self_supervised_pairs, split_sentences, title_body)
+from contrastkit.data.corpus import Document
+from contrastkit.data.selfsup import (STRATEGIES, dropout_views, independent_crops, neighbour_sentences,
+                                      self_supervised_pairs, split_sentences, title_body)
 from contrastkit.encoder import Encoder
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.errors import ConfigError
 from contrastkit.losses import info_nce
 from contrastkit.train import TrainConfig, Trainer
 from contrastkit.train.grad_cache import grad_cache_backward
 from contrastkit.train.sampler import no_duplicate_batches
 
-from _support import build_tiny_bert_folder, write_jsonl
+from _support import build_tiny_bert_folder
 
 WORDS = ("lift drag wing shock wave nozzle flow heat transfer boundary layer panel flutter jet noise vortex "
          "sheet skin friction stall angle buckling shell").split()
@@ -30,41 +31,6 @@ def make_documents(n: int = 24, titled: bool = True) -> list[Document]:
         title = f"title {i} {WORDS[i % len(WORDS)]}" if titled and i % 3 else ""
         docs.append(Document(id=f"d{i}", title=title, text=" ".join(sentences)))
     return docs
-
-
-# ---------------------------------------------------------------- reading a raw corpus
-
-def test_read_documents_accepts_strings_objects_and_skips_empty_ones(tmp_path):
-    path = write_jsonl(tmp_path / "c.jsonl", ["a plain  string", {"text": "body one", "title": "T1", "_id": "x"},
-                                              {"text": "  ", "title": ""}, {"text": "no title", "id": 7}])
-    docs = read_documents(path)
-    assert docs == [Document("1", "", "a plain string"), Document("x", "T1", "body one"),
-                    Document("7", "", "no title")]
-
-
-def test_read_documents_takes_a_beir_folder(tmp_path):
-    (tmp_path / "beir").mkdir()
-    write_jsonl(tmp_path / "beir" / "corpus.jsonl", [{"_id": "d0", "title": "t", "text": "x y"}])
-    assert read_documents(tmp_path / "beir") == [Document("d0", "t", "x y")]
-    with pytest.raises(DataError, match="corpus.jsonl"):
-        read_documents(tmp_path)  # a folder without corpus.jsonl
-
-
-@pytest.mark.parametrize("lines, message", [
-    (['{"text": "ok"}', '{"text": 3}'], 'line 2: field "text": expected a string, got number'),
-    (['{"text": "ok"}', '{"title": "t"}'], 'line 2: field "text": is missing'),
-    (['{"text": "ok", "title": ["t"]}'], 'line 1: field "title": expected a string, got list'),
-    (['{"text": "ok"}', '{"text": "b"'], "line 2: not valid JSON"),
-    (['[1, 2]'], "line 1: expected a JSON object, got list"),
-    (['{"text": ""}'], "no non-empty document"),
-    ([""], "the file is empty"),
-])
-def test_read_documents_errors_name_file_line_field(tmp_path, lines, message):
-    path = tmp_path / "bad.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError) as exc:
-        read_documents(path)
-    assert str(exc.value).startswith(str(path)) and message in str(exc.value)
 
 
 def test_split_sentences():

@@ -16,8 +16,7 @@ from _image_support import tiny_clip_vision_config, tiny_vit_config, write_shape
 from _support import make_pairs
 from contrastkit.data.images import read_image_captions
 from contrastkit.errors import ConfigError
-from contrastkit.losses import info_nce
-from contrastkit.towers import DualEncoder, ModuleTower, TextTower, VisionTower
+from contrastkit.towers import DualEncoder, TextTower, VisionTower
 from contrastkit.train import TrainConfig
 from contrastkit.train.dual_trainer import DualTrainer, clip_loss, sides_from_image_captions, sides_from_pairs
 
