@@ -103,7 +103,8 @@ class TextTower(Tower):
 
     @classmethod
     def load(cls, path: Path, **kwargs: Any) -> "TextTower":
-        return cls(Encoder.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False)))
+        return cls(Encoder.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False),
+                                           torch_dtype=kwargs.get("torch_dtype")))
 
 
 class VisionTower(Tower):
@@ -133,7 +134,7 @@ class VisionTower(Tower):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, pooling: str = "pooler",
-                        trust_remote_code: bool = False) -> "VisionTower":
+                        trust_remote_code: bool = False, torch_dtype: torch.dtype | None = None) -> "VisionTower":
         """A local folder with config.json, .safetensors weights and preprocessor_config.json."""
         from transformers import AutoImageProcessor, AutoModel
 
@@ -142,7 +143,8 @@ class VisionTower(Tower):
             raise ModelLoadError(f"'{path}' has no .safetensors weights; contrastkit loads safetensors only")
         kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
         try:
-            model = AutoModel.from_pretrained(path, use_safetensors=True, **kwargs)
+            model = AutoModel.from_pretrained(path, use_safetensors=True,
+                                              **({"dtype": torch_dtype} if torch_dtype else {}), **kwargs)
             processor = AutoImageProcessor.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load the vision model in '{path}': {exc}") from exc
@@ -183,7 +185,8 @@ class VisionTower(Tower):
     def load(cls, path: Path, **kwargs: Any) -> "VisionTower":
         settings = json.loads((Path(path) / "vision_tower.json").read_text(encoding="utf-8"))
         return cls.from_pretrained(path, pooling=settings["pooling"],
-                                   trust_remote_code=kwargs.get("trust_remote_code", False))
+                                   trust_remote_code=kwargs.get("trust_remote_code", False),
+                                   torch_dtype=kwargs.get("torch_dtype"))
 
 
 class ModuleTower(Tower):
@@ -424,8 +427,11 @@ class DualEncoder(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, modules: dict[str, nn.Module] | None = None,
-             trust_remote_code: bool = False) -> "DualEncoder":
-        """Load a folder written by `save`; `modules` rebuilds `ModuleTower` sides ({"query": net, ...})."""
+             trust_remote_code: bool = False, torch_dtype: torch.dtype | None = None) -> "DualEncoder":
+        """Load a folder written by `save`; `modules` rebuilds `ModuleTower` sides ({"query": net, ...}).
+
+        `torch_dtype` loads the Hugging Face towers in that precision (default: float32 for text).
+        """
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -437,7 +443,7 @@ class DualEncoder(nn.Module):
             if kind not in TOWER_KINDS:
                 raise ModelLoadError(f"'{path}': unknown tower kind {kind!r} for the {name} side")
             towers[name] = TOWER_KINDS[kind].load(path / name, module=(modules or {}).get(name),
-                                                  trust_remote_code=trust_remote_code)
+                                                  trust_remote_code=trust_remote_code, torch_dtype=torch_dtype)
         model = cls(towers["query"], towers.get("document"), dim=config["dim"], project=config["project"],
                     query_prefix=config["query_prefix"], document_prefix=config["document_prefix"],
                     normalize=config["normalize"], max_logit_scale=config["max_logit_scale"],

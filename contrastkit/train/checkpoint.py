@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+from contrastkit.errors import ConfigError
+from contrastkit.train.grad_cache import RandState
+
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 TENSORS_FILE = "trainer.pt"
@@ -83,6 +86,32 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     checkpoints = list_checkpoints(checkpoint_dir)
     return checkpoints[-1] if checkpoints else None
+
+
+def resume_point(checkpoint_dir: Path, total_steps: int, world_size: int) -> tuple[Path, dict, dict] | None:
+    """(path, state, tensors) of the newest complete checkpoint, checked to fit this run; None if there is none.
+
+    A checkpoint made for another number of steps or ranks is refused with a ConfigError: resuming
+    it would silently train a different run.
+    """
+    path = latest_checkpoint(checkpoint_dir)
+    if path is None:
+        return None
+    state, tensors = load_checkpoint(path)
+    if state["total_steps"] != total_steps:
+        raise ConfigError(f"{path}: the checkpoint was made for {state['total_steps']} steps, this run has "
+                          f"{total_steps}; resume with the same data and config")
+    ranks = len(tensors["torch_rng_per_rank"])
+    if ranks != world_size:
+        raise ConfigError(f"{path}: the checkpoint was made with {ranks} ranks, this run has {world_size}")
+    return path, state, tensors
+
+
+def restore_optimization(tensors: dict, optimizer, scheduler, rank: int) -> None:
+    """Put a checkpoint's optimizer and scheduler state, and this rank's RNG state, back in place."""
+    optimizer.load_state_dict(tensors["optimizer"])
+    scheduler.load_state_dict(tensors["scheduler"])
+    RandState.from_dict(tensors["torch_rng_per_rank"][rank]).restore()
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict]:

@@ -11,7 +11,9 @@ else is the text trainer's machinery, reused: the batches come from `no_duplicat
 caption or image twice in a batch), both towers go through `grad_cache_backward` with one embed
 function per side (gradient caching when `mini_batch_size` is set), under torchrun the embeddings
 are gathered across ranks (`gather_with_local_grad`: every anchor sees the global batch), and the
-loop keeps AdamW, warm-up + decay (`lr_factor`), clipping, metrics.jsonl and atomic checkpoints.
+loop keeps AdamW, warm-up + decay (`lr_factor`), clipping, metrics.jsonl and atomic checkpoints
+(model, optimizer, scheduler, every rank's RNG; `train(resume=True)` continues from the newest one
+and ends with the weights of an uninterrupted run).
 
 The knobs are a `TrainConfig`; the loss-specific ones (`temperature`, `learnable_temperature`,
 `symmetric`) do not apply: the logit scale lives in the `DualEncoder`.
@@ -19,14 +21,18 @@ The knobs are a `TrainConfig`; the loss-specific ones (`temperature`, `learnable
 
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
 import json
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -34,10 +40,11 @@ from contrastkit.data import Pair
 from contrastkit.data.images import ImageCaption
 from contrastkit.errors import ConfigError
 from contrastkit.losses import info_nce
-from contrastkit.towers import SIDES, DualEncoder, TextTower
-from contrastkit.train.checkpoint import save_checkpoint
+from contrastkit.towers import SIDES, WEIGHTS_FILE, DualEncoder, ModuleTower, TextTower
+from contrastkit.train.checkpoint import list_checkpoints, restore_optimization, resume_point, save_checkpoint
 from contrastkit.train.config import TrainConfig
-from contrastkit.train.distributed import all_reduce_gradients, gather_with_local_grad, join_ranks, leave_ranks
+from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, gather_with_local_grad,
+                                           join_ranks, leave_ranks)
 from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
 from contrastkit.train.sampler import no_duplicate_batches
 from contrastkit.train.trainer import TrainingError, lr_factor
@@ -157,21 +164,31 @@ class DualTrainer:
         return loss.detach()
 
     # ------------------------------------------------------------------ the loop
-    def train(self) -> Path:
-        """Train for `max_steps` (or `epochs`), checkpoint, save the model (`DualEncoder.load(folder)`); the folder."""
+    def train(self, resume: bool = False) -> Path:
+        """Train for `max_steps` (or `epochs`), checkpoint, save the model (`DualEncoder.load(folder)`); the folder.
+
+        With `resume`, continue from the newest complete checkpoint in `output_dir/checkpoints`
+        (a fresh run when there is none); without it, old checkpoints there are removed first.
+        """
         config, main = self.config, self.dist.is_main
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         torch.manual_seed(config.seed + self.dist.rank)
+        self.nonfinite_in_a_row = 0
+        if resume:
+            self._resume()
+        elif main:  # a fresh run: an old run's checkpoints must never be resumed into this one
+            for stale in list_checkpoints(self.checkpoint_dir):
+                shutil.rmtree(stale)
+        barrier(self.dist)
         self.model.train()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        log = (self.output_dir / "metrics.jsonl").open("w", encoding="utf-8") if main else None
-        progress = tqdm(total=self.total_steps, desc="training two towers", unit="step",
+        log = (self.output_dir / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8") if main else None
+        progress = tqdm(total=self.total_steps, initial=self.step, desc="training two towers", unit="step",
                         disable=not (config.show_progress and main), dynamic_ncols=True)
-        nonfinite_in_a_row = 0
         try:
-            for epoch, batch in self._schedule():
+            for epoch, batch in itertools.islice(self._schedule(), self.step, None):  # resumed: skip the done steps
                 if self.step >= self.total_steps:
                     break
                 started = time.perf_counter()
@@ -183,10 +200,10 @@ class DualTrainer:
                     if config.max_grad_norm:
                         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
                     self.optimizer.step()
-                nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
-                if nonfinite_in_a_row >= config.max_nonfinite_steps:
-                    raise TrainingError(f"the loss or gradients were not finite for {nonfinite_in_a_row} steps in "
-                                        f"a row (last at step {self.step + 1}); lower lr")
+                self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
+                if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
+                    raise TrainingError(f"the loss or gradients were not finite for {self.nonfinite_in_a_row} steps "
+                                        f"in a row (last at step {self.step + 1}); lower lr")
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
@@ -210,15 +227,37 @@ class DualTrainer:
             self.model.save(self.output_dir)
         return self.output_dir
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
     def _checkpoint(self, epoch: int) -> None:
-        """An atomic checkpoint: the model (both towers), optimizer, scheduler and RNG state."""
+        """An atomic checkpoint: the model (both towers), optimizer, scheduler and every rank's RNG state."""
+        rng = all_gather_objects(RandState().to_dict(), self.dist)  # every rank takes part
         if not self.dist.is_main:
             return
-        state = {"step": self.step, "epoch": epoch, "total_steps": self.total_steps, "config": self.config.to_dict()}
+        state = {"step": self.step, "epoch": epoch, "total_steps": self.total_steps,
+                 "nonfinite_in_a_row": self.nonfinite_in_a_row, "config": self.config.to_dict()}
         tensors = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                   "torch_rng": RandState().to_dict()}
-        save_checkpoint(self.output_dir / "checkpoints", self.step, self.model, state, tensors,
-                        self.config.keep_checkpoints)
+                   "torch_rng_per_rank": rng}
+        save_checkpoint(self.checkpoint_dir, self.step, self.model, state, tensors, self.config.keep_checkpoints)
+
+    def _resume(self) -> None:
+        """Load the newest complete checkpoint into this trainer: weights, optimizer, scheduler, RNG, step."""
+        found = resume_point(self.checkpoint_dir, self.total_steps, self.dist.world_size)
+        if found is None:
+            return
+        path, state, tensors = found
+        modules = {side: copy.deepcopy(self.model.tower(side).module) for side in SIDES
+                   if isinstance(self.model.tower(side), ModuleTower)}  # torch modules are rebuilt, never unpickled
+        weights = DualEncoder.load(path / "model", modules=modules,
+                                   torch_dtype=next(self.model.parameters()).dtype).state_dict()
+        # projections and logit scale exactly as saved (a freshly built model would hold them in float32)
+        weights.update(load_file(str(path / "model" / WEIGHTS_FILE)))
+        self.model.load_state_dict(weights)
+        restore_optimization(tensors, self.optimizer, self.scheduler, self.dist.rank)
+        self.step = state["step"]
+        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
 
 
 def _key(item: object, index: int, side: str) -> str:

@@ -26,7 +26,7 @@ from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.report.record import clear_records, record_environment, record_similarities
-from contrastkit.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+from contrastkit.train.checkpoint import (list_checkpoints, restore_optimization, resume_point, save_checkpoint,
                                           write_atomically)
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, describe_failure,
@@ -453,23 +453,14 @@ class Trainer:
         save_checkpoint(self.checkpoint_dir, self.step, self.encoder, state, tensors, self.config.keep_checkpoints)
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
+        found = resume_point(self.checkpoint_dir, self.total_steps, self.dist.world_size)
+        if found is None:
             return
-        state, tensors = load_checkpoint(path)
-        if state["total_steps"] != self.total_steps:
-            raise ConfigError(f"{path}: the checkpoint was made for {state['total_steps']} steps, this run has "
-                              f"{self.total_steps}; resume with the same data and config")
+        path, state, tensors = found
         restored = Encoder.from_pretrained(path / "model", torch_dtype=getattr(torch, self.config.dtype))
         self.encoder.model.load_state_dict(restored.model.state_dict())
         self.loss_fn.load_state_dict(tensors["loss"])
-        self.optimizer.load_state_dict(tensors["optimizer"])
-        self.scheduler.load_state_dict(tensors["scheduler"])
-        rng = tensors["torch_rng_per_rank"]
-        if len(rng) != self.dist.world_size:
-            raise ConfigError(f"{path}: the checkpoint was made with {len(rng)} ranks, this run has "
-                              f"{self.dist.world_size}")
-        RandState.from_dict(rng[self.dist.rank]).restore()
+        restore_optimization(tensors, self.optimizer, self.scheduler, self.dist.rank)
         self.step = state["step"]
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         self.nonfinite_total = state["nonfinite_total"]

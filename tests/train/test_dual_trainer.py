@@ -3,9 +3,11 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from contrastkit.data.images import read_image_captions
 from contrastkit.errors import ConfigError
 from contrastkit.towers import DualEncoder, TextTower, VisionTower
 from contrastkit.train import TrainConfig
+from contrastkit.train.checkpoint import latest_checkpoint, list_checkpoints
 from contrastkit.train.dual_trainer import DualTrainer, clip_loss, sides_from_image_captions, sides_from_pairs
 
 
@@ -123,6 +126,11 @@ def test_bad_settings_stop_before_training(tiny_encoder, tmp_path):
         DualTrainer(TrainConfig(output_dir=str(tmp_path), batch_size=32), model, queries, documents)
 
 
+def _weights(out):
+    return {**load_file(out / "dual_encoder.safetensors"), **load_file(out / "query" / "module.safetensors"),
+            **{f"doc.{k}": v for k, v in load_file(out / "document" / "module.safetensors").items()}}
+
+
 RANK_SCRIPT = textwrap.dedent("""
     import sys, threading, torch
     from torch import nn
@@ -155,9 +163,7 @@ def test_two_ranks_gather_negatives_and_equal_one_process(tmp_path):
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(script), str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = ({**load_file(out / "dual_encoder.safetensors"), **load_file(out / "query" / "module.safetensors"),
-             **{f"doc.{k}": v for k, v in load_file(out / "document" / "module.safetensors").items()}}
-            for out in (tmp_path / "one", tmp_path / "two"))
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert a.keys() == b.keys() and "log_logit_scale" in a
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
@@ -226,3 +232,73 @@ def test_asymmetric_fine_tune_of_the_default_model_on_cranfield(shared_data, tmp
     assert metrics["ndcg@10"] > 0.3 and metrics["recall@100"] > 0.8  # random ranking: nDCG@10 ≈ 0.05
     prefixed = [t for t in recorder.texts if t.startswith(("query: ", "passage: "))]
     assert len(prefixed) == len(recorder.texts) and {t.split(":")[0] for t in prefixed} == {"query", "passage"}
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    from torch import nn
+    from contrastkit.towers import DualEncoder, ModuleTower
+    from contrastkit.train import TrainConfig
+    from contrastkit.train.dual_trainer import DualTrainer
+
+    torch.manual_seed(0)
+    queries = list(torch.randn(64, 5, dtype=torch.float64))
+    documents = list(torch.randn(64, 7, dtype=torch.float64))
+    query_net = nn.Sequential(nn.Linear(5, 8), nn.Dropout(0.2), nn.Tanh(), nn.Linear(8, 8))  # the RNG matters
+    model = DualEncoder(ModuleTower(query_net, 8), ModuleTower(nn.Linear(7, 6), 6), dim=4).double()
+    config = TrainConfig(output_dir=sys.argv[1], batch_size=8, max_steps=60, lr=1e-2, warmup_ratio=0.1,
+                         checkpoint_every=1, keep_checkpoints=2, show_progress=False)
+    trainer = DualTrainer(config, model, queries, documents)  # 8 batches an epoch: the resume crosses epochs
+    if "--slow" in sys.argv:  # slow steps, so that the test can kill the run in the middle
+        step = trainer.compute_gradients
+        trainer.compute_gradients = lambda batch: (time.sleep(0.05), step(batch))[1]
+    trainer.train(resume="--resume" in sys.argv)
+""")
+
+
+def test_kill_minus_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = subprocess.run([sys.executable, str(script), str(tmp_path / "straight")], env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), "--slow"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoints" / "checkpoint-00000015").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = latest_checkpoint(killed / "checkpoints")
+    assert 15 <= int(killed_at.name.split("-")[1]) < 60 and not (killed / "dual_encoder.safetensors").exists()
+    at_kill = _weights(killed_at / "model")
+
+    resumed = subprocess.run([sys.executable, str(script), str(killed), "--resume"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(tmp_path / "straight"), _weights(killed)
+    assert a.keys() == b.keys() and "log_logit_scale" in a
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert any(not torch.equal(at_kill[n], b[n]) for n in b)  # training really went on after the resume
+
+
+def test_a_fresh_run_removes_old_checkpoints_and_resume_refuses_another_run(tmp_path, tiny_encoder):
+    out = tmp_path / "run"
+    queries, documents = sides_from_pairs(make_pairs(16))
+    config = TrainConfig(output_dir=str(out), batch_size=8, max_steps=2, checkpoint_every=1, keep_checkpoints=5,
+                         show_progress=False)
+    DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents).train()
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["checkpoint-00000001", "checkpoint-00000002"]
+    config.max_steps = 3
+    with pytest.raises(ConfigError, match="made for 2 steps, this run has 3"):
+        DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents).train(resume=True)
+    (out / "checkpoints" / "checkpoint-00000099").mkdir()  # a stale folder of another run
+    (out / "checkpoints" / "checkpoint-00000099" / "trainer_state.json").write_text("{}")
+    DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents).train()
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == [f"checkpoint-0000000{i}" for i in (1, 2, 3)]
