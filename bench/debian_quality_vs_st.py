@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED, print_table, write_results
+from _common import SHARED, debian_pairs, print_table, write_results
 from vs_sentence_transformers import SETTINGS, train_st
 
 PAIRS = 4000
@@ -27,11 +27,10 @@ METRICS = ["ndcg@10", "recall@10", "mrr@10", "recall@100"]
 
 
 def train_ours(out: Path) -> tuple[Path, dict]:
+    from contrastkit.data import write_pairs
     from contrastkit.demo import DemoConfig, run_demo
 
-    pairs = out / "pairs.jsonl"
-    lines = (SHARED / "debian-packages" / "train_pairs.jsonl").read_text(encoding="utf-8").splitlines()[:PAIRS]
-    pairs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pairs = write_pairs(debian_pairs(PAIRS), out / "pairs.jsonl")
     result = run_demo(DemoConfig(data=str(SHARED / "debian-packages"), pairs=str(pairs), epochs=1,
                                  train_max_seq_length=128, batch_size=64, mini_batch_size=None, lr=2e-5,
                                  output_dir=str(out / "demo")))

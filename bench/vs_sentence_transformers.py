@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, RESULTS, SHARED, peak_rss_gb, print_table, write_results
+from _common import REPO, RESULTS, SHARED, debian_pairs, peak_rss_gb, print_table, write_results
 
 # Cranfield has 150 training queries, so no batch of 256 distinct queries exists: the large-batch
 # settings train on debian-packages pairs (14,000 distinct queries) and are timed, not evaluated
@@ -55,10 +55,7 @@ def training_pairs(setting: dict | None = None):
     from contrastkit.data import load_beir, pairs_from_beir
 
     if setting is not None and setting["data"] == "debian-packages":
-        from contrastkit.data import read_pairs
-
-        first = setting.get("pairs", max(512, setting["batch"]))
-        return read_pairs(SHARED / "debian-packages" / "train_pairs.jsonl")[:first]
+        return debian_pairs(setting.get("pairs", max(512, setting["batch"])))
     pairs = pairs_from_beir(load_beir(SHARED / "cranfield", "train"))
     if setting is None:
         return pairs

@@ -430,7 +430,8 @@ class DualEncoder(nn.Module):
              trust_remote_code: bool = False, torch_dtype: torch.dtype | None = None) -> "DualEncoder":
         """Load a folder written by `save`; `modules` rebuilds `ModuleTower` sides ({"query": net, ...}).
 
-        `torch_dtype` loads the Hugging Face towers in that precision (default: float32 for text).
+        `torch_dtype` loads the whole model in that precision: the towers, the projections and the
+        logit scale (default: float32).
         """
         from safetensors.torch import load_file
 
@@ -448,6 +449,8 @@ class DualEncoder(nn.Module):
                     query_prefix=config["query_prefix"], document_prefix=config["document_prefix"],
                     normalize=config["normalize"], max_logit_scale=config["max_logit_scale"],
                     logit_scale=min(CLIP_INIT_LOGIT_SCALE, config["max_logit_scale"]))  # the saved one is loaded below
+        if torch_dtype is not None:  # before loading: the saved projections keep their precision
+            model.to(torch_dtype)
         weights = load_file(str(path / WEIGHTS_FILE))
         missing = set(weights) ^ {k for k in model.state_dict() if not k.startswith("towers.")}
         if missing:

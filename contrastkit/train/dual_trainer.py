@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -40,7 +39,7 @@ from contrastkit.data import Pair
 from contrastkit.data.images import ImageCaption
 from contrastkit.errors import ConfigError
 from contrastkit.losses import info_nce
-from contrastkit.towers import SIDES, WEIGHTS_FILE, DualEncoder, ModuleTower, TextTower
+from contrastkit.towers import SIDES, DualEncoder, ModuleTower, TextTower
 from contrastkit.train.checkpoint import list_checkpoints, restore_optimization, resume_point, save_checkpoint
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, gather_with_local_grad,
@@ -250,11 +249,8 @@ class DualTrainer:
         path, state, tensors = found
         modules = {side: copy.deepcopy(self.model.tower(side).module) for side in SIDES
                    if isinstance(self.model.tower(side), ModuleTower)}  # torch modules are rebuilt, never unpickled
-        weights = DualEncoder.load(path / "model", modules=modules,
-                                   torch_dtype=next(self.model.parameters()).dtype).state_dict()
-        # projections and logit scale exactly as saved (a freshly built model would hold them in float32)
-        weights.update(load_file(str(path / "model" / WEIGHTS_FILE)))
-        self.model.load_state_dict(weights)
+        restored = DualEncoder.load(path / "model", modules=modules, torch_dtype=next(self.model.parameters()).dtype)
+        self.model.load_state_dict(restored.state_dict())
         restore_optimization(tensors, self.optimizer, self.scheduler, self.dist.rank)
         self.step = state["step"]
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
