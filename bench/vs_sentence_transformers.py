@@ -57,7 +57,7 @@ def training_pairs(setting: dict | None = None):
     if setting is not None and setting["data"] == "debian-packages":
         return debian_pairs(setting.get("pairs", max(512, setting["batch"])))
     pairs = pairs_from_beir(load_beir(SHARED / "cranfield", "train"))
-    if setting is None:
+    if setting is None or setting.get("pairs") == "all":
         return pairs
     n = min(len(pairs), max(512, setting["batch"]))
     keep = sorted(np.random.default_rng(SEED).choice(len(pairs), n, replace=False))
@@ -73,14 +73,16 @@ def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | No
     config = TrainConfig(data="-", output_dir=str(out), batch_size=setting["batch"], mini_batch_size=setting["mini_batch"],
                          chunk_size=16, epochs=EPOCHS, lr=LR, temperature=1 / SCALE, warmup_ratio=WARMUP, seed=SEED,
                          checkpoint_every=10_000, show_progress=False, attention_dropout=attention_dropout,
-                         report=False, health_sample=0)  # the training alone: ST's trainer writes no report
+                         report=False, health_sample=0,  # the training alone: ST's trainer writes no report
+                         mask_known_positives=False)  # ST's MNRL masks nothing: the same loss
     trainer = Trainer(config, encoder, pairs)
     t0 = time.perf_counter()
     trainer.train()
     return trainer.total_steps * setting["batch"], time.perf_counter() - t0
 
 
-def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None = None) -> float:
+def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None = None,
+             epochs: int = EPOCHS) -> tuple[int, float]:
     # attention_dropout is ours alone: sentence-transformers trains with the model's own dropout
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
@@ -98,7 +100,7 @@ def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None
     else:
         loss = losses.MultipleNegativesRankingLoss(model, scale=SCALE)
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out / "st-work"), per_device_train_batch_size=setting["batch"], num_train_epochs=EPOCHS,
+        output_dir=str(out / "st-work"), per_device_train_batch_size=setting["batch"], num_train_epochs=epochs,
         learning_rate=LR, warmup_ratio=WARMUP, seed=SEED, batch_sampler=BatchSamplers.NO_DUPLICATES,
         save_strategy="no", report_to="none", logging_steps=10, dataloader_drop_last=True, use_cpu=True)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)

@@ -65,6 +65,7 @@ def info_nce_with_stats(
     hard_negative_ids: Tensor | None = None,
     mask_margin: float | None = None,
     mask_ratio: float | None = None,
+    known_positives: Tensor | None = None,
 ) -> InfoNCEOutput:
     r"""InfoNCE over in-batch and hard negatives, with false-negative masking; returns loss and counts.
 
@@ -96,6 +97,11 @@ def info_nce_with_stats(
             positive, GISTEmbed style). None: off.
         mask_ratio: mask candidates with s(a_i, c_j) > ratio · s(a_i, p_i) (NV-Retriever's
             "percentage of the positive" for cosine; meant for positive similarities). None: off.
+        known_positives: bool [B, C] over anchor i's candidates (the B in-batch positives, then
+            the hard negatives), True where the training labels say candidate j is relevant to
+            anchor i too (a query with several relevant documents: another row's positive, or
+            a hard negative mined for another row, may be one of them). Masked like ids and
+            counted with them; column i of row i (its own positive) is never masked. None: off.
 
     Masked candidates get logit −inf: they take no part in the loss and receive no gradient. The
     masks are decided without gradient. The positive itself is never masked.
@@ -108,13 +114,20 @@ def info_nce_with_stats(
         >>> out.loss.backward(); log(masked=out.num_masked.item())
     """
     hard_negative_mask = _check_inputs(anchors, positives, hard_negatives, temperature, label_smoothing,
-                                       anchor_ids, positive_ids, hard_negative_ids, mask_margin, mask_ratio)
+                                       anchor_ids, positive_ids, hard_negative_ids, mask_margin, mask_ratio,
+                                       known_positives)
     sims = similarity_matrix(anchors, positives, similarity)  # [B, B]
     in_batch_mask = None  # None: nothing masked, and no [B, B] mask built
     if anchor_ids is not None or positive_ids is not None:
         in_batch_mask = in_batch_id_mask(anchor_ids, positive_ids, anchors.shape[0], anchors.device)
     forward_sims, forward_mask = _with_hard_negatives(anchors, sims, in_batch_mask, hard_negatives,
                                                       hard_negative_mask, similarity)
+    if known_positives is not None:
+        known = known_positives.clone()
+        known[:, :known.shape[0]].fill_diagonal_(False)
+        forward_mask = known if forward_mask is None else forward_mask | known
+        in_batch_known = known[:, :known.shape[0]]
+        in_batch_mask = in_batch_known if in_batch_mask is None else in_batch_mask | in_batch_known
     directions = [_one_direction(forward_sims, forward_mask, temperature, label_smoothing, mask_margin, mask_ratio)]
     if symmetric:
         # s is symmetric in its two arguments, so positive→anchor scores are the transpose.
@@ -224,7 +237,8 @@ def _count(mask: Tensor | None, like: Tensor) -> Tensor:
 def _check_inputs(anchors: Tensor, positives: Tensor, hard_negatives: Tensor | None,
                   temperature: float | Tensor, label_smoothing: float, anchor_ids: Tensor | None,
                   positive_ids: Tensor | None, hard_negative_ids: Tensor | None,
-                  mask_margin: float | None, mask_ratio: float | None) -> Tensor | None:
+                  mask_margin: float | None, mask_ratio: float | None,
+                  known_positives: Tensor | None = None) -> Tensor | None:
     """Validate the arguments of ``info_nce``; return the hard-negative id mask (or None)."""
     check_embeddings("anchors", anchors)
     check_embeddings("positives", positives)
@@ -247,6 +261,12 @@ def _check_inputs(anchors: Tensor, positives: Tensor, hard_negatives: Tensor | N
     for name, ids in (("anchor_ids", anchor_ids), ("positive_ids", positive_ids)):
         if ids is not None:
             check_labels(name, ids, batch)
+    if known_positives is not None:
+        columns = batch + (0 if hard_negatives is None else hard_negatives.shape[-2])
+        if known_positives.dtype != torch.bool or tuple(known_positives.shape) != (batch, columns):
+            raise ValueError(f"known_positives must be a bool [B, C] = [{batch}, {columns}] mask over the "
+                             f"in-batch positives and hard negatives; got {known_positives.dtype} "
+                             f"{tuple(known_positives.shape)}")
     if hard_negative_ids is None:
         return None
     if hard_negatives is None or positive_ids is None:

@@ -56,18 +56,21 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, anchors: Tensor, positives: Tensor, hard_negatives: Tensor | None = None, *,
                 anchor_ids: Tensor | None = None, positive_ids: Tensor | None = None,
-                hard_negative_ids: Tensor | None = None) -> Tensor:
+                hard_negative_ids: Tensor | None = None, known_positives: Tensor | None = None) -> Tensor:
         """The loss, a 0-dim tensor."""
         return self.with_stats(anchors, positives, hard_negatives, anchor_ids=anchor_ids,
-                               positive_ids=positive_ids, hard_negative_ids=hard_negative_ids).loss
+                               positive_ids=positive_ids, hard_negative_ids=hard_negative_ids,
+                               known_positives=known_positives).loss
 
     def with_stats(self, anchors: Tensor, positives: Tensor, hard_negatives: Tensor | None = None, *,
                    anchor_ids: Tensor | None = None, positive_ids: Tensor | None = None,
-                   hard_negative_ids: Tensor | None = None) -> InfoNCEOutput:
+                   hard_negative_ids: Tensor | None = None,
+                   known_positives: Tensor | None = None) -> InfoNCEOutput:
         """The loss and the masking counts, as :func:`info_nce_with_stats`."""
         return info_nce_with_stats(anchors, positives, hard_negatives, temperature=self.temperature,
                                    anchor_ids=anchor_ids, positive_ids=positive_ids,
-                                   hard_negative_ids=hard_negative_ids, **self.options)
+                                   hard_negative_ids=hard_negative_ids, known_positives=known_positives,
+                                   **self.options)
 
     def extra_repr(self) -> str:
         with torch.no_grad():

@@ -40,6 +40,8 @@ class TrainConfig:
     num_hard_negatives: int = 0         # per pair, from the data's `negatives` (InfoNCE: up to this many,
                                         # pooled over the batch; contrastive/triplet: exactly); 0: in-batch only
     mask_margin: float | None = None    # false-negative masking by similarity (InfoNCE)
+    mask_known_positives: bool = True   # InfoNCE: a candidate the data pairs with this anchor too (another
+                                        # relevant document of the same query) is not its negative
     # batching
     batch_size: int = 32
     mini_batch_size: int | None = None  # gradient caching when set: memory bound by this, not batch_size

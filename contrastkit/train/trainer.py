@@ -92,6 +92,37 @@ def build_loss(config: TrainConfig) -> nn.Module:
     return MarginContrastiveLoss(config.margin, distance=distance)
 
 
+def positives_by_anchor(examples: Sequence[Pair]) -> dict[str, set[str]]:
+    """Anchor text → every positive text the data pairs it with; only anchors with more than one.
+
+    A query with several relevant documents appears in several pairs: in a batch, one pair's positive
+    (or a hard negative mined for another query) may be another relevant document of that query.
+    """
+    positives: dict[str, set[str]] = {}
+    for ex in examples:
+        positives.setdefault(ex.anchor, set()).add(ex.positive)
+    return {anchor: texts for anchor, texts in positives.items() if len(texts) > 1}
+
+
+def known_positive_mask(anchors: Sequence[str], candidates: Sequence[str],
+                        positives_of: dict[str, set[str]]) -> Tensor | None:
+    """Bool [len(anchors), len(candidates)]: True where candidate j is a known positive of anchor i.
+
+    None when nothing is marked (no mask built). The loss never masks a row's own positive.
+    """
+    columns: dict[str, list[int]] = {}
+    for j, text in enumerate(candidates):
+        columns.setdefault(text, []).append(j)
+    marked = [(i, j) for i, anchor in enumerate(anchors)
+              for text in positives_of.get(anchor, ()) for j in columns.get(text, ())]
+    if not marked:
+        return None
+    mask = torch.zeros(len(anchors), len(candidates), dtype=torch.bool)
+    rows, cols = zip(*marked)
+    mask[list(rows), list(cols)] = True
+    return mask
+
+
 def check_examples(examples: Sequence, config: TrainConfig) -> None:
     """Refuse, before training, data that cannot make a single batch or lacks the negatives asked for."""
     if len(examples) < config.batch_size and config.drop_last:
@@ -130,6 +161,8 @@ class Trainer:
         self.examples = list(examples)
         self.evaluator = evaluator
         self.loss_fn = build_loss(config).to(self.device)
+        self._positives_of = (positives_by_anchor(self.examples)
+                              if config.loss == "infonce" and config.mask_known_positives else {})
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         # epochs may differ in length: the no-duplicates sampler drops what cannot fill a batch
@@ -212,11 +245,14 @@ class Trainer:
             text_ids: dict[str, int] = {}
             ids = [torch.tensor([text_ids.setdefault(t, len(text_ids)) for t in g], device=self.device)
                    for g in groups]
+            known = known_positive_mask(groups[0], [t for g in groups[1:] for t in g], self._positives_of)
+            known = None if known is None else known.to(self.device)
             self._stats = {}
 
             def infonce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
                 out = self.loss_fn.with_stats(anchors, positives, negatives, anchor_ids=ids[0], positive_ids=ids[1],
-                                              hard_negative_ids=ids[2] if negatives is not None else None)
+                                              hard_negative_ids=ids[2] if negatives is not None else None,
+                                              known_positives=known)
                 self._stats = {"masked": int(out.num_masked)}
                 return out.loss
             return infonce

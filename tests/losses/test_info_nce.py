@@ -34,8 +34,11 @@ def ids(n: int, high: int, seed: int) -> torch.Tensor:
 sim = naive_similarity
 
 
-def naive_direction(a, p, hard, tau, kind, anchor_ids, positive_ids, hard_ids, margin, ratio, smoothing):
-    """(mean loss, masked by id, masked by similarity, candidates) by building each row's candidate list."""
+def naive_direction(a, p, hard, tau, kind, anchor_ids, positive_ids, hard_ids, margin, ratio, smoothing, known=None):
+    """(mean loss, masked by id, masked by similarity, candidates) by building each row's candidate list.
+
+    known[i][c]: column c of row i's candidates (B positives, then hard negatives) is a known positive.
+    """
     losses, by_id, by_sim, candidates = [], 0, 0, 0
     for i in range(len(a)):
         s_pos = sim(a[i], p[i], kind)
@@ -43,12 +46,14 @@ def naive_direction(a, p, hard, tau, kind, anchor_ids, positive_ids, hard_ids, m
         for j in range(len(p)):
             if j != i:
                 same = any(ids_ is not None and ids_[i] == ids_[j] for ids_ in (anchor_ids, positive_ids))
+                same = same or (known is not None and known[i][j])
                 listed.append((sim(a[i], p[j], kind), same))
         if hard is not None:
             row_hard = hard[i] if isinstance(hard[0][0], list) else hard  # per-anchor [K][D] or shared [M][D]
             row_ids = (hard_ids[i] if isinstance(hard_ids[0], list) else hard_ids) if hard_ids is not None else None
             for k, h in enumerate(row_hard):
-                listed.append((sim(a[i], h, kind), row_ids is not None and row_ids[k] == positive_ids[i]))
+                same = row_ids is not None and row_ids[k] == positive_ids[i]
+                listed.append((sim(a[i], h, kind), same or (known is not None and known[i][len(p) + k])))
         kept = [s_pos]
         for s, same_id in listed:
             candidates += 1
@@ -67,12 +72,16 @@ def naive_direction(a, p, hard, tau, kind, anchor_ids, positive_ids, hard_ids, m
 
 
 def naive_info_nce(a, p, hard=None, *, tau=0.05, kind="cosine", symmetric=False, smoothing=0.0, anchor_ids=None,
-                   positive_ids=None, hard_ids=None, margin=None, ratio=None):
+                   positive_ids=None, hard_ids=None, margin=None, ratio=None, known=None):
     as_list = lambda t: None if t is None else t.tolist()  # noqa: E731
-    a, p, hard, anchor_ids, positive_ids, hard_ids = map(as_list, (a, p, hard, anchor_ids, positive_ids, hard_ids))
-    results = [naive_direction(a, p, hard, tau, kind, anchor_ids, positive_ids, hard_ids, margin, ratio, smoothing)]
+    reverse_known = None if known is None else as_list(known[:, :len(a)].T)
+    a, p, hard, anchor_ids, positive_ids, hard_ids, known = map(
+        as_list, (a, p, hard, anchor_ids, positive_ids, hard_ids, known))
+    results = [naive_direction(a, p, hard, tau, kind, anchor_ids, positive_ids, hard_ids, margin, ratio, smoothing,
+                               known)]
     if symmetric:
-        results.append(naive_direction(p, a, None, tau, kind, positive_ids, anchor_ids, None, margin, ratio, smoothing))
+        results.append(naive_direction(p, a, None, tau, kind, positive_ids, anchor_ids, None, margin, ratio, smoothing,
+                                       reverse_known))
     loss = sum(r[0] for r in results) / len(results)
     return (loss, *(sum(r[k] for r in results) for k in (1, 2, 3)))
 
@@ -80,10 +89,10 @@ def naive_info_nce(a, p, hard=None, *, tau=0.05, kind="cosine", symmetric=False,
 @given(seed=st.integers(0, 10_000), batch=st.integers(1, 5), k=st.integers(0, 3), shared=st.booleans(),
        kind=st.sampled_from(KINDS), symmetric=st.booleans(), smoothing=st.sampled_from([0.0, 0.1]),
        id_range=st.sampled_from([None, 2, 4]), margin=st.sampled_from([None, 0.0, 0.3]),
-       ratio=st.sampled_from([None, 0.9]))
+       ratio=st.sampled_from([None, 0.9]), with_known=st.booleans())
 @PROPERTY
 def test_matches_the_naive_reference_with_every_option(seed, batch, k, shared, kind, symmetric, smoothing, id_range,
-                                                      margin, ratio):
+                                                      margin, ratio, with_known):
     a, p = noise(batch, 3, seed=seed), noise(batch, 3, seed=seed + 1)
     hard = None if k == 0 else noise(*((2 * k,) if shared else (batch, k)), 3, seed=seed + 2)
     anchor_ids = positive_ids = hard_ids = None
@@ -91,12 +100,16 @@ def test_matches_the_naive_reference_with_every_option(seed, batch, k, shared, k
         anchor_ids, positive_ids = ids(batch, id_range, seed + 3), ids(batch, id_range, seed + 4)
         if hard is not None:
             hard_ids = torch.randint(0, id_range, hard.shape[:-1], generator=torch.Generator().manual_seed(seed + 5))
+    known = None
+    if with_known:  # random marks, the diagonal included: the loss must ignore a row's own positive
+        columns = batch + (0 if hard is None else hard.shape[-2])
+        known = torch.rand(batch, columns, generator=torch.Generator().manual_seed(seed + 6)) < 0.3
     out = info_nce_with_stats(a, p, hard, temperature=0.1, similarity=kind, symmetric=symmetric,
                               label_smoothing=smoothing, anchor_ids=anchor_ids, positive_ids=positive_ids,
-                              hard_negative_ids=hard_ids, mask_margin=margin, mask_ratio=ratio)
+                              hard_negative_ids=hard_ids, mask_margin=margin, mask_ratio=ratio, known_positives=known)
     loss, by_id, by_sim, candidates = naive_info_nce(
         a, p, hard, tau=0.1, kind=kind, symmetric=symmetric, smoothing=smoothing, anchor_ids=anchor_ids,
-        positive_ids=positive_ids, hard_ids=hard_ids, margin=margin, ratio=ratio)
+        positive_ids=positive_ids, hard_ids=hard_ids, margin=margin, ratio=ratio, known=known)
     assert out.loss.item() == pytest.approx(loss, abs=1e-9)
     assert (out.num_masked_by_id.item(), out.num_masked_by_similarity.item()) == (by_id, by_sim)
     assert (out.num_masked.item(), out.num_candidates.item()) == (by_id + by_sim, candidates)
@@ -264,6 +277,26 @@ def test_symmetric_is_the_mean_of_both_directions(seed, batch, k, kind, id_range
 
 
 # ---------------------------------------------------------------- errors and small cases
+
+def test_known_positives_are_masked_and_a_candidate_masked_in_every_row_gets_no_gradient():
+    a, p, hard = noise(4, 5, seed=40), noise(4, 5, seed=41), noise(3, 5, seed=42)
+    known = torch.zeros(4, 7, dtype=torch.bool)
+    known[0, 2] = known[1, 5] = True
+    known[:, 6] = True  # hard negative 2 is a known positive of every anchor
+    known[3, 3] = True  # a row's own positive: ignored
+    p, hard = p.requires_grad_(), hard.requires_grad_()
+    loss = info_nce(a, p, hard, temperature=0.5, known_positives=known)
+    loss.backward()
+    kept = ~known
+    kept[3, 3] = True
+    an, pn, hn = (F.normalize(t.detach(), dim=-1) for t in (a, p, hard))
+    logits = torch.cat([an @ pn.T, an @ hn.T], 1) / 0.5
+    want = -logits.masked_fill(~kept, -math.inf).log_softmax(1).diagonal().mean()
+    assert loss.item() == pytest.approx(want.item(), abs=1e-12)
+    assert (hard.grad[2] == 0).all() and (hard.grad[:2].abs().sum(-1) > 0).all()
+    with pytest.raises(ValueError, match=r"known_positives must be a bool \[B, C\] = \[4, 7\]"):
+        info_nce(a, p, hard, known_positives=known[:, :4])
+
 
 def test_half_precision_embeddings_get_a_float32_softmax():
     a, p = noise(64, 16, seed=32).bfloat16(), noise(64, 16, seed=33).bfloat16()

@@ -245,3 +245,29 @@ def test_health_steps_stay_a_small_share_of_training():
     for total, batch, texts, sample in [(15, 32, 2, 128), (30, 64, 3, 128), (200, 8, 2, 64)]:
         every = default_health_every(total, batch, texts, sample)
         assert (2 * sample) / every <= 0.05 * 3 * texts * batch + 1e-9  # health work per step ≤ 5 % of a step
+
+
+def test_known_positive_mask_marks_the_other_positives_of_each_anchor():
+    from contrastkit.train.trainer import known_positive_mask, positives_by_anchor
+
+    pairs = [Pair(anchor="q1", positive="d1"), Pair(anchor="q1", positive="d2"), Pair(anchor="q2", positive="d2"),
+             Pair(anchor="q3", positive="d3")]
+    positives_of = positives_by_anchor(pairs)
+    assert positives_of == {"q1": {"d1", "d2"}}  # q2 and q3 have one positive each: nothing to mask
+    # candidates: the in-batch positives, then pooled hard negatives (d1 again, mined for q3)
+    mask = known_positive_mask(["q1", "q2", "q3"], ["d1", "d2", "d3", "d1"], positives_of)
+    assert mask.tolist() == [[True, True, False, True], [False] * 4, [False] * 4]  # (0, 0) is ignored by the loss
+    assert known_positive_mask(["q2", "q3"], ["d2", "d3"], positives_of) is None
+
+
+@pytest.mark.parametrize("mask_known", [True, False])
+def test_trainer_masks_other_relevant_documents_of_a_query(tiny_model_dir, tmp_path, mask_known):
+    # 16 queries, each relevant to its own document and the next one's: in a batch, (q_i, d_i) and
+    # (q_i+1, d_i+1) make d_i+1 a false negative of q_i unless it is masked
+    pairs = [Pair(anchor=f"question {i} about lift", positive=f"document {(i + s) % 16} on wings")
+             for i in range(16) for s in (0, 1)]
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=16)
+    out = Trainer(config(tmp_path, batch_size=8, max_steps=4, mask_known_positives=mask_known),
+                  encoder, pairs).train()
+    masked = [r["masked"] for r in step_records(out / "metrics.jsonl")]
+    assert (sum(masked) > 0) == mask_known, masked
