@@ -277,11 +277,12 @@ def demo(
     model: ModelOption = "default",
     output_dir: Annotated[str, typer.Option("--output", "-o", help="where the model and results go")] = "demo_output",
     epochs: Annotated[Optional[int], typer.Option(min=1, help="fine-tuning epochs (default 3; --quick 1)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of mining, batching and dropout: rerun to see the spread")] = 0,
 ) -> None:
     """Evaluate the default model, mine hard negatives, fine-tune, evaluate again: the before/after table."""
     from contrastkit.demo import DemoConfig, run_demo
 
-    settings = dict(model=model, output_dir=output_dir, pairs=pairs)
+    settings = dict(model=model, output_dir=output_dir, pairs=pairs, seed=seed)
     if epochs:
         settings["epochs"] = epochs
     if data:

@@ -30,8 +30,8 @@ class DemoConfig:
     train_split: str = "train"
     max_seq_length: int = 256          # evaluation and mining (as the reference figures)
     train_max_seq_length: int = 256    # training sees what evaluation sees (Cranfield abstracts pass 128 tokens)
-    epochs: int = 3                    # 0.403 → 0.437 nDCG@10 in 15.5 min on 2 cores
-                                       # (bench/results/demo_cranfield_3ep_seq256_cpu.json); 2 epochs at 128: 0.422
+    epochs: int = 3                    # 0.403 → 0.449 nDCG@10 in 14.8 min on 2 cores
+                                       # (bench/results/cranfield_quality_vs_st.meta.json); 2 epochs at 128: 0.422
     max_steps: int | None = None
     max_train_pairs: int | None = None
     batch_size: int = 64
@@ -104,8 +104,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
 
     how = (f"gradient caching (mini-batch {config.mini_batch_size})" if config.mini_batch_size
            else "length-sorted chunks, no caching")
-    echo(f"\n[3/5] fine-tuning: InfoNCE (τ={config.temperature}), in-batch + hard negatives, batch "
-         f"{config.batch_size} with {how}")
+    echo(f"\n[3/5] fine-tuning: InfoNCE (τ={config.temperature}), in-batch + hard negatives (a query's other "
+         f"relevant documents masked), batch {config.batch_size} with {how}")
     train_config = TrainConfig(
         data="(in memory)", output_dir=str(output / "model"), max_seq_length=config.train_max_seq_length,
         loss="infonce", temperature=config.temperature, num_hard_negatives=config.num_hard_negatives,

@@ -29,6 +29,19 @@ def test_help_lists_the_commands(monkeypatch, capsys):
         assert command in out
 
 
+def test_demo_options_reach_the_demo_config(monkeypatch, capsys, tmp_path):
+    import contrastkit.demo
+
+    seen = []
+    monkeypatch.setattr(contrastkit.demo, "run_demo", lambda config, echo: seen.append(config))
+    code, _, err = run_cli(monkeypatch, capsys, "demo", "--seed", "7", "--epochs", "2", "-o", tmp_path / "out")
+    assert code == 0, err
+    assert (seen[0].seed, seen[0].epochs, seen[0].output_dir) == (7, 2, str(tmp_path / "out"))
+    code, _, err = run_cli(monkeypatch, capsys, "demo", "--quick", "-o", tmp_path / "q")
+    assert code == 0, err
+    assert (seen[1].seed, seen[1].epochs, seen[1].max_train_pairs) == (0, 1, 256)
+
+
 def test_encode_texts_to_npy(monkeypatch, capsys, tiny_model_dir, tmp_path):
     out_file = tmp_path / "emb.npy"
     code, out, err = run_cli(monkeypatch, capsys, "encode", "-m", tiny_model_dir, "-t", "hello", "-t",
