@@ -90,7 +90,7 @@ def main() -> None:
                                                  show_progress=False)
             print(name, {m: round(evaluated[name].metrics[m], 4) for m in METRICS},
                   f"(evaluated in {time.perf_counter() - t0:.0f} s)", flush=True)
-    (ours_name, ours), (st_name, st) = evaluated.items()
+    ours, st = evaluated.values()
     change = compare_results(st, ours, METRICS)
     rows = [{"system": n, **{m: r.metrics[m] for m in METRICS}} for n, r in evaluated.items()]
     rows.append({"system": "ours − ST (sign test p)",

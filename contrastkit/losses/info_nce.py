@@ -124,9 +124,8 @@ def info_nce_with_stats(
                                                       hard_negative_mask, similarity)
     if known_positives is not None:
         known = known_positives.clone()
-        known[:, :known.shape[0]].fill_diagonal_(False)
+        in_batch_known = known[:, :known.shape[0]].fill_diagonal_(False)  # a view: clears known's diagonal too
         forward_mask = known if forward_mask is None else forward_mask | known
-        in_batch_known = known[:, :known.shape[0]]
         in_batch_mask = in_batch_known if in_batch_mask is None else in_batch_mask | in_batch_known
     directions = [_one_direction(forward_sims, forward_mask, temperature, label_smoothing, mask_margin, mask_ratio)]
     if symmetric:
