@@ -2,8 +2,9 @@
 
 One step of the default model on real debian-packages pairs (batch 64, max_seq_length 128), in the
 two modes the trainer has: length-sorted chunks (one forward with graph + backward) and gradient
-caching (a no-graph forward, then forward with graph + backward, per mini-batch); and the chunks
-again without dropout on the attention probabilities (the fused attention kernel). torch.profiler
+caching (a no-graph forward, then forward with graph + backward, per mini-batch); the chunks
+again without dropout on the attention probabilities (the fused attention kernel); and that once more
+with torch's dropout kernel instead of the trainer's (contrastkit.fast_dropout). torch.profiler
 gives the self time of every operator; they are grouped (matrix multiplies, attention, GELU,
 LayerNorm, softmax, dropout, embedding, element-wise, the optimizer, the rest), and tokenisation is
 timed separately. Shares are what this script reports: they hold even when the machine is busy,
@@ -27,7 +28,9 @@ KINDS = [
     ("softmax", ("softmax",)),
     ("gelu", ("gelu",)),
     ("layer norm", ("layer_norm",)),
-    ("dropout", ("dropout", "bernoulli", "native_dropout")),
+    # torch's kernel; of contrastkit.fast_dropout only the random draw (random_) is named apart, its
+    # comparison and torch.where count as element-wise
+    ("dropout", ("dropout", "bernoulli", "native_dropout", "random_")),
     ("embedding", ("embedding",)),
     ("optimizer (AdamW)", ("_foreach", "adamw", "_fused_adam", "addcdiv", "lerp")),
     ("copies / layout", ("copy_", "contiguous", "clone", "transpose", "permute", "view", "reshape", "cat",
@@ -37,7 +40,8 @@ KINDS = [
 ]
 
 
-MODES = ("chunks", "gradient cache", "chunks, attention dropout 0")
+# the trainer's defaults (contrastkit.fast_dropout) unless the mode says torch's dropout kernel
+MODES = ("chunks", "gradient cache", "chunks, attention dropout 0", "chunks, attention dropout 0, torch dropout")
 
 
 def kind_of(name: str) -> str:
@@ -59,7 +63,7 @@ def profile_step(mode: str, batch: int, chunk: int, steps: int) -> dict:
     cached = mode == "gradient cache"
     trainer = make_trainer(pairs, batch, None if cached else chunk, False,
                            0.0 if "attention dropout 0" in mode else None, steps, 128,
-                           mini_batch=chunk if cached else None)
+                           mini_batch=chunk if cached else None, fast_dropout="torch dropout" not in mode)
     encoder = trainer.encoder
     batches = trainer._batches(0)
     timed_step(trainer, batches[0])  # warm-up (allocations, token lengths), not profiled

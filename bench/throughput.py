@@ -2,8 +2,9 @@
 
 Baseline: the whole batch padded to its longest text in one forward pass (what a plain loop does).
 Ours: the batch cut into chunks of 8/16/32 texts sorted by token length, each padded to its own
-longest text; and without dropout on the attention probabilities (`attention_dropout = 0`), which lets
-the fused attention kernel run in training. Default model, batch 64, max_seq_length 128,
+longest text; without dropout on the attention probabilities (`attention_dropout = 0`), which lets
+the fused attention kernel run in training; and with the trainer's dropout kernel
+(`contrastkit.fast_dropout`, `fast_dropout = true`) in place of torch's. Default model, batch 64, max_seq_length 128,
 debian-packages train pairs. All configurations step in turn (round-robin), so load from other
 processes falls on all of them alike.
 
@@ -31,14 +32,16 @@ def padding_share(trainer, batch: list[int], chunk: int | None) -> float:
     return 1 - real / padded
 
 
-# (precision, chunk, attention dropout): the model's own dropout (0.1) unless a value is given
-CONFIGS = [("fp32", None, None), ("fp32", 8, None), ("fp32", 16, None), ("fp32", 32, None),
-           ("fp32", None, 0.0), ("fp32", 8, 0.0), ("fp32", 16, 0.0), ("fp32", 32, 0.0),
-           ("bf16", None, None), ("bf16", 16, None)]
+# (precision, chunk, attention dropout, fast dropout kernel): attention dropout is the model's own (0.1)
+# unless a value is given; the first rows use torch's dropout kernel, as a plain loop does
+CONFIGS = [("fp32", None, None, False), ("fp32", 8, None, False), ("fp32", 16, None, False),
+           ("fp32", 32, None, False), ("fp32", None, 0.0, False), ("fp32", 8, 0.0, False),
+           ("fp32", 16, 0.0, False), ("fp32", 32, 0.0, False), ("bf16", None, None, False),
+           ("bf16", 16, None, False), ("fp32", 16, None, True), ("fp32", 16, 0.0, True), ("fp32", 32, 0.0, True)]
 
 
 def make_trainer(pairs, batch_size: int, chunk: int | None, bf16: bool, attention_dropout: float | None,
-                 steps: int, seq: int, mini_batch: int | None = None):
+                 steps: int, seq: int, mini_batch: int | None = None, fast_dropout: bool = True):
     """A Trainer on the default model in training mode (no report, no health records: only the step)."""
     from contrastkit.encoder import Encoder
     from contrastkit.train import TrainConfig, Trainer
@@ -46,7 +49,8 @@ def make_trainer(pairs, batch_size: int, chunk: int | None, bf16: bool, attentio
     encoder = Encoder.from_pretrained("default", max_seq_length=seq)
     config = TrainConfig(data="-", output_dir="/tmp/contrastkit-bench-throughput", batch_size=batch_size,
                          chunk_size=chunk, mini_batch_size=mini_batch, bf16=bf16, attention_dropout=attention_dropout,
-                         max_steps=steps + 1, show_progress=False, warmup_ratio=0.0, report=False, health_sample=0)
+                         max_steps=steps + 1, show_progress=False, warmup_ratio=0.0, report=False, health_sample=0,
+                         fast_dropout=fast_dropout)
     trainer = Trainer(config, encoder, pairs)
     encoder.train()
     return trainer
@@ -69,8 +73,9 @@ def main() -> None:
     args = parser.parse_args()
 
     pairs = debian_pairs(args.batch * (args.steps + 1) * 2)
-    trainers = [make_trainer(pairs, args.batch, chunk, precision == "bf16", dropout, args.steps, args.max_seq_length)
-                for precision, chunk, dropout in CONFIGS]
+    trainers = [make_trainer(pairs, args.batch, chunk, precision == "bf16", dropout, args.steps, args.max_seq_length,
+                             fast_dropout=fast)
+                for precision, chunk, dropout, fast in CONFIGS]
     batches = trainers[0]._batches(0)  # the same seed and data: every trainer has the same batches
     for trainer in trainers:
         timed_step(trainer, batches[0])  # warm-up step, not timed
@@ -82,15 +87,16 @@ def main() -> None:
             seconds[i] += timed_step(trainer, b)
         print(f"step done: {[round(s, 1) for s in seconds]}", flush=True)
     rows = []
-    for (precision, chunk, dropout), trainer, secs in zip(CONFIGS, trainers, seconds):
+    for (precision, chunk, dropout, fast), trainer, secs in zip(CONFIGS, trainers, seconds):
         pad = sum(padding_share(trainer, b, chunk) for b in batches[1:args.steps + 1]) / args.steps
         rows.append({"chunk": chunk or "none (one padded pass)", "precision": precision,
                      "attention_dropout": "model's (0.1)" if dropout is None else dropout,
+                     "dropout_kernel": "contrastkit" if fast else "torch",
                      "pairs_per_s": args.steps * args.batch / secs, "padding_share": pad})
     base = rows[0]["pairs_per_s"]
     for r in rows:
         r["speedup_vs_unbucketed_fp32"] = r["pairs_per_s"] / base
-    print_table(rows, ["precision", "chunk", "attention_dropout", "pairs_per_s", "padding_share",
+    print_table(rows, ["precision", "chunk", "attention_dropout", "dropout_kernel", "pairs_per_s", "padding_share",
                        "speedup_vs_unbucketed_fp32"])
     meta = {"batch": args.batch, "steps": args.steps, "max_seq_length": args.max_seq_length,
             "timing": "round-robin over configurations, one step each in turn"}

@@ -14,11 +14,13 @@ Test nDCG@10 of the Cranfield- and debian-trained models is measured by the same
 
     .venv/bin/python bench/vs_sentence_transformers.py [--max-seq-length 128] [--settings 0 1 2]
         [--attention-dropout 0]   # ours without dropout on attention probabilities (fused attention)
+        [--torch-dropout]         # ours with torch's dropout kernel instead of contrastkit.fast_dropout
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -64,7 +66,8 @@ def training_pairs(setting: dict | None = None):
     return [pairs[i] for i in keep]
 
 
-def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | None = None) -> float:
+def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | None = None,
+               fast_dropout: bool = True) -> tuple[int, float]:
     from contrastkit.encoder import Encoder
     from contrastkit.train import TrainConfig, Trainer
 
@@ -74,7 +77,8 @@ def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | No
                          chunk_size=16, epochs=EPOCHS, lr=LR, temperature=1 / SCALE, warmup_ratio=WARMUP, seed=SEED,
                          checkpoint_every=10_000, show_progress=False, attention_dropout=attention_dropout,
                          report=False, health_sample=0,  # the training alone: ST's trainer writes no report
-                         mask_known_positives=False)  # ST's MNRL masks nothing: the same loss
+                         mask_known_positives=False,  # ST's MNRL masks nothing: the same loss
+                         fast_dropout=fast_dropout)  # the same Bernoulli masks, drawn faster (our default)
     trainer = Trainer(config, encoder, pairs)
     t0 = time.perf_counter()
     trainer.train()
@@ -111,7 +115,7 @@ def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None
     return result.global_step * setting["batch"], seconds
 
 
-def child(tool: str, index: int, seq: int, attention_dropout: float | None) -> dict:
+def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast_dropout: bool) -> dict:
     from contrastkit.data import load_beir
     from contrastkit.encoder import Encoder
     from contrastkit.evaluate import evaluate_retrieval
@@ -119,7 +123,10 @@ def child(tool: str, index: int, seq: int, attention_dropout: float | None) -> d
     setting = SETTINGS[index]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model"
-        pairs, seconds = (train_ours if tool == "ours" else train_st)(setting, seq, out, attention_dropout)
+        if tool == "ours":
+            pairs, seconds = train_ours(setting, seq, out, attention_dropout, fast_dropout)
+        else:
+            pairs, seconds = train_st(setting, seq, out, attention_dropout)
         rss = peak_rss_gb()
         ndcg = None
         if setting["evaluate"]:
@@ -136,10 +143,13 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="keep the rows already in the results file")
     parser.add_argument("--attention-dropout", type=float, default=None,
                         help="ours: dropout on attention probabilities (default: the model's own, as ST)")
+    parser.add_argument("--torch-dropout", action="store_true",
+                        help="ours: torch's dropout kernel (default: contrastkit.fast_dropout, as the trainer)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.max_seq_length, args.attention_dropout)))
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.max_seq_length, args.attention_dropout,
+                               not args.torch_dropout)))
         return
     rows = []
     if args.append and (RESULTS / "vs_sentence_transformers.json").is_file():
@@ -148,6 +158,7 @@ def main() -> None:
         runs = {}
         for tool in ("ours", "st"):  # alternate: ours, ST, ours, ST, ...
             extra = [] if args.attention_dropout is None else ["--attention-dropout", str(args.attention_dropout)]
+            extra += ["--torch-dropout"] if args.torch_dropout else []
             out = subprocess.run([sys.executable, __file__, "--child", tool, str(i), "--max-seq-length",
                                   str(args.max_seq_length), *extra], cwd=REPO, capture_output=True, text=True)
             if out.returncode != 0:
@@ -158,6 +169,8 @@ def main() -> None:
         rows.append({"setting": SETTINGS[i]["setting"], "data": SETTINGS[i]["data"],
                      "max_seq_length": args.max_seq_length, "pairs": ours["pairs"],
                      "ours_attention_dropout": "model's (0.1)" if args.attention_dropout is None else args.attention_dropout,
+                     "ours_dropout_kernel": "torch" if args.torch_dropout else "contrastkit.fast_dropout",
+                     "date": datetime.date.today().isoformat(),
                      "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],
                      "speedup": ours["pairs_per_s"] / st["pairs_per_s"],
                      "ours_seconds": ours["seconds"], "st_seconds": st["seconds"],

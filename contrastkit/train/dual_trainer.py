@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from contrastkit.data import Pair
 from contrastkit.data.images import ImageCaption
 from contrastkit.errors import ConfigError
+from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.losses import info_nce
 from contrastkit.towers import SIDES, DualEncoder, ModuleTower, TextTower
 from contrastkit.train.checkpoint import list_checkpoints, restore_optimization, resume_point, save_checkpoint
@@ -92,6 +93,8 @@ class DualTrainer:
         self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device)
         self.config = config
         self.model = model.to(self.device)
+        if config.fast_dropout:
+            use_fast_dropout(model)
         if config.max_seq_length:
             for side in SIDES:
                 tower = model.tower(side)

@@ -24,6 +24,7 @@ from contrastkit.data.subset import sample_indices
 from contrastkit.encoder import Encoder, autocast
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
+from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.report.record import clear_records, record_environment, record_similarities
 from contrastkit.train.checkpoint import (list_checkpoints, restore_optimization, resume_point, save_checkpoint,
@@ -158,6 +159,8 @@ class Trainer:
         if config.attention_dropout is not None and not encoder.set_attention_dropout(config.attention_dropout):
             raise ConfigError(f"attention_dropout is set but no attention dropout was found in "
                               f"{type(encoder.model).__name__}; leave it null for this model")
+        if config.fast_dropout:
+            use_fast_dropout(encoder)
         self.examples = list(examples)
         self.evaluator = evaluator
         self.loss_fn = build_loss(config).to(self.device)

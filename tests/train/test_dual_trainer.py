@@ -111,6 +111,8 @@ def test_text_pairs_train_through_a_shared_tower_with_prefixes(tiny_encoder, tmp
                          show_progress=False)
     DualTrainer(config, model, *sides_from_pairs(make_pairs(16))).train()
     assert seen and all(t.startswith(("query: what about", "passage: a study of")) for t in seen)
+    # the trainer's default dropout kernel (fast_dropout) replaced every torch Dropout of the towers
+    assert {type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {"FastDropout"}
     assert DualEncoder.load(tmp_path / "run").prefixes == {"query": "query: ", "document": "passage: "}
 
 

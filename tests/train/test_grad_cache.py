@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from contrastkit.encoder import Encoder
+from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.losses import info_nce
 from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
 
@@ -15,10 +16,12 @@ def make_texts(n, offset):
             for i in range(n)]
 
 
-@pytest.fixture
-def encoder64(tiny_model_dir):
+@pytest.fixture(params=["torch dropout", "fast dropout"])
+def encoder64(tiny_model_dir, request):
     enc = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
     enc.model.double()
+    if request.param == "fast dropout":  # the trainer's default on CPU: its masks must replay too
+        assert use_fast_dropout(enc) > 0
     return enc
 
 

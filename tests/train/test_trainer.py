@@ -236,6 +236,16 @@ def test_attention_dropout_setting_reaches_the_model_or_is_refused(tiny_model_di
         Trainer(config(tmp_path, attention_dropout=0.0), encoder, make_pairs(16))
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_dropout_setting_swaps_the_dropout_modules(tiny_model_dir, tmp_path, fast):
+    from contrastkit.fast_dropout import FastDropout
+
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    Trainer(config(tmp_path, fast_dropout=fast), encoder, make_pairs(16))
+    kinds = {type(m) for m in encoder.modules() if isinstance(m, torch.nn.Dropout)}
+    assert kinds == ({FastDropout} if fast else {torch.nn.Dropout})
+
+
 def test_health_steps_stay_a_small_share_of_training():
     from contrastkit.train.trainer import default_health_every
 

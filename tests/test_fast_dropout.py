@@ -1,0 +1,105 @@
+"""FastDropout must draw Bernoulli(1 - p) masks (each 16-bit lane, independently), scale to keep E[y] = x,
+back-propagate through the same mask, replay under a restored RNG, and leave the model's weights alone."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from contrastkit.encoder import Encoder
+from contrastkit.fast_dropout import (FastDropout, _KeepAndScale, drop_threshold, fast_dropout, keep_mask,
+                                      use_fast_dropout)
+
+N = 1 << 20
+
+
+def within_sigmas(count: int, n: int, q: float, sigmas: float = 6.0) -> bool:
+    return abs(count - n * q) <= sigmas * math.sqrt(n * q * (1 - q))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.02, 0.9])
+def test_each_lane_keeps_with_probability_one_minus_p(p):
+    torch.manual_seed(0)
+    keep = keep_mask((N,), p)
+    assert keep.dtype == torch.bool and keep.shape == (N,)
+    _, q = drop_threshold(p)
+    assert abs(q - (1 - p)) <= 2 ** -17
+    # the four 16-bit lanes of each 64-bit word: a lane that read a sign bit would keep half or all
+    for lane in range(4):
+        assert within_sigmas(int(keep[lane::4].sum()), N // 4, q), lane
+    # neighbours independent: both kept with probability q^2
+    both = keep[0::2] & keep[1::2]
+    assert within_sigmas(int(both.sum()), N // 2, q * q)
+
+
+def test_odd_shapes_and_the_threshold_edges():
+    torch.manual_seed(1)
+    assert keep_mask((3, 5, 7), 0.3).shape == (3, 5, 7)
+    assert keep_mask((0,), 0.3).shape == (0,)
+    assert drop_threshold(0.1) == (6554, 1 - 6554 / 65536)
+    assert keep_mask((1000,), 1e-6).all()  # below half a level: nothing is dropped (p' = 0)
+
+
+def test_output_is_zero_or_scaled_input_and_unbiased():
+    torch.manual_seed(2)
+    x = torch.rand(N) + 0.5
+    y = fast_dropout(x, 0.1)
+    _, q = drop_threshold(0.1)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / q)
+    ones = fast_dropout(torch.ones(N, dtype=torch.float64), 0.1)
+    assert abs(float(ones.mean()) - 1.0) < 6 * math.sqrt(0.1 / 0.9 / N)
+
+
+def test_gradient_goes_through_the_same_mask():
+    torch.manual_seed(3)
+    keep = keep_mask((6, 5), 0.4)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: _KeepAndScale.apply(t, keep, 1 / 0.6), (x,))
+    x = torch.rand(4096, requires_grad=True)
+    y = fast_dropout(x + 1.0, 0.25)
+    grad = torch.randn(4096)
+    y.backward(grad)
+    _, q = drop_threshold(0.25)
+    torch.testing.assert_close(x.grad, torch.where(y != 0, grad / q, 0.0))
+
+
+def test_same_seed_same_mask_and_a_restored_state_replays():
+    torch.manual_seed(4)
+    first = keep_mask((999,), 0.1)
+    state = torch.get_rng_state()
+    second = keep_mask((999,), 0.1)
+    torch.set_rng_state(state)
+    assert torch.equal(second, keep_mask((999,), 0.1))
+    assert not torch.equal(first, second)
+    torch.manual_seed(4)
+    assert torch.equal(first, keep_mask((999,), 0.1))
+
+
+def test_identity_outside_training_or_at_p_zero():
+    x = torch.randn(10)
+    assert fast_dropout(x, 0.5, training=False) is x
+    assert fast_dropout(x, 0.0) is x
+    assert torch.equal(fast_dropout(x, 1.0), torch.zeros(10))
+    module = FastDropout(0.5).eval()
+    assert module(x) is x
+
+
+def test_the_model_keeps_its_weights_and_p_and_eval_outputs(tiny_model_dir):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    before = {n: m.p for n, m in encoder.named_modules() if type(m) is nn.Dropout}
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+    texts = ["lift and drag of a wing", "heat transfer in a nozzle"]
+    encoder.eval()
+    reference = encoder.embed(texts)
+    assert use_fast_dropout(encoder) == len(before) > 0
+    after = {n: m.p for n, m in encoder.named_modules() if isinstance(m, nn.Dropout)}
+    assert after == before and all(type(m) is not nn.Dropout for m in encoder.modules())
+    assert encoder.state_dict().keys() == state.keys()
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in state.items())
+    torch.testing.assert_close(encoder.embed(texts), reference, atol=0, rtol=0)
+    encoder.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(encoder.embed(texts), reference)  # dropout is really on in training
+    assert use_fast_dropout(encoder) == 0  # nothing left to replace
