@@ -59,7 +59,7 @@ class TrainConfig:
     bf16: bool = False
     attention_dropout: float | None = None  # dropout on attention probabilities in training (None: the
                                             # model's own); 0 lets the fused attention kernel run
-    fast_dropout: bool = True           # CPU: dropout masks 16 bits per element of 64-bit draws (about 3x
+    fast_dropout: bool = True           # CPU: dropout masks 16 bits per element of 64-bit draws (about 2x
                                         # faster than torch's, same Bernoulli law); False: nn.Dropout as is
     seed: int = 0
     max_nonfinite_steps: int = 5        # stop after this many non-finite steps in a row
