@@ -15,8 +15,9 @@ loop keeps AdamW, warm-up + decay (`lr_factor`), clipping, metrics.jsonl and ato
 (model, optimizer, scheduler, every rank's RNG; `train(resume=True)` continues from the newest one
 and ends with the weights of an uninterrupted run).
 
-The knobs are a `TrainConfig`; the loss-specific ones (`temperature`, `learnable_temperature`,
-`symmetric`) do not apply: the logit scale lives in the `DualEncoder`.
+The knobs are a `TrainConfig`; those this loop does not use (`temperature`, `learnable_temperature`,
+`symmetric`: the logit scale lives in the `DualEncoder`; `bf16`, evaluation during training and a few
+more, `UNUSED_SETTINGS`) are refused when set, not ignored.
 """
 
 from __future__ import annotations
@@ -69,6 +70,34 @@ def sides_from_image_captions(records: Sequence[ImageCaption], model: DualEncode
     return (captions, images) if model.image_side == "document" else (images, captions)
 
 
+# TrainConfig settings this loop does not use, and why; set away from their defaults, they are refused
+# rather than silently ignored
+UNUSED_SETTINGS = {
+    "temperature": "the logit scale lives in the DualEncoder (learnt)",
+    "learnable_temperature": "the DualEncoder's logit scale is always learnt",
+    "symmetric": "the CLIP loss is always symmetric",
+    "similarity": "the towers' outputs meet by dot product (cosine when the DualEncoder normalises)",
+    "margin": "no margin loss here",
+    "mask_margin": "no similarity masking in the CLIP loss",
+    "group_by_source": "no per-source batches here",
+    "bf16": "no bf16 autocast in this loop",
+    "attention_dropout": "set each tower's dropout on its model",
+    "eval_every": "no evaluation during training here",
+    "eval_data": "no evaluation during training here",
+    "tensorboard": "metrics.jsonl only",
+}
+
+
+def check_dual_settings(config: TrainConfig) -> None:
+    """Raise ConfigError naming every setting of `config` the two-tower loop would ignore."""
+    defaults = TrainConfig()
+    unused = [f"{name} ({why})" for name, why in UNUSED_SETTINGS.items()
+              if getattr(config, name) != getattr(defaults, name)]
+    if unused:
+        raise ConfigError("the two-tower trainer does not use these settings; leave them at their defaults: "
+                          + "; ".join(unused))
+
+
 class DualTrainer:
     """Trains a `DualEncoder` on aligned (query, document) items with the symmetric CLIP loss.
 
@@ -83,6 +112,7 @@ class DualTrainer:
 
     def __init__(self, config: TrainConfig, model: DualEncoder, queries: Sequence, documents: Sequence) -> None:
         config.validate(check_files=False)
+        check_dual_settings(config)
         if config.loss != "infonce" or config.num_hard_negatives:
             raise ConfigError("the two-tower trainer trains with symmetric InfoNCE on in-batch negatives (CLIP): "
                               "set loss = infonce and num_hard_negatives = 0")

@@ -116,6 +116,16 @@ def test_text_pairs_train_through_a_shared_tower_with_prefixes(tiny_encoder, tmp
     assert DualEncoder.load(tmp_path / "run").prefixes == {"query": "query: ", "document": "passage: "}
 
 
+@pytest.mark.parametrize("setting", [{"temperature": 0.02}, {"bf16": True}, {"attention_dropout": 0.0},
+                                     {"eval_every": 5, "eval_data": "some/beir"}])
+def test_settings_the_loop_would_ignore_are_refused(tiny_encoder, tmp_path, setting):
+    queries, documents = sides_from_pairs(make_pairs(16))
+    config = TrainConfig(output_dir=str(tmp_path), batch_size=8, **setting)
+    with pytest.raises(ConfigError, match="does not use these settings") as refused:
+        DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents)
+    assert all(name in str(refused.value) for name in setting)
+
+
 def test_bad_settings_stop_before_training(tiny_encoder, tmp_path):
     model = DualEncoder.shared(tiny_encoder)
     queries, documents = sides_from_pairs(make_pairs(16))
