@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import json
 import shutil
 import tempfile
@@ -49,15 +48,12 @@ def main() -> None:
     args = parser.parse_args()
     demo_over, train_over = json.loads(args.demo_overrides), json.loads(args.train_overrides)
 
-    import contrastkit.train
     from contrastkit.demo import DemoConfig, run_demo
 
-    if train_over:  # run_demo builds its TrainConfig from contrastkit.train at call time
-        contrastkit.train.TrainConfig = functools.partial(contrastkit.train.TrainConfig, **train_over)
     with tempfile.TemporaryDirectory() as tmp:
         data = dev_folder(Path(tmp) / "cranfield-dev")
-        result = run_demo(DemoConfig(data=str(data), output_dir=str(Path(tmp) / "out"), **demo_over),
-                          echo=lambda line: None)
+        result = run_demo(DemoConfig(data=str(data), output_dir=str(Path(tmp) / "out"), train_overrides=train_over,
+                                     **demo_over), echo=lambda line: None)
     after = result["metrics"]["fine-tuned"]
     line = {"name": args.name, "demo": demo_over, "train": train_over,
             "dev_ndcg@10_base": result["metrics"]["base model"]["ndcg@10"],

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ class DemoConfig:
     attention_dropout: float | None = 0.0  # fused attention in training: faster steps, same quality on Cranfield
                                            # (0.422 vs 0.421 nDCG@10 with the model's 0.1; docs/training.md)
     seed: int = 0
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields over the demo's own
 
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
@@ -63,8 +65,12 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     from contrastkit.mining import MiningConfig, mine_hard_negatives
     from contrastkit.report import write_report_or_note
     from contrastkit.report.record import clear_records, record_retrieval
+    from contrastkit.errors import ConfigError
     from contrastkit.train import TrainConfig, Trainer
 
+    unknown = sorted(set(config.train_overrides) - {f.name for f in fields(TrainConfig)})
+    if unknown:  # before a minute of evaluation, not after
+        raise ConfigError(f"train_overrides: not TrainConfig fields: {', '.join(unknown)}")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
@@ -104,15 +110,17 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
 
     how = (f"gradient caching (mini-batch {config.mini_batch_size})" if config.mini_batch_size
            else "length-sorted chunks, no caching")
-    echo(f"\n[3/5] fine-tuning: InfoNCE (τ={config.temperature}), in-batch + hard negatives (a query's other "
-         f"relevant documents masked), batch {config.batch_size} with {how}")
-    train_config = TrainConfig(
+    settings = dict(
         data="(in memory)", output_dir=str(output / "model"), max_seq_length=config.train_max_seq_length,
         loss="infonce", temperature=config.temperature, num_hard_negatives=config.num_hard_negatives,
         batch_size=config.batch_size, mini_batch_size=config.mini_batch_size, epochs=config.epochs,
         max_steps=config.max_steps, lr=config.lr, bf16=config.bf16, seed=config.seed,
         attention_dropout=config.attention_dropout,
         checkpoint_every=50, report=False)  # the demo's report, with its own before/after, goes in output
+    train_config = TrainConfig(**{**settings, **config.train_overrides})
+    masked = " (a query's other relevant documents masked)" if train_config.mask_known_positives else ""
+    echo(f"\n[3/5] fine-tuning: InfoNCE (τ={train_config.temperature}), in-batch + hard negatives{masked}, "
+         f"batch {train_config.batch_size} with {how}")
     trainer = Trainer(train_config, encoder, mined)
     model_dir = trainer.train()
     lap("train_s")

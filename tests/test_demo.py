@@ -63,3 +63,26 @@ def test_text_memo_encodes_each_text_once(tiny_encoder):
     import numpy as np
     np.testing.assert_allclose(first[0], first[2])
     np.testing.assert_allclose(second, real(["b", "c"]), atol=1e-6)
+
+
+def test_train_overrides_reach_the_trainer_and_unknown_ones_stop_first(tiny_model_dir, tmp_path, monkeypatch):
+    import pytest
+    import yaml
+
+    from contrastkit.errors import ConfigError
+
+    monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path / "cache"))
+    data = make_beir(tmp_path / "beir")
+    base = dict(data=str(data), model=str(tiny_model_dir), max_seq_length=32, train_max_seq_length=32,
+                max_steps=2, batch_size=6, mini_batch_size=3, mine_range="0:20", relative_margin=None)
+    with pytest.raises(ConfigError, match="not TrainConfig fields: no_such_field"):
+        run_demo(DemoConfig(**base, output_dir=str(tmp_path / "bad"), train_overrides={"no_such_field": 1}))
+    assert not (tmp_path / "bad").exists()  # refused before any work
+    lines = []
+    run_demo(DemoConfig(**base, output_dir=str(tmp_path / "out"),
+                        train_overrides={"mask_known_positives": False, "symmetric": True, "batch_size": 4}),
+             echo=lines.append)
+    used = yaml.safe_load((tmp_path / "out" / "model" / "train_config.yaml").read_text())
+    assert used["mask_known_positives"] is False and used["symmetric"] is True and used["batch_size"] == 4
+    step = next(line for line in lines if line.startswith("\n[3/5]"))
+    assert "masked" not in step and "batch 4 " in step
