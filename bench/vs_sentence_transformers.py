@@ -12,6 +12,12 @@ its own process (peak RSS is per process); the two tools alternate. Settings:
 
 Test nDCG@10 of the Cranfield- and debian-trained models is measured by the same code (contrastkit.evaluate).
 
+Each row also says how far from the hardware both tools are: the useful work of a pair (bench/flops.py's
+count: forward and backward matmuls over the real tokens of both texts), each tool's useful FLOP/s as a
+fraction of the fp32 matmul peak measured in the same run, and `speedup_ceiling`, the most any tool
+could beat ST by on this machine at that setting: the setting's work (with gradient caching, the
+forward twice: 8/6 of the useful work) done at the matmul peak, against ST's pairs/s.
+
     .venv/bin/python bench/vs_sentence_transformers.py [--max-seq-length 128] [--settings 0 1 2]
         [--attention-dropout 0]   # ours without dropout on attention probabilities (fused attention)
         [--torch-dropout]         # ours with torch's dropout kernel instead of contrastkit.fast_dropout
@@ -115,6 +121,25 @@ def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None
     return result.global_step * setting["batch"], seconds
 
 
+def gflop_per_pair(setting: dict, seq: int) -> float:
+    """Useful work of one of the setting's pairs in GFLOP: forward + backward over both texts' real tokens."""
+    from contrastkit.encoder import Encoder
+    from flops import useful_flops
+
+    pairs = training_pairs(setting)
+    encoder = Encoder.from_pretrained("default", max_seq_length=seq)
+    return useful_flops(encoder, [t for p in pairs for t in (p.anchor, p.positive)]) / len(pairs) / 1e9
+
+
+def speedup_ceiling(st_pairs_per_s: float, gflop: float, peak_gflops: float, cached: bool) -> float:
+    """The most any tool could beat ST by: the setting's work per pair done at the matmul peak, over ST's rate.
+
+    With gradient caching every text is embedded twice (a forward without graph, then forward +
+    backward), 8/6 of the useful work.
+    """
+    return peak_gflops / (gflop * (8 / 6 if cached else 1.0)) / st_pairs_per_s
+
+
 def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast_dropout: bool) -> dict:
     from contrastkit.data import load_beir
     from contrastkit.encoder import Encoder
@@ -154,7 +179,11 @@ def main() -> None:
     rows = []
     if args.append and (RESULTS / "vs_sentence_transformers.json").is_file():
         rows = json.loads((RESULTS / "vs_sentence_transformers.json").read_text())
+    from flops import matmul_peak
+
+    peaks = [matmul_peak() / 1e9]  # measured between the runs too: the machine's speed drifts
     for i in args.settings:
+        gflop = gflop_per_pair(SETTINGS[i], args.max_seq_length)
         runs = {}
         for tool in ("ours", "st"):  # alternate: ours, ST, ours, ST, ...
             extra = [] if args.attention_dropout is None else ["--attention-dropout", str(args.attention_dropout)]
@@ -166,6 +195,8 @@ def main() -> None:
             runs[tool] = json.loads(out.stdout.strip().splitlines()[-1])
             print(tool, SETTINGS[i]["setting"], runs[tool], flush=True)
         ours, st = runs["ours"], runs["st"]
+        peaks.append(matmul_peak() / 1e9)
+        peak = max(peaks)
         rows.append({"setting": SETTINGS[i]["setting"], "data": SETTINGS[i]["data"],
                      "max_seq_length": args.max_seq_length, "pairs": ours["pairs"],
                      "ours_attention_dropout": "model's (0.1)" if args.attention_dropout is None else args.attention_dropout,
@@ -176,9 +207,15 @@ def main() -> None:
                      "ours_seconds": ours["seconds"], "st_seconds": st["seconds"],
                      "ours_ndcg@10": ours["ndcg@10"], "st_ndcg@10": st["ndcg@10"],
                      "ours_peak_rss_gb": ours["peak_rss_gb"], "st_peak_rss_gb": st["peak_rss_gb"],
-                     "rss_ratio": ours["peak_rss_gb"] / st["peak_rss_gb"]})
+                     "rss_ratio": ours["peak_rss_gb"] / st["peak_rss_gb"],
+                     "useful_gflop_per_pair": gflop, "matmul_peak_gflops": peak,
+                     "ours_fraction_of_peak": ours["pairs_per_s"] * gflop / peak,
+                     "st_fraction_of_peak": st["pairs_per_s"] * gflop / peak,
+                     "speedup_ceiling": speedup_ceiling(st["pairs_per_s"], gflop, peak,
+                                                        bool(SETTINGS[i]["mini_batch"]))})
         write_results('vs_sentence_transformers', rows, META)  # after each setting: partial results survive
-    print_table(rows, ["setting", "ours_pairs_per_s", "st_pairs_per_s", "speedup", "ours_ndcg@10", "st_ndcg@10",
+    print_table(rows, ["setting", "ours_pairs_per_s", "st_pairs_per_s", "speedup", "speedup_ceiling",
+                       "ours_fraction_of_peak", "st_fraction_of_peak", "ours_ndcg@10", "st_ndcg@10",
                        "ours_peak_rss_gb", "st_peak_rss_gb"])
     print(f"wrote {write_results('vs_sentence_transformers', rows, META)}")
 
