@@ -6,7 +6,10 @@ logit scale s = exp(t) ≤ 100 held by the model:
 
     L = ½ [ −1/B Σ_i log softmax_j(s · q_i·d_j)_i  −  1/B Σ_i log softmax_j(s · d_i·q_j)_i ]
 
-(Radford et al. 2021; `contrastkit.losses.info_nce` with symmetric=True and τ = 1/s). Everything
+(Radford et al. 2021; `contrastkit.losses.info_nce` with symmetric=True and τ = 1/s). As in the
+text trainer (`mask_known_positives`, on by default), a document the data pairs with query i too
+(another relevant document of the same query, another image of the same caption) is not one of
+q_i's negatives, nor q_i one of its: those logits are masked in both directions. Everything
 else is the text trainer's machinery, reused: the batches come from `no_duplicate_batches` (no
 caption or image twice in a batch), both towers go through `grad_cache_backward` with one embed
 function per side (gradient caching when `mini_batch_size` is set), under torchrun the embeddings
@@ -48,15 +51,18 @@ from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradie
                                            join_ranks, leave_ranks)
 from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
 from contrastkit.train.sampler import no_duplicate_batches
-from contrastkit.train.trainer import TrainingError, lr_factor
+from contrastkit.train.trainer import TrainingError, known_positive_mask, lr_factor, positives_by_anchor
 
 
-def clip_loss(queries: Tensor, documents: Tensor, logit_scale: Tensor) -> Tensor:
+def clip_loss(queries: Tensor, documents: Tensor, logit_scale: Tensor, known_positives: Tensor | None = None) -> Tensor:
     """Symmetric InfoNCE of aligned rows [B, D] × [B, D] at logit scale s (CLIP; 0-dim tensor).
 
     L = ½ (CE(s·Q Dᵀ, I) + CE(s·D Qᵀ, I)); embeddings unit-normalised (cosine). Radford et al. 2021.
+    known_positives: bool [B, B], True where document j is relevant to query i too (i ≠ j): masked
+    out of row i of s·Q Dᵀ and out of row j of s·D Qᵀ.
     """
-    return info_nce(queries, documents, temperature=1.0 / logit_scale, symmetric=True, similarity="dot")
+    return info_nce(queries, documents, temperature=1.0 / logit_scale, symmetric=True, similarity="dot",
+                    known_positives=known_positives)
 
 
 def sides_from_pairs(pairs: Sequence[Pair]) -> tuple[list[str], list[str]]:
@@ -133,6 +139,9 @@ class DualTrainer:
         self.queries, self.documents = list(queries), list(documents)
         # batches never repeat a text or an image file: a repeat would be its own false negative
         self._keys = [(_key(q, i, "query"), _key(d, i, "document")) for i, (q, d) in enumerate(zip(queries, documents))]
+        self._positives_of: dict[str, set[str]] = {}  # query key → its documents' keys, where it has several
+        if config.mask_known_positives:
+            self._positives_of = positives_by_anchor([Pair(q, d) for q, d in self._keys])
         self.output_dir = Path(config.output_dir)
         self.total_steps = config.max_steps or sum(len(self._batches(e)) for e in range(config.epochs))
         if self.total_steps == 0:
@@ -179,9 +188,13 @@ class DualTrainer:
         groups = [self.model.prepare("query", [self.queries[i] for i in local]),
                   self.model.prepare("document", [self.documents[i] for i in local])]
 
+        known = known_positive_mask([self._keys[i][0] for i in batch], [self._keys[i][1] for i in batch],
+                                    self._positives_of)  # over the global batch, the order the gather gives
+        known = None if known is None else known.to(self.device)
+
         def loss_on(queries: Tensor, documents: Tensor) -> Tensor:
             return clip_loss(gather_with_local_grad(queries, self.dist), gather_with_local_grad(documents, self.dist),
-                             self.model.logit_scale)
+                             self.model.logit_scale, known)
 
         chunk = self.config.mini_batch_size or self.config.chunk_size
         chunks = [length_sorted_chunks(self.model.lengths(side, g), chunk) for side, g in zip(SIDES, groups)]

@@ -42,6 +42,48 @@ def test_clip_loss_is_the_mean_of_both_cross_entropies():
     torch.testing.assert_close(clip_loss(q, d, scale), naive, atol=1e-12, rtol=0)
 
 
+def test_clip_loss_masks_known_positives_in_both_directions():
+    torch.manual_seed(1)
+    q = torch.nn.functional.normalize(torch.randn(4, 3, dtype=torch.float64), dim=1)
+    d = torch.nn.functional.normalize(torch.randn(4, 3, dtype=torch.float64), dim=1)
+    scale = torch.tensor(20.0, dtype=torch.float64)
+    known = torch.zeros(4, 4, dtype=torch.bool)
+    known[0, 2] = True  # document 2 is relevant to query 0 too
+    logits = scale * q @ d.T
+    masked = logits.masked_fill(known, float("-inf"))  # query 0 does not push document 2 away ...
+    masked_t = logits.T.masked_fill(known.T, float("-inf"))  # ... nor document 2 query 0
+    labels = torch.arange(4)
+    cross_entropy = torch.nn.functional.cross_entropy
+    naive = (cross_entropy(masked, labels) + cross_entropy(masked_t, labels)) / 2
+    torch.testing.assert_close(clip_loss(q, d, scale, known), naive, atol=1e-12, rtol=0)
+    assert clip_loss(q, d, scale) > clip_loss(q, d, scale, known)  # masking removes negatives
+
+
+@pytest.mark.parametrize("mask_known", [True, False])
+def test_two_tower_loop_masks_other_relevant_documents_of_a_query(tiny_encoder, tmp_path, mask_known):
+    # each query is relevant to its own document and the next one's; the sampler never puts a text
+    # twice in a batch, so q_i's other document can only come as another row's positive, where it
+    # is a false negative of q_i unless masked
+    pairs = [(f"question {i} about lift", f"document {(i + s) % 16} on wings") for i in range(16) for s in (0, 1)]
+    queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
+    model = DualEncoder.shared(tiny_encoder)
+    trainer = DualTrainer(TrainConfig(output_dir=str(tmp_path), batch_size=8, max_steps=1, show_progress=False,
+                                      mask_known_positives=mask_known), model, queries, documents)
+    model.eval()  # no dropout: the trainer's loss and the one computed here see the same embeddings
+    batch = trainer._batches(0)[0]
+    relevant = {(q, d) for q, d in pairs}
+    known = torch.tensor([[j != i and (queries[a], documents[b]) in relevant for j, b in enumerate(batch)]
+                          for i, a in enumerate(batch)])
+    assert known.any()  # the batch holds a false negative: the check has teeth
+    with torch.no_grad():
+        q = model.embed("query", [queries[i] for i in batch])
+        d = model.embed("document", [documents[i] for i in batch])
+        masked, unmasked = clip_loss(q, d, model.logit_scale, known), clip_loss(q, d, model.logit_scale)
+    loss = trainer.compute_gradients(batch)
+    torch.testing.assert_close(loss, masked if mask_known else unmasked, atol=1e-5, rtol=0)
+    assert abs(float(masked) - float(unmasked)) > 1e-3
+
+
 def test_clip_training_of_tiny_towers_learns_shapes_and_colours(tiny_model_dir, tmp_path):
     """Tiny random BERT + tiny random CLIP vision tower, 24 generated images: R@1 climbs far above chance."""
     records = read_image_captions(write_shapes_dataset(tmp_path / "data"))
