@@ -21,6 +21,7 @@ forward twice: 8/6 of the useful work) done at the matmul peak, against ST's pai
     .venv/bin/python bench/vs_sentence_transformers.py [--max-seq-length 128] [--settings 0 1 2]
         [--attention-dropout 0]   # ours without dropout on attention probabilities (fused attention)
         [--torch-dropout]         # ours with torch's dropout kernel instead of contrastkit.fast_dropout
+        [--st-bf16]               # ST with its bf16 flag (autocast), to find its best setting; ours stays fp32
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | No
 
 
 def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None = None,
-             epochs: int = EPOCHS) -> tuple[int, float]:
+             epochs: int = EPOCHS, bf16: bool = False) -> tuple[int, float]:
     # attention_dropout is ours alone: sentence-transformers trains with the model's own dropout
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
@@ -112,7 +113,7 @@ def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "st-work"), per_device_train_batch_size=setting["batch"], num_train_epochs=epochs,
         learning_rate=LR, warmup_ratio=WARMUP, seed=SEED, batch_sampler=BatchSamplers.NO_DUPLICATES,
-        save_strategy="no", report_to="none", logging_steps=10, dataloader_drop_last=True, use_cpu=True)
+        save_strategy="no", report_to="none", logging_steps=10, dataloader_drop_last=True, use_cpu=True, bf16=bf16)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
     t0 = time.perf_counter()
     result = trainer.train()
@@ -140,7 +141,8 @@ def speedup_ceiling(st_pairs_per_s: float, gflop: float, peak_gflops: float, cac
     return peak_gflops / (gflop * (8 / 6 if cached else 1.0)) / st_pairs_per_s
 
 
-def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast_dropout: bool) -> dict:
+def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast_dropout: bool,
+          st_bf16: bool = False) -> dict:
     from contrastkit.data import load_beir
     from contrastkit.encoder import Encoder
     from contrastkit.evaluate import evaluate_retrieval
@@ -151,7 +153,7 @@ def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast
         if tool == "ours":
             pairs, seconds = train_ours(setting, seq, out, attention_dropout, fast_dropout)
         else:
-            pairs, seconds = train_st(setting, seq, out, attention_dropout)
+            pairs, seconds = train_st(setting, seq, out, attention_dropout, bf16=st_bf16)
         rss = peak_rss_gb()
         ndcg = None
         if setting["evaluate"]:
@@ -170,11 +172,12 @@ def main() -> None:
                         help="ours: dropout on attention probabilities (default: the model's own, as ST)")
     parser.add_argument("--torch-dropout", action="store_true",
                         help="ours: torch's dropout kernel (default: contrastkit.fast_dropout, as the trainer)")
+    parser.add_argument("--st-bf16", action="store_true", help="sentence-transformers with bf16=True (autocast)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.max_seq_length, args.attention_dropout,
-                               not args.torch_dropout)))
+                               not args.torch_dropout, args.st_bf16)))
         return
     rows = []
     if args.append and (RESULTS / "vs_sentence_transformers.json").is_file():
@@ -188,6 +191,7 @@ def main() -> None:
         for tool in ("ours", "st"):  # alternate: ours, ST, ours, ST, ...
             extra = [] if args.attention_dropout is None else ["--attention-dropout", str(args.attention_dropout)]
             extra += ["--torch-dropout"] if args.torch_dropout else []
+            extra += ["--st-bf16"] if args.st_bf16 else []
             out = subprocess.run([sys.executable, __file__, "--child", tool, str(i), "--max-seq-length",
                                   str(args.max_seq_length), *extra], cwd=REPO, capture_output=True, text=True)
             if out.returncode != 0:
@@ -201,6 +205,7 @@ def main() -> None:
                      "max_seq_length": args.max_seq_length, "pairs": ours["pairs"],
                      "ours_attention_dropout": "model's (0.1)" if args.attention_dropout is None else args.attention_dropout,
                      "ours_dropout_kernel": "torch" if args.torch_dropout else "contrastkit.fast_dropout",
+                     "st_precision": "bf16" if args.st_bf16 else "fp32",
                      "date": datetime.date.today().isoformat(),
                      "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],
                      "speedup": ours["pairs_per_s"] / st["pairs_per_s"],
