@@ -17,6 +17,10 @@ and compared query by query (sign test).
     .venv/bin/python bench/quality_vs_st.py --data cranfield        # ~35 min on 2 cores: both trainings
     .venv/bin/python bench/quality_vs_st.py --data debian-packages  # ~25 min
     .venv/bin/python bench/quality_vs_st.py --data cranfield --ours DIR  # reuse a finished demo run's model/
+    .venv/bin/python bench/quality_vs_st.py --data cranfield --seed 2    # ours with another seed (ST's run is
+                                                                         # deterministic); writes ..._seed2.json
+
+Each result keeps both systems' per-query nDCG@10, so runs of several seeds can be pooled later.
 """
 
 from __future__ import annotations
@@ -46,17 +50,17 @@ RECIPES = {
 }
 
 
-def train_ours(data: str, out: Path) -> tuple[Path, dict]:
+def train_ours(data: str, out: Path, seed: int = 0) -> tuple[Path, dict]:
     """Run the demo chain; return its model folder and its results (demo_results.json)."""
     from contrastkit.data import write_pairs
     from contrastkit.demo import DemoConfig, run_demo
 
     if data == "cranfield":
-        config = DemoConfig(output_dir=str(out / "demo"))  # the bundled copy of ../shared/data/cranfield
+        config = DemoConfig(output_dir=str(out / "demo"), seed=seed)  # the bundled copy of ../shared/data/cranfield
     else:
         pairs = write_pairs(debian_pairs(DEBIAN_PAIRS), out / "pairs.jsonl")
         config = DemoConfig(data=str(SHARED / data), pairs=str(pairs), epochs=1, train_max_seq_length=128,
-                            batch_size=64, mini_batch_size=None, lr=2e-5, output_dir=str(out / "demo"))
+                            batch_size=64, mini_batch_size=None, lr=2e-5, output_dir=str(out / "demo"), seed=seed)
     return out / "demo" / "model", run_demo(config)
 
 
@@ -64,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", choices=sorted(RECIPES), required=True)
     parser.add_argument("--ours", help="a model folder from a finished demo run with this recipe")
+    parser.add_argument("--seed", type=int, default=0, help="the demo chain's seed (mining, batches, dropout)")
     args = parser.parse_args()
 
     from contrastkit.data import load_beir
@@ -81,7 +86,7 @@ def main() -> None:
             if results_file.is_file():
                 ours_demo = json.loads(results_file.read_text())
         else:
-            ours_dir, ours_demo = train_ours(args.data, tmp)
+            ours_dir, ours_demo = train_ours(args.data, tmp, args.seed)
         _, st_seconds = train_st(recipe["st"], recipe["st_seq"], tmp / "st", epochs=recipe["st_epochs"])
         evaluated = {}
         for name, folder in (("contrastkit (demo chain)", ours_dir), ("sentence-transformers MNRL", tmp / "st")):
@@ -101,10 +106,14 @@ def main() -> None:
             "ours_timings_s": ours_demo and ours_demo["timings"],
             "ours_demo": ours_demo and {k: ours_demo[k] for k in ("config", "metrics", "ndcg@10_change", "training_steps")},
             "comparison": {m: {k: v for k, v in change[m].items() if k not in ("top_wins", "top_losses")}
-                           for m in METRICS}}
+                           for m in METRICS},
+            "seed": args.seed,
+            "per_query_ndcg@10": {q: {"ours": ours.per_query[q]["ndcg@10"], "st": st.per_query[q]["ndcg@10"]}
+                                  for q in sorted(ours.per_query)}}
     if args.data == "debian-packages":
         meta["pairs"] = DEBIAN_PAIRS
     name = "debian_quality_vs_st" if args.data == "debian-packages" else "cranfield_quality_vs_st"
+    name += f"_seed{args.seed}" if args.seed else ""
     print(f"wrote {write_results(name, rows, meta)}")
 
 
