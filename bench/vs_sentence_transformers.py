@@ -122,13 +122,11 @@ def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None
     return result.global_step * setting["batch"], seconds
 
 
-def gflop_per_pair(setting: dict, seq: int) -> float:
+def gflop_per_pair(setting: dict, encoder) -> float:
     """Useful work of one of the setting's pairs in GFLOP: forward + backward over both texts' real tokens."""
-    from contrastkit.encoder import Encoder
     from flops import useful_flops
 
     pairs = training_pairs(setting)
-    encoder = Encoder.from_pretrained("default", max_seq_length=seq)
     return useful_flops(encoder, [t for p in pairs for t in (p.anchor, p.positive)]) / len(pairs) / 1e9
 
 
@@ -182,11 +180,13 @@ def main() -> None:
     rows = []
     if args.append and (RESULTS / "vs_sentence_transformers.json").is_file():
         rows = json.loads((RESULTS / "vs_sentence_transformers.json").read_text())
+    from contrastkit.encoder import Encoder
     from flops import matmul_peak
 
+    counter = Encoder.from_pretrained("default", max_seq_length=args.max_seq_length)  # tokens and FLOPs, loaded once
     peaks = [matmul_peak() / 1e9]  # measured between the runs too: the machine's speed drifts
     for i in args.settings:
-        gflop = gflop_per_pair(SETTINGS[i], args.max_seq_length)
+        gflop = gflop_per_pair(SETTINGS[i], counter)
         runs = {}
         for tool in ("ours", "st"):  # alternate: ours, ST, ours, ST, ...
             extra = [] if args.attention_dropout is None else ["--attention-dropout", str(args.attention_dropout)]

@@ -20,6 +20,8 @@ other devices (CUDA's fused dropout is already fast) and outside training, `nn.D
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -38,9 +40,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Ge
     Every element reads its own 16 bits of a 64-bit word drawn from `generator` (torch's default CPU
     generator when None), over the full 64-bit range, so all four 16-bit lanes are uniform.
     """
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None, generator=generator)
     # the words' bits read as signed 16-bit numbers, u - 32768 in [-32768, 32767]
     lanes = words.view(torch.int16)[:n].view(shape)
