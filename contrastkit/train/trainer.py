@@ -34,6 +34,7 @@ from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradie
                                            gather_with_local_grad, join_ranks, leave_ranks)
 from contrastkit.train.evaluation import RetrievalEvaluator
 from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
+from contrastkit.train.optim import adamw, step_if_finite
 from contrastkit.train.sampler import no_duplicate_batches
 
 Evaluator = Callable[[Encoder], dict[str, float]]
@@ -172,7 +173,7 @@ class Trainer:
         self._epoch_batches: tuple[int | None, list[list[int]]] = (None, [])
         self._epoch_starts = [0]
         self.total_steps = config.max_steps or self._locate_epoch_start(config.epochs)
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
+        self.optimizer = adamw(self._param_groups(), config.lr, self.device)
         warmup = int(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, config.scheduler))
@@ -297,10 +298,6 @@ class Trainer:
         all_reduce_gradients([p for p in self.encoder.parameters() if p.requires_grad], self.dist)
         return loss.detach()
 
-    def _all_grads_finite(self) -> bool:
-        return all(torch.isfinite(p.grad).all() for group in self.optimizer.param_groups
-                   for p in group["params"] if p.grad is not None)
-
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool = False) -> Path:
         """Train to the end (resuming from the newest complete checkpoint if asked); return the output folder."""
@@ -375,14 +372,9 @@ class Trainer:
 
     def _optimizer_step(self, loss: Tensor) -> dict:
         config = self.config
-        finite = bool(torch.isfinite(loss)) and self._all_grads_finite()
-        grad_norm = float("nan")
+        finite, grad_norm = step_if_finite(self.optimizer, loss, config.max_grad_norm)
         if finite:
             self.nonfinite_in_a_row = 0
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            if config.max_grad_norm:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-            self.optimizer.step()
         else:
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1

@@ -1,4 +1,6 @@
-from contrastkit.train.sampler import no_duplicate_batches
+import random
+
+from contrastkit.train.sampler import _batches_of, no_duplicate_batches
 
 
 def test_no_text_repeats_within_a_batch_and_every_example_is_used():
@@ -33,3 +35,51 @@ def test_sources_keep_batches_single_source():
     batches = no_duplicate_batches(texts, 4, seed=0, epoch=0, sources=sources)
     assert len(batches) == 6
     assert all(len({sources[i] for i in b}) == 1 for b in batches)
+
+
+def _scan_everything(pool, texts_per_example, batch_size, drop_last):
+    """The sampler's definition, written the slow way: each batch scans every example still left."""
+    remaining, batches = list(pool), []
+    while remaining:
+        batch, seen, deferred = [], set(), []
+        for i in remaining:
+            texts = set(texts_per_example[i])
+            if len(batch) < batch_size and not texts & seen:
+                batch.append(i)
+                seen |= texts
+            else:
+                deferred.append(i)
+        if len(batch) < batch_size and drop_last:
+            break
+        batches.append(batch)
+        remaining = deferred
+    return batches
+
+
+def test_same_batches_as_scanning_every_example_left():
+    rng = random.Random(0)
+    for _ in range(200):
+        vocabulary = rng.randrange(1, 40)
+        texts = [tuple(f"t{rng.randrange(vocabulary)}" for _ in range(rng.randrange(1, 4)))
+                 for _ in range(rng.randrange(1, 120))]
+        pool = rng.sample(range(len(texts)), len(texts))
+        for batch_size in (1, 3, 8):
+            for drop_last in (True, False):
+                assert _batches_of(pool, texts, batch_size, drop_last) == \
+                    _scan_everything(pool, texts, batch_size, drop_last)
+
+
+class _CountingTexts(list):
+    reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return super().__getitem__(i)
+
+
+def test_a_pass_reads_each_example_about_once():
+    # 20,000 pairs, a few clashing: scanning every example left for each batch read ~3 million
+    texts = _CountingTexts((f"q{i % 19_990}", f"d{i}") for i in range(20_000))
+    batches = no_duplicate_batches(texts, 64, seed=0, epoch=0)
+    assert len(batches) == 20_000 // 64
+    assert texts.reads < 2 * len(texts)
