@@ -22,6 +22,7 @@ forward twice: 8/6 of the useful work) done at the matmul peak, against ST's pai
         [--attention-dropout 0]   # ours without dropout on attention probabilities (fused attention)
         [--torch-dropout]         # ours with torch's dropout kernel instead of contrastkit.fast_dropout
         [--st-bf16]               # ST with its bf16 flag (autocast), to find its best setting; ours stays fp32
+        [--repeats 2]             # each tool twice, ours-ST-ST-ours: cancels a drift of the machine's speed
 """
 
 from __future__ import annotations
@@ -161,6 +162,18 @@ def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast
     return {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds, "peak_rss_gb": rss, "ndcg@10": ndcg}
 
 
+def abba(repeats: int) -> list[str]:
+    """The order of the runs: ours, ST, then ST, ours, and so on (a linear drift of the machine cancels)."""
+    return [tool for k in range(repeats) for tool in (("ours", "st") if k % 2 == 0 else ("st", "ours"))]
+
+
+def pooled(runs: list[dict]) -> dict:
+    """One tool's runs of a setting as one: pairs/s over all of them; nDCG and peak RSS of the first (the same seed)."""
+    pairs, seconds = sum(r["pairs"] for r in runs), sum(r["seconds"] for r in runs)
+    return {**runs[0], "pairs_per_s": pairs / seconds, "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+            "runs": [round(r["pairs_per_s"], 3) for r in runs]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-seq-length", type=int, default=128)
@@ -171,6 +184,9 @@ def main() -> None:
     parser.add_argument("--torch-dropout", action="store_true",
                         help="ours: torch's dropout kernel (default: contrastkit.fast_dropout, as the trainer)")
     parser.add_argument("--st-bf16", action="store_true", help="sentence-transformers with bf16=True (autocast)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="train each tool this many times, in the order ours, ST, ST, ours, ...: a machine "
+                             "whose speed drifts then slows both alike; pairs/s pools the runs")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -187,8 +203,8 @@ def main() -> None:
     peaks = [matmul_peak() / 1e9]  # measured between the runs too: the machine's speed drifts
     for i in args.settings:
         gflop = gflop_per_pair(SETTINGS[i], counter)
-        runs = {}
-        for tool in ("ours", "st"):  # alternate: ours, ST, ours, ST, ...
+        runs: dict[str, list[dict]] = {"ours": [], "st": []}
+        for tool in abba(args.repeats):
             extra = [] if args.attention_dropout is None else ["--attention-dropout", str(args.attention_dropout)]
             extra += ["--torch-dropout"] if args.torch_dropout else []
             extra += ["--st-bf16"] if args.st_bf16 else []
@@ -196,9 +212,9 @@ def main() -> None:
                                   str(args.max_seq_length), *extra], cwd=REPO, capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{tool} run of setting {i} failed:\n{out.stderr[-3000:]}")
-            runs[tool] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(tool, SETTINGS[i]["setting"], runs[tool], flush=True)
-        ours, st = runs["ours"], runs["st"]
+            runs[tool].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(tool, SETTINGS[i]["setting"], runs[tool][-1], flush=True)
+        ours, st = pooled(runs["ours"]), pooled(runs["st"])
         peaks.append(matmul_peak() / 1e9)
         peak = max(peaks)
         rows.append({"setting": SETTINGS[i]["setting"], "data": SETTINGS[i]["data"],
@@ -206,7 +222,8 @@ def main() -> None:
                      "ours_attention_dropout": "model's (0.1)" if args.attention_dropout is None else args.attention_dropout,
                      "ours_dropout_kernel": "torch" if args.torch_dropout else "contrastkit.fast_dropout",
                      "st_precision": "bf16" if args.st_bf16 else "fp32",
-                     "date": datetime.date.today().isoformat(),
+                     "date": datetime.date.today().isoformat(), "repeats": args.repeats,
+                     "ours_pairs_per_s_runs": ours["runs"], "st_pairs_per_s_runs": st["runs"],
                      "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],
                      "speedup": ours["pairs_per_s"] / st["pairs_per_s"],
                      "ours_seconds": ours["seconds"], "st_seconds": st["seconds"],
