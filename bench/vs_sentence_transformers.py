@@ -202,13 +202,13 @@ def main() -> None:
 
     counter = Encoder.from_pretrained("default", max_seq_length=args.max_seq_length)  # tokens and FLOPs, loaded once
     peaks = [matmul_peak() / 1e9]  # measured between the runs too: the machine's speed drifts
+    extra = [] if args.attention_dropout is None else ["--attention-dropout", str(args.attention_dropout)]
+    extra += ["--torch-dropout"] if args.torch_dropout else []
+    extra += ["--st-bf16"] if args.st_bf16 else []
     for i in args.settings:
         gflop = gflop_per_pair(SETTINGS[i], counter)
         runs: dict[str, list[dict]] = {"ours": [], "st": []}
         for tool in abba(args.repeats):
-            extra = [] if args.attention_dropout is None else ["--attention-dropout", str(args.attention_dropout)]
-            extra += ["--torch-dropout"] if args.torch_dropout else []
-            extra += ["--st-bf16"] if args.st_bf16 else []
             out = subprocess.run([sys.executable, __file__, "--child", tool, str(i), "--max-seq-length",
                                   str(args.max_seq_length), *extra], cwd=REPO, capture_output=True, text=True)
             if out.returncode != 0:
