@@ -7,14 +7,16 @@ chunks of 16 texts sorted by token length, AdamW) and times one training step of
 the same batches, in turn (round-robin, so a busy spell of the machine falls on all alike):
 
 - the probe in fp32 and under bf16 autocast;
-- contrastkit's Trainer with its defaults (fp32, the model's attention dropout, our dropout kernel)
-  and with the demo's recipe (attention dropout 0, which lets fused attention run);
+- contrastkit's Trainer with its defaults (fp32, the model's attention dropout, our dropout kernel,
+  the packed forward) and with the demo's recipe (attention dropout 0, which lets fused attention
+  run), and the demo's recipe with packing off (the padded forward in length-sorted chunks of 16);
 - sentence-transformers' MultipleNegativesRankingLoss step in fp32 and under bf16 autocast (its
-  `bf16=True` flag is autocast): its model, its loss, AdamW; no data loader.
+  `bf16=True` flag is autocast): its model, its loss, AdamW; no data loader. And in fp32 with the
+  attention dropout at 0 as in our demo's recipe, so that recipe can be set against the same one.
 
 Default model, debian-packages train pairs (short: queries of about 11 tokens, descriptions of
 about 70), batch 64, max_seq_length 128. Each row's pairs/s and its ratio to sentence-transformers'
-fp32 step (its best setting on this CPU) and to the probe.
+fp32 step (its best setting on this CPU, with the model's attention dropout and with none) and to the probe.
 
     .venv/bin/python bench/plain_loop.py [--steps 5] [--batch 64]
 """
@@ -65,8 +67,11 @@ def probe_step_fn(seq: int, bf16: bool) -> Callable[[list, list], None]:
     return step
 
 
-def st_step_fn(seq: int, bf16: bool) -> Callable[[list, list], None]:
-    """One step of sentence-transformers' MNRL as its trainer runs it (its bf16 flag is autocast)."""
+def st_step_fn(seq: int, bf16: bool, attention_dropout: float | None = None) -> Callable[[list, list], None]:
+    """One step of sentence-transformers' MNRL as its trainer runs it (its bf16 flag is autocast).
+
+    attention_dropout: set on the model's attention probabilities, as ours can be (None: the model's 0.1).
+    """
     import torch
     from sentence_transformers import SentenceTransformer, losses
 
@@ -74,6 +79,10 @@ def st_step_fn(seq: int, bf16: bool) -> Callable[[list, list], None]:
 
     model = SentenceTransformer(str(default_model_path()), device="cpu")
     model.max_seq_length = seq
+    if attention_dropout is not None:
+        for module in model.modules():
+            if type(module).__name__ == "BertSelfAttention":
+                module.dropout.p = attention_dropout
     model.train()
     loss_fn = losses.MultipleNegativesRankingLoss(model, scale=SCALE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
@@ -88,12 +97,17 @@ def st_step_fn(seq: int, bf16: bool) -> Callable[[list, list], None]:
     return step
 
 
-def ours_step_fn(pairs, batch: int, seq: int, attention_dropout: float | None) -> Callable[[list, list], None]:
-    """contrastkit's Trainer step (compute_gradients + optimizer step) with its defaults otherwise."""
+def ours_step_fn(pairs, batch: int, seq: int, attention_dropout: float | None,
+                 packing: bool = True) -> Callable[[list, list], None]:
+    """contrastkit's Trainer step (compute_gradients + optimizer step) with its defaults otherwise.
+
+    packing=False: the model's padded forward in length-sorted chunks of CHUNK, as before packing.
+    """
     import torch
     from throughput import make_trainer
 
     trainer = make_trainer(pairs, batch, CHUNK, False, attention_dropout, steps=1000, seq=seq)
+    trainer.encoder.packing = packing
     index = {(e.anchor, e.positive): i for i, e in enumerate(trainer.examples)}
 
     def step(anchors: list[str], positives: list[str]) -> None:
@@ -119,7 +133,10 @@ def main() -> None:
         "probe, bf16 autocast": probe_step_fn(seq, bf16=True),
         "contrastkit defaults (fp32)": ours_step_fn(pairs, args.batch, seq, attention_dropout=None),
         "contrastkit, demo recipe (fp32, attention dropout 0)": ours_step_fn(pairs, args.batch, seq, 0.0),
+        "contrastkit, demo recipe, no packing (padded chunks of 16)": ours_step_fn(pairs, args.batch, seq, 0.0,
+                                                                                 packing=False),
         "sentence-transformers MNRL, fp32": st_step_fn(seq, bf16=False),
+        "sentence-transformers MNRL, fp32, attention dropout 0": st_step_fn(seq, bf16=False, attention_dropout=0.0),
         "sentence-transformers MNRL, bf16 autocast": st_step_fn(seq, bf16=True),
     }
     batches = [pairs[i:i + args.batch] for i in range(0, len(pairs), args.batch)]
@@ -135,9 +152,10 @@ def main() -> None:
 
     rate = {name: args.steps * args.batch / s for name, s in seconds.items()}
     st, probe = rate["sentence-transformers MNRL, fp32"], rate["probe, bf16 autocast"]
-    rows = [{"tool": name, "pairs_per_s": r, "x_st_fp32": r / st, "x_probe_bf16": r / probe}
-            for name, r in rate.items()]
-    print_table(rows, ["tool", "pairs_per_s", "x_st_fp32", "x_probe_bf16"])
+    st_fused = rate["sentence-transformers MNRL, fp32, attention dropout 0"]
+    rows = [{"tool": name, "pairs_per_s": r, "x_st_fp32": r / st, "x_st_fp32_attention_dropout0": r / st_fused,
+             "x_probe_bf16": r / probe} for name, r in rate.items()]
+    print_table(rows, ["tool", "pairs_per_s", "x_st_fp32", "x_st_fp32_attention_dropout0", "x_probe_bf16"])
     meta = {"batch": args.batch, "steps": args.steps, "max_seq_length": seq, "chunk": CHUNK, "lr": LR,
             "data": "debian-packages train pairs", "timing": "round-robin, one step of each tool in turn; "
             "the first batch untimed"}

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from contrastkit.errors import ModelLoadError
+from contrastkit.packing import can_pack, packed_hidden_states, packed_pool, plan_packing
 from contrastkit.pooling import POOLING_MODES, pool
 from contrastkit.st_layout import is_st_folder, read_st_layout, write_st_layout
 
@@ -86,6 +87,8 @@ class Encoder(nn.Module):
         self.max_seq_length = max_seq_length
         self.name_or_path = name_or_path
         self.prompts = dict(prompts or {})
+        # BERT encoders run unpadded (contrastkit/packing.py): the same embeddings, fewer FLOPs
+        self.packing = can_pack(model)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -178,8 +181,16 @@ class Encoder(nn.Module):
         return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
 
     def embed(self, texts: Sequence[str]) -> Tensor:
-        """Texts → embeddings [B, D], padded to this batch's longest text; keeps the graph."""
-        return self(self.tokenize(texts))
+        """Texts → embeddings [B, D]; keeps the graph.
+
+        Packed (no padding, `self.packing`) where the model allows it, else padded to the longest text.
+        """
+        if not self.packing:
+            return self(self.tokenize(texts))
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
+        plan = plan_packing(encoded["input_ids"], encoded.get("token_type_ids"))
+        embeddings = packed_pool(packed_hidden_states(self.model, plan), plan, self.pooling)
+        return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text after truncation (special tokens included)."""

@@ -1,0 +1,193 @@
+"""Packed (unpadded) forward of a BERT encoder: the dense layers see only real tokens.
+
+A padded batch [B, T] runs every matrix multiply over B · T positions, padding included. Here the
+texts' tokens are laid end to end ([N, D], N = the real token count) for the embeddings, the
+feed-forward and projection layers, layer norms and dropout, the way unpadded BERT kernels do it
+(Zeng et al. 2022, "Boosting Distributed Training Performance of the Unpadded BERT Model"; FlashAttention's
+varlen path). Only attention needs texts side by side: each slab of similar-length texts is scattered
+into a padded [b, T, 3D] block for PyTorch's fused scaled-dot-product attention and gathered back.
+
+Texts are sorted longest first and cut into slabs of at most `slab_tokens` padded positions
+(b · T ≤ slab_tokens), so a slab's activations stay small enough for the CPU's caches between one
+operation and the next (bigger slabs ran slower on the 2-core CPU here), and attention pads little.
+
+The result equals the model's padded forward (to float rounding, tests/test_packing.py) and its
+gradients flow to the same parameters, so what is trained and saved is the unchanged Hugging Face
+model. Supported: `transformers.BertModel` as an encoder (absolute positions, no decoder, no
+feed-forward chunking), which covers all-MiniLM-L6-v2, BGE, E5 and GTE-base-style checkpoints; any
+other model takes its own padded forward (`can_pack`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SLAB_TOKENS = 2048  # padded positions per slab: 1024-4096 ran within 4 % of each other here (bench/plain_loop.py)
+
+
+def can_pack(model: nn.Module) -> bool:
+    """True when `model` is a BERT encoder whose forward `packed_hidden_states` reproduces."""
+    from transformers import BertModel
+
+    config = getattr(model, "config", None)
+    return (type(model) is BertModel
+            and not getattr(config, "is_decoder", False)
+            and not getattr(config, "add_cross_attention", False)
+            and getattr(config, "position_embedding_type", "absolute") == "absolute"
+            and not getattr(config, "chunk_size_feed_forward", 0))
+
+
+@dataclass
+class Slab:
+    """Texts [start, end) of the packed order: their tokens are rows [first, last) of the packed tensor."""
+
+    first: int
+    last: int
+    lengths: Tensor   # [b] token counts, longest first
+    width: int        # T: the longest text of the slab
+    slots: Tensor     # [n] where each real token sits in the slab's flattened [b · T] padded block
+    key_mask: Tensor  # [b, 1, 1, T] True at real tokens
+
+
+@dataclass
+class PackPlan:
+    """Where every token of a list of texts goes when packed; built once per call, no weights involved."""
+
+    input_ids: Tensor       # [N] all real tokens, texts longest first, end to end
+    token_type_ids: Tensor  # [N]
+    position_ids: Tensor    # [N] each token's position within its own text
+    slabs: list[Slab]
+    order: Tensor           # [n_texts] packed position k holds text order[k]
+
+
+def plan_packing(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None = None,
+                 slab_tokens: int = SLAB_TOKENS) -> PackPlan:
+    """Sort texts longest first, lay their tokens end to end and cut slabs of ≤ slab_tokens padded positions.
+
+    A text longer than slab_tokens gets a slab of its own.
+    """
+    if not input_ids:
+        raise ValueError("nothing to pack: no texts")
+    lengths = [len(ids) for ids in input_ids]
+    if min(lengths) < 1:
+        raise ValueError("cannot pack a text of zero tokens")
+    order = np.argsort([-n for n in lengths], kind="stable")
+    sorted_lengths = [lengths[i] for i in order]
+    flat_ids = [t for i in order for t in input_ids[i]]
+    flat_types = [t for i in order for t in token_type_ids[i]] if token_type_ids is not None else [0] * len(flat_ids)
+    positions = np.concatenate([np.arange(n) for n in sorted_lengths])
+
+    slabs, start, first = [], 0, 0
+    while start < len(sorted_lengths):
+        width = sorted_lengths[start]  # the longest of the slab: texts are sorted longest first
+        end = start + max(1, slab_tokens // width)
+        lengths_t = torch.tensor(sorted_lengths[start:end])
+        real = torch.arange(width)[None, :] < lengths_t[:, None]  # [b, T]
+        slots = torch.arange(real.numel()).view(real.shape)[real]
+        count = int(lengths_t.sum())
+        slabs.append(Slab(first, first + count, lengths_t, width, slots, real[:, None, None, :]))
+        start, first = end, first + count
+    return PackPlan(torch.tensor(flat_ids), torch.tensor(flat_types), torch.as_tensor(positions), slabs,
+                    torch.as_tensor(order))
+
+
+class _ToPadded(torch.autograd.Function):
+    """[n, C] real rows → [rows, C] zero-padded block, row i at slots[i]; the gradient gathers them back."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, slots: Tensor, rows: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(slots)
+        return x.new_zeros(rows, x.shape[1]).index_copy_(0, slots, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (slots,) = ctx.saved_tensors
+        return grad.index_select(0, slots), None, None
+
+
+class _ToPacked(torch.autograd.Function):
+    """[rows, C] padded block → its real rows [n, C]; the gradient scatters them back (zeros at padding).
+
+    Written out because indexing's own backward accumulates (it must allow repeated indices) and ran
+    7x slower than this copy on the CPU here.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, slots: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(slots)
+        ctx.rows = y.shape[0]
+        return y.index_select(0, slots)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (slots,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.rows, grad.shape[1]).index_copy_(0, slots, grad), None
+
+
+def _attention(layer: nn.Module, x: Tensor, slab: Slab) -> Tensor:
+    """BertAttention's self-attention on a slab's packed rows: [n, D] → [n, D] (before the output projection)."""
+    attention = layer.attention.self
+    heads, head_size = attention.num_attention_heads, attention.attention_head_size
+    weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])
+    bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
+    b, width = len(slab.lengths), slab.width
+    qkv = _ToPadded.apply(F.linear(x, weight, bias), slab.slots, b * width).view(b, width, 3, heads, head_size)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    dropout = attention.dropout.p if attention.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=slab.key_mask, dropout_p=dropout,
+                                         scale=attention.scaling)
+    return _ToPacked.apply(out.transpose(1, 2).reshape(b * width, heads * head_size), slab.slots)
+
+
+def _layer(layer: nn.Module, x: Tensor, slab: Slab) -> Tensor:
+    """One BertLayer on a slab's packed rows [n, D]: attention block, then feed-forward block, post-norm."""
+    out = layer.attention.output
+    x = out.LayerNorm(out.dropout(out.dense(_attention(layer, x, slab))) + x)
+    hidden = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
+    out = layer.output
+    return out.LayerNorm(out.dropout(out.dense(hidden)) + x)
+
+
+def packed_hidden_states(model: nn.Module, plan: PackPlan) -> Tensor:
+    """The last hidden state of every real token, packed: [N, D] in `plan`'s order (texts longest first)."""
+    device = model.embeddings.word_embeddings.weight.device
+    embeddings = model.embeddings
+    ids, types, positions = (t.to(device) for t in (plan.input_ids, plan.token_type_ids, plan.position_ids))
+    x = (embeddings.word_embeddings(ids) + embeddings.token_type_embeddings(types)
+         + embeddings.position_embeddings(positions))
+    x = embeddings.dropout(embeddings.LayerNorm(x))
+    outputs = []
+    for slab in plan.slabs:
+        if slab.slots.device != device:
+            slab.slots, slab.key_mask = slab.slots.to(device), slab.key_mask.to(device)
+        h = x[slab.first:slab.last]
+        for layer in model.encoder.layer:
+            h = _layer(layer, h, slab)
+        outputs.append(h)
+    return torch.cat(outputs)
+
+
+def packed_pool(hidden: Tensor, plan: PackPlan, mode: str) -> Tensor:
+    """Pool packed token states [N, D] into one row per text [n_texts, D], in the texts' original order.
+
+    mean: Σ_t h_t / length (Reimers & Gurevych 2019); cls: the first token; last: the last token.
+    """
+    lengths = torch.cat([slab.lengths for slab in plan.slabs]).to(hidden.device)
+    ends = lengths.cumsum(0)
+    if mode == "mean":
+        text_of_token = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+        pooled = hidden.new_zeros(len(lengths), hidden.shape[1]).index_add_(0, text_of_token, hidden)
+        pooled = pooled / lengths[:, None].to(hidden.dtype)
+    elif mode == "cls":
+        pooled = hidden[ends - lengths]
+    elif mode == "last":
+        pooled = hidden[ends - 1]
+    else:
+        raise ValueError(f"unknown pooling mode {mode!r}")
+    return pooled[torch.argsort(plan.order.to(hidden.device))]

@@ -1,0 +1,157 @@
+"""The packed (unpadded) BERT forward against the model's own padded forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from contrastkit.encoder import Encoder
+from contrastkit.packing import can_pack, packed_hidden_states, plan_packing
+
+TEXTS = ["a", "shock waves in a supersonic nozzle with a long and winding description of the flow",
+         "boundary layer", "heat transfer at hypersonic speeds over a blunt body", "x y", "lift",
+         "panel flutter of thin plates in supersonic flow", "vortex sheet roll up"]
+
+
+def both_paths(encoder: Encoder, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed embeddings, padded embeddings) of the same texts with the same weights."""
+    assert encoder.packing
+    packed = encoder.embed(texts)
+    encoder.packing = False
+    try:
+        padded = encoder.embed(texts)
+    finally:
+        encoder.packing = True
+    return packed, padded
+
+
+def test_the_tiny_bert_and_the_default_model_pack(tiny_encoder, default_encoder):
+    assert can_pack(tiny_encoder.model) and tiny_encoder.packing
+    assert can_pack(default_encoder.model)
+
+
+def test_other_models_keep_their_padded_forward():
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
+    assert not can_pack(DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
+                                                          hidden_dim=20)))
+    tiny = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20)
+    assert not can_pack(BertModel(BertConfig(**tiny, is_decoder=True)))
+    assert not can_pack(BertModel(BertConfig(**tiny, chunk_size_feed_forward=4)))
+    assert can_pack(BertModel(BertConfig(**tiny)))
+
+
+@pytest.mark.parametrize("slab_tokens", [1, 16, 40, 10_000])
+def test_plan_lays_every_token_once_longest_first(slab_tokens):
+    ids = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    plan = plan_packing(ids, [[0] * len(x) for x in ids], slab_tokens=slab_tokens)
+    assert plan.order.tolist() == [2, 0, 4, 3, 1]
+    assert plan.input_ids.tolist() == [5, 6, 7, 8, 9, 1, 2, 3, 12, 13, 14, 10, 11, 4]
+    assert plan.position_ids.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 0, 1, 0]
+    covered = []
+    for slab in plan.slabs:
+        b, width = len(slab.lengths), slab.width
+        assert width == int(slab.lengths.max()) == int(slab.lengths[0])
+        assert b * width <= slab_tokens or b == 1
+        assert slab.last - slab.first == int(slab.lengths.sum()) == len(slab.slots)
+        assert slab.key_mask.shape == (b, 1, 1, width) and int(slab.key_mask.sum()) == len(slab.slots)
+        # slot of the j-th token of the i-th text is i * width + j
+        expected = [i * width + j for i, n in enumerate(slab.lengths.tolist()) for j in range(n)]
+        assert slab.slots.tolist() == expected
+        covered.extend(range(slab.first, slab.last))
+    assert covered == list(range(14))
+    if slab_tokens == 10_000:
+        assert len(plan.slabs) == 1
+    if slab_tokens == 1:
+        assert len(plan.slabs) == 5
+
+
+def test_plan_rejects_nothing_and_empty_texts():
+    with pytest.raises(ValueError, match="no texts"):
+        plan_packing([])
+    with pytest.raises(ValueError, match="zero tokens"):
+        plan_packing([[1], []])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_packed_embeddings_equal_the_padded_forward(tiny_encoder, pooling, normalize):
+    tiny_encoder.pooling, tiny_encoder.normalize = pooling, normalize
+    tiny_encoder.eval()
+    with torch.no_grad():
+        packed, padded = both_paths(tiny_encoder, TEXTS)
+    assert packed.shape == padded.shape == (len(TEXTS), tiny_encoder.embedding_dim)
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
+
+
+def test_small_slabs_change_nothing(tiny_encoder):
+    tiny_encoder.eval()
+    encoded = tiny_encoder.tokenizer(TEXTS, truncation=True, max_length=64)
+    with torch.no_grad():
+        hidden = [packed_hidden_states(tiny_encoder.model, plan_packing(encoded["input_ids"], slab_tokens=s))
+                  for s in (1, 30, 10_000)]
+    assert len(plan_packing(encoded["input_ids"], slab_tokens=30).slabs) > 2
+    torch.testing.assert_close(hidden[0], hidden[2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hidden[1], hidden[2], rtol=1e-5, atol=1e-6)
+
+
+def test_the_default_model_packed_equals_padded(default_encoder):
+    default_encoder.eval()
+    with torch.no_grad():
+        packed, padded = both_paths(default_encoder, TEXTS)
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_gradients_equal_padded_gradients(tiny_model_dir):
+    """No dropout: the loss's gradient reaches every parameter exactly as through the padded forward."""
+    grads = []
+    for packing in (True, False):
+        encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=64)
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        encoder.packing = packing
+        encoder.train()
+        anchors, positives = encoder.embed(TEXTS[:4]), encoder.embed(TEXTS[4:])
+        torch.nn.functional.cross_entropy(anchors @ positives.T * 20, torch.arange(4)).backward()
+        grads.append({n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert {"model.embeddings.word_embeddings.weight", "model.encoder.layer.1.output.dense.weight"} <= grads[0].keys()
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_dropout_is_applied_in_training_and_replays_with_the_seed(tiny_encoder):
+    tiny_encoder.eval()
+    with torch.no_grad():
+        clean = tiny_encoder.embed(TEXTS)
+    tiny_encoder.train()
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            runs.append(tiny_encoder.embed(TEXTS))
+    assert not torch.allclose(runs[0], clean, atol=1e-3)
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+    assert not torch.allclose(runs[0], runs[2], atol=1e-3)
+
+
+def test_attention_dropout_reaches_the_packed_attention(tiny_encoder):
+    """Hidden-state dropout off: only the attention dropout can make two training passes differ."""
+    for module in tiny_encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    tiny_encoder.train()
+    with torch.no_grad():
+        first, second = tiny_encoder.embed(TEXTS), tiny_encoder.embed(TEXTS)
+        torch.testing.assert_close(first, second)
+        assert tiny_encoder.set_attention_dropout(0.5) == 2
+        third = tiny_encoder.embed(TEXTS)
+    assert not torch.allclose(first, third, atol=1e-3)
+
+
+def test_bf16_autocast_stays_close(tiny_encoder):
+    tiny_encoder.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        packed, padded = both_paths(tiny_encoder, TEXTS)
+    torch.testing.assert_close(packed.float(), padded.float(), rtol=0, atol=3e-2)
