@@ -87,8 +87,9 @@ class Encoder(nn.Module):
         self.max_seq_length = max_seq_length
         self.name_or_path = name_or_path
         self.prompts = dict(prompts or {})
-        # BERT encoders run unpadded (contrastkit/packing.py): the same embeddings, fewer FLOPs
-        self.packing = can_pack(model)
+        # BERT encoders run unpadded (contrastkit/packing.py): the same embeddings, fewer FLOPs.
+        # False: every model takes its own padded forward.
+        self.packing = True
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -167,6 +168,11 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def packs(self) -> bool:
+        """True when `embed` runs the packed forward: packing on and a model it reproduces."""
+        return self.packing and can_pack(self.model)
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Tokenize and pad to the longest text of `texts`, truncating at max_seq_length."""
         features = self.tokenizer(list(texts), padding=True, truncation=True,
@@ -183,9 +189,9 @@ class Encoder(nn.Module):
     def embed(self, texts: Sequence[str]) -> Tensor:
         """Texts → embeddings [B, D]; keeps the graph.
 
-        Packed (no padding, `self.packing`) where the model allows it, else padded to the longest text.
+        Packed (no padding, `self.packs`) where the model allows it, else padded to the longest text.
         """
-        if not self.packing:
+        if not self.packs:
             return self(self.tokenize(texts))
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
         plan = plan_packing(encoded["input_ids"], encoded.get("token_type_ids"))

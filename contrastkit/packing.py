@@ -14,7 +14,7 @@ operation and the next (bigger slabs ran slower on the 2-core CPU here), and att
 The result equals the model's padded forward (to float rounding, tests/test_packing.py) and its
 gradients flow to the same parameters, so what is trained and saved is the unchanged Hugging Face
 model. Supported: `transformers.BertModel` as an encoder (absolute positions, no decoder, no
-feed-forward chunking), which covers all-MiniLM-L6-v2, BGE, E5 and GTE-base-style checkpoints; any
+feed-forward chunking, no gradient checkpointing), which covers all-MiniLM-L6-v2, BGE, E5 and GTE-base-style checkpoints; any
 other model takes its own padded forward (`can_pack`).
 """
 
@@ -40,7 +40,14 @@ def can_pack(model: nn.Module) -> bool:
             and not getattr(config, "is_decoder", False)
             and not getattr(config, "add_cross_attention", False)
             and getattr(config, "position_embedding_type", "absolute") == "absolute"
-            and not getattr(config, "chunk_size_feed_forward", 0))
+            and not getattr(config, "chunk_size_feed_forward", 0)
+            and not _checkpointing(model))
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Activation (gradient) checkpointing is on: the packed path would ignore it, so it must not run."""
+    flag = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x; the old name warns
+    return bool(getattr(model, "is_gradient_checkpointing", False) if flag is None else flag)
 
 
 @dataclass

@@ -65,6 +65,11 @@ class Tower(nn.Module):
         """Sizes for length-sorted chunks; equal by default, so chunks keep the batch's order."""
         return [0] * len(prepared)
 
+    @property
+    def packs(self) -> bool:
+        """True when the tower cuts its own slabs of a whole group (contrastkit/packing.py)."""
+        return False
+
     def save(self, path: Path) -> None:
         raise NotImplementedError
 
@@ -94,6 +99,10 @@ class TextTower(Tower):
 
     def lengths(self, prepared: Sequence[str]) -> list[int]:
         return self.encoder.token_lengths(list(prepared))
+
+    @property
+    def packs(self) -> bool:
+        return self.encoder.packs
 
     def forward(self, prepared: Sequence[str]) -> Tensor:
         return self.encoder.embed(list(prepared))
@@ -356,6 +365,10 @@ class DualEncoder(nn.Module):
     def lengths(self, side: str, prepared: Sequence) -> list[int]:
         """Per-item sizes for length-sorted chunks (token counts for texts; equal for images)."""
         return self.tower(side).lengths(prepared)
+
+    def packs(self, side: str) -> bool:
+        """True when this side's tower runs the packed forward on a whole group (no chunks needed)."""
+        return self.tower(side).packs
 
     def embed_prepared(self, side: str, prepared: Sequence) -> Tensor:
         """Prepared items → embeddings [n, dim] with a graph: tower, projection, L2 norm."""

@@ -7,6 +7,7 @@ import torch
 
 from contrastkit.encoder import Encoder
 from contrastkit.packing import can_pack, packed_hidden_states, plan_packing
+from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
 
 TEXTS = ["a", "shock waves in a supersonic nozzle with a long and winding description of the flow",
          "boundary layer", "heat transfer at hypersonic speeds over a blunt body", "x y", "lift",
@@ -15,7 +16,7 @@ TEXTS = ["a", "shock waves in a supersonic nozzle with a long and winding descri
 
 def both_paths(encoder: Encoder, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(packed embeddings, padded embeddings) of the same texts with the same weights."""
-    assert encoder.packing
+    assert encoder.packs
     packed = encoder.embed(texts)
     encoder.packing = False
     try:
@@ -26,8 +27,10 @@ def both_paths(encoder: Encoder, texts: list[str]) -> tuple[torch.Tensor, torch.
 
 
 def test_the_tiny_bert_and_the_default_model_pack(tiny_encoder, default_encoder):
-    assert can_pack(tiny_encoder.model) and tiny_encoder.packing
-    assert can_pack(default_encoder.model)
+    assert can_pack(tiny_encoder.model) and tiny_encoder.packs
+    assert can_pack(default_encoder.model) and default_encoder.packs
+    tiny_encoder.packing = False
+    assert not tiny_encoder.packs
 
 
 def test_other_models_keep_their_padded_forward():
@@ -38,7 +41,11 @@ def test_other_models_keep_their_padded_forward():
     tiny = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20)
     assert not can_pack(BertModel(BertConfig(**tiny, is_decoder=True)))
     assert not can_pack(BertModel(BertConfig(**tiny, chunk_size_feed_forward=4)))
-    assert can_pack(BertModel(BertConfig(**tiny)))
+    model = BertModel(BertConfig(**tiny))
+    assert can_pack(model)
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    assert not can_pack(model)
 
 
 @pytest.mark.parametrize("slab_tokens", [1, 16, 40, 10_000])
@@ -155,3 +162,30 @@ def test_bf16_autocast_stays_close(tiny_encoder):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         packed, padded = both_paths(tiny_encoder, TEXTS)
     torch.testing.assert_close(packed.float(), padded.float(), rtol=0, atol=3e-2)
+
+
+def test_gradient_caching_through_the_packed_forward_equals_the_uncached_step(tiny_model_dir):
+    """float64, dropout on: the cached step replays each chunk's dropout masks in the packed forward."""
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=64).double()
+    encoder.train()
+    groups = [TEXTS[:4], TEXTS[4:]]
+    chunks = [length_sorted_chunks(encoder.token_lengths(g), 2) for g in groups]
+
+    def loss(anchors, positives):
+        return torch.nn.functional.cross_entropy(anchors @ positives.T * 20, torch.arange(4))
+
+    def grads(cached: bool, seed: int = 3) -> dict[str, torch.Tensor]:
+        encoder.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        if cached:
+            grad_cache_backward(encoder.embed, groups, chunks, loss)
+        else:
+            loss(*(embed_in_chunks(encoder.embed, g, c) for g, c in zip(groups, chunks))).backward()
+        return {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    plain, cached = grads(False), grads(True)
+    assert encoder.packs and plain.keys() == cached.keys() and len(plain) > 10
+    for name in plain:
+        torch.testing.assert_close(cached[name], plain[name], atol=1e-10, rtol=0, msg=name)
+    other_masks = grads(True, seed=4)
+    assert any(not torch.allclose(other_masks[n], plain[n], atol=1e-6) for n in plain)

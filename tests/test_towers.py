@@ -67,6 +67,12 @@ def test_separate_text_and_vision_towers_project_to_one_unit_space(clip_like, tm
                                texts[:4], atol=1e-6)
 
 
+def test_a_bert_text_tower_packs_and_a_vision_tower_does_not(clip_like):
+    assert clip_like.packs("query") and not clip_like.packs("document")
+    clip_like.tower("query").encoder.packing = False
+    assert not clip_like.packs("query")
+
+
 def test_save_and_load_both_towers(clip_like, tmp_path):
     records = read_image_captions(write_shapes_dataset(tmp_path / "data"))
     with torch.no_grad():

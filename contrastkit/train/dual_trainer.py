@@ -197,8 +197,10 @@ class DualTrainer:
             return clip_loss(gather_with_local_grad(queries, self.dist), gather_with_local_grad(documents, self.dist),
                              self.model.logit_scale, known)
 
-        chunk = self.config.mini_batch_size or self.config.chunk_size
-        chunks = [length_sorted_chunks(self.model.lengths(side, g), chunk) for side, g in zip(SIDES, groups)]
+        def chunk(side: str) -> int | None:  # a packing tower cuts its own slabs unless caching
+            return self.config.mini_batch_size or (None if self.model.packs(side) else self.config.chunk_size)
+
+        chunks = [length_sorted_chunks(self.model.lengths(side, g), chunk(side)) for side, g in zip(SIDES, groups)]
         embed_fns = [functools.partial(self.model.embed_prepared, side) for side in SIDES]
         if self.config.mini_batch_size:
             loss = grad_cache_backward(embed_fns, groups, chunks, loss_on)

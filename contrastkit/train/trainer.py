@@ -289,7 +289,7 @@ class Trainer:
             return global_loss(*(gather_with_local_grad(e, self.dist) for e in local_embeddings))
 
         # a packing encoder cuts its own slabs (contrastkit/packing.py): one call per group unless caching
-        chunk = self.config.mini_batch_size or (None if self.encoder.packing else self.config.chunk_size)
+        chunk = self.config.mini_batch_size or (None if self.encoder.packs else self.config.chunk_size)
         chunks = [length_sorted_chunks(self._token_length(g), chunk) for g in local]
         if self.config.mini_batch_size:
             loss = grad_cache_backward(self._embed, local, chunks, loss_on)
