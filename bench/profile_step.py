@@ -4,7 +4,9 @@ One step of the default model on real debian-packages pairs (batch 64, max_seq_l
 two modes the trainer has: length-sorted chunks (one forward with graph + backward) and gradient
 caching (a no-graph forward, then forward with graph + backward, per mini-batch); the chunks
 again without dropout on the attention probabilities (the fused attention kernel); and that once more
-with torch's dropout kernel instead of the trainer's (contrastkit.fast_dropout). torch.profiler
+with torch's dropout kernel instead of the trainer's (contrastkit.fast_dropout); these run the model's
+padded forward. Last, the packed forward (contrastkit/packing.py, the trainer's default for BERT
+models) without attention dropout. torch.profiler
 gives the self time of every operator; they are grouped (matrix multiplies, attention, GELU,
 LayerNorm, softmax, dropout, embedding, element-wise, the optimizer, the rest), and tokenisation is
 timed separately. Shares are what this script reports: they hold even when the machine is busy,
@@ -41,7 +43,8 @@ KINDS = [
 
 
 # the trainer's defaults (contrastkit.fast_dropout) unless the mode says torch's dropout kernel
-MODES = ("chunks", "gradient cache", "chunks, attention dropout 0", "chunks, attention dropout 0, torch dropout")
+MODES = ("chunks", "gradient cache", "chunks, attention dropout 0", "chunks, attention dropout 0, torch dropout",
+         "packed, attention dropout 0")
 
 
 def kind_of(name: str) -> str:
@@ -63,7 +66,8 @@ def profile_step(mode: str, batch: int, chunk: int, steps: int) -> dict:
     cached = mode == "gradient cache"
     trainer = make_trainer(pairs, batch, None if cached else chunk, False,
                            0.0 if "attention dropout 0" in mode else None, steps, 128,
-                           mini_batch=chunk if cached else None, fast_dropout="torch dropout" not in mode)
+                           mini_batch=chunk if cached else None, fast_dropout="torch dropout" not in mode,
+                           packing=mode.startswith("packed"))
     encoder = trainer.encoder
     batches = trainer._batches(0)
     timed_step(trainer, batches[0])  # warm-up (allocations, token lengths), not profiled
