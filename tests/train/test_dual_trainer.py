@@ -161,6 +161,32 @@ def test_text_pairs_train_through_a_shared_tower_with_prefixes(tiny_encoder, tmp
     assert DualEncoder.load(tmp_path / "run").prefixes == {"query": "query: ", "document": "passage: "}
 
 
+def test_a_packing_text_tower_takes_each_group_whole_and_a_vision_tower_is_chunked(clip_tower_pair, tmp_path,
+                                                                                     monkeypatch):
+    import contrastkit.train.dual_trainer as dual_module
+
+    model, sides = clip_tower_pair
+    real, seen = dual_module.length_sorted_chunks, []
+
+    def spy(lengths, chunk):
+        seen.append(chunk)
+        return real(lengths, chunk)
+    monkeypatch.setattr(dual_module, "length_sorted_chunks", spy)
+    for batching in ({"chunk_size": 4}, {"mini_batch_size": 3}):
+        config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=12, show_progress=False, **batching)
+        DualTrainer(config, model, *sides).compute_gradients(list(range(12)))
+    assert seen == [None, 4, 3, 3]  # query side: the text tower; document side: the images
+
+
+@pytest.fixture
+def clip_tower_pair(tiny_model_dir, tmp_path):
+    torch.manual_seed(0)
+    model = DualEncoder(TextTower.from_pretrained(tiny_model_dir, max_seq_length=16),
+                        VisionTower.from_config(tiny_clip_vision_config()), dim=16)
+    records = read_image_captions(write_shapes_dataset(tmp_path / "data"))[:12]
+    return model, sides_from_image_captions(records, model)
+
+
 @pytest.mark.parametrize("setting", [{"temperature": 0.02}, {"bf16": True}, {"attention_dropout": 0.0},
                                      {"eval_every": 5, "eval_data": "some/beir"}])
 def test_settings_the_loop_would_ignore_are_refused(tiny_encoder, tmp_path, setting):

@@ -70,6 +70,24 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tiny_model_dir, tmp
         assert log[-1]["temperature"] != pytest.approx(0.05)
 
 
+def test_a_packing_encoder_takes_each_group_whole_unless_caching(tiny_model_dir, tmp_path, monkeypatch):
+    """Without caching the packed forward cuts its own slabs, so chunk_size only applies to padded models."""
+    import contrastkit.train.trainer as trainer_module
+
+    real, seen = trainer_module.length_sorted_chunks, []
+
+    def spy(lengths, chunk):
+        seen.append(chunk)
+        return real(lengths, chunk)
+    monkeypatch.setattr(trainer_module, "length_sorted_chunks", spy)
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    Trainer(config(tmp_path, chunk_size=4), encoder, make_pairs()).compute_gradients(list(range(8)))
+    Trainer(config(tmp_path, mini_batch_size=2), encoder, make_pairs()).compute_gradients(list(range(8)))
+    encoder.packing = False
+    Trainer(config(tmp_path, chunk_size=4), encoder, make_pairs()).compute_gradients(list(range(8)))
+    assert seen == [None, None, 2, 2, 4, 4]
+
+
 def test_checkpoints_are_pruned_and_complete(tiny_model_dir, tmp_path):
     encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
     (tmp_path / "run" / "checkpoints" / ".tmp-checkpoint-00000099-1").mkdir(parents=True)  # a killed write
