@@ -106,8 +106,7 @@ def ours_step_fn(pairs, batch: int, seq: int, attention_dropout: float | None,
     import torch
     from throughput import make_trainer
 
-    trainer = make_trainer(pairs, batch, CHUNK, False, attention_dropout, steps=1000, seq=seq)
-    trainer.encoder.packing = packing
+    trainer = make_trainer(pairs, batch, CHUNK, False, attention_dropout, steps=1000, seq=seq, packing=packing)
     index = {(e.anchor, e.positive): i for i, e in enumerate(trainer.examples)}
 
     def step(anchors: list[str], positives: list[str]) -> None:

@@ -31,7 +31,7 @@ class DemoConfig:
     train_split: str = "train"
     max_seq_length: int = 256          # evaluation and mining (as the reference figures)
     train_max_seq_length: int = 256    # training sees what evaluation sees (Cranfield abstracts pass 128 tokens)
-    epochs: int = 3                    # 0.403 → 0.454 nDCG@10 in 11.8-15.4 min on 2 cores
+    epochs: int = 3                    # 0.403 → 0.444-0.454 nDCG@10 in 11.8-15.4 min on 2 cores
                                        # (bench/results/cranfield_quality_vs_st.meta.json); 2 epochs at 128: 0.422
     max_steps: int | None = None
     max_train_pairs: int | None = None

@@ -140,14 +140,19 @@ class _ToPacked(torch.autograd.Function):
         return grad.new_zeros(ctx.rows, grad.shape[1]).index_copy_(0, slots, grad), None
 
 
-def _attention(layer: nn.Module, x: Tensor, slab: Slab) -> Tensor:
+def _fused_qkv(layer: nn.Module) -> tuple[Tensor, Tensor]:
+    """The layer's query, key and value projections stacked into one [3D, D] weight and [3D] bias."""
+    attention = layer.attention.self
+    return (torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]),
+            torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]))
+
+
+def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
     """BertAttention's self-attention on a slab's packed rows: [n, D] → [n, D] (before the output projection)."""
     attention = layer.attention.self
     heads, head_size = attention.num_attention_heads, attention.attention_head_size
-    weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])
-    bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
     b, width = len(slab.lengths), slab.width
-    qkv = _ToPadded.apply(F.linear(x, weight, bias), slab.slots, b * width).view(b, width, 3, heads, head_size)
+    qkv = _ToPadded.apply(F.linear(x, *qkv_weights), slab.slots, b * width).view(b, width, 3, heads, head_size)
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
     dropout = attention.dropout.p if attention.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=slab.key_mask, dropout_p=dropout,
@@ -155,10 +160,10 @@ def _attention(layer: nn.Module, x: Tensor, slab: Slab) -> Tensor:
     return _ToPacked.apply(out.transpose(1, 2).reshape(b * width, heads * head_size), slab.slots)
 
 
-def _layer(layer: nn.Module, x: Tensor, slab: Slab) -> Tensor:
+def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
     """One BertLayer on a slab's packed rows [n, D]: attention block, then feed-forward block, post-norm."""
     out = layer.attention.output
-    x = out.LayerNorm(out.dropout(out.dense(_attention(layer, x, slab))) + x)
+    x = out.LayerNorm(out.dropout(out.dense(_attention(layer, qkv_weights, x, slab))) + x)
     hidden = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
     out = layer.output
     return out.LayerNorm(out.dropout(out.dense(hidden)) + x)
@@ -172,13 +177,14 @@ def packed_hidden_states(model: nn.Module, plan: PackPlan) -> Tensor:
     x = (embeddings.word_embeddings(ids) + embeddings.token_type_embeddings(types)
          + embeddings.position_embeddings(positions))
     x = embeddings.dropout(embeddings.LayerNorm(x))
+    layers = [(layer, _fused_qkv(layer)) for layer in model.encoder.layer]  # stacked once per call, not per slab
     outputs = []
     for slab in plan.slabs:
         if slab.slots.device != device:
             slab.slots, slab.key_mask = slab.slots.to(device), slab.key_mask.to(device)
         h = x[slab.first:slab.last]
-        for layer in model.encoder.layer:
-            h = _layer(layer, h, slab)
+        for layer, qkv_weights in layers:
+            h = _layer(layer, qkv_weights, h, slab)
         outputs.append(h)
     return torch.cat(outputs)
 
