@@ -170,8 +170,14 @@ class Encoder(nn.Module):
 
     @property
     def packs(self) -> bool:
-        """True when `embed` runs the packed forward: packing on and a model it reproduces."""
-        return self.packing and can_pack(self.model)
+        """True when `embed` runs the packed forward: packing on, a model it reproduces, on the CPU.
+
+        On a GPU a step this size waits on the host, not on the arithmetic: on an H100, batch 64 of
+        MiniLM ran 24 ms of kernels in a 49 ms step padded, and the packed forward's per-slab
+        kernels (1,921 launches against 747) doubled the step to 103 ms (bench/gpu_packing.py,
+        bench/gpu_step_profile.py). There the padded forward of the whole group runs instead.
+        """
+        return self.packing and self.device.type == "cpu" and can_pack(self.model)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Tokenize and pad to the longest text of `texts`, truncating at max_seq_length."""

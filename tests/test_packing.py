@@ -33,6 +33,13 @@ def test_the_tiny_bert_and_the_default_model_pack(tiny_encoder, default_encoder)
     assert not tiny_encoder.packs
 
 
+def test_only_the_cpu_packs(tiny_encoder):
+    """Off the CPU (a GPU, here the meta device that CI has) the padded forward runs: faster on a GPU."""
+    assert tiny_encoder.packs
+    tiny_encoder.to("meta")
+    assert can_pack(tiny_encoder.model) and not tiny_encoder.packs
+
+
 def test_other_models_keep_their_padded_forward():
     from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
 

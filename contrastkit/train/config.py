@@ -45,8 +45,9 @@ class TrainConfig:
     # batching
     batch_size: int = 32
     mini_batch_size: int | None = None  # gradient caching when set: memory bound by this, not batch_size
-    chunk_size: int | None = 16         # without caching, for models that do not pack (contrastkit/packing.py):
-                                        # forward in length-sorted chunks (None: one pass)
+    chunk_size: int | None = 16         # on the CPU, without caching, for models that do not pack
+                                        # (contrastkit/packing.py): forward in length-sorted chunks (None: one
+                                        # pass). A GPU takes each group in one pass (train/grad_cache.py)
     drop_last: bool = True
     group_by_source: bool = False       # each batch from one source: a pair's "source" field, else its data file
     # optimisation

@@ -49,7 +49,8 @@ from contrastkit.train.checkpoint import list_checkpoints, restore_optimization,
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, gather_with_local_grad,
                                            join_ranks, leave_ranks)
-from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
+from contrastkit.train.grad_cache import (RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks,
+                                         texts_per_forward)
 from contrastkit.train.optim import adamw, step_if_finite
 from contrastkit.train.sampler import no_duplicate_batches
 from contrastkit.train.trainer import TrainingError, known_positive_mask, lr_factor, positives_by_anchor
@@ -197,10 +198,9 @@ class DualTrainer:
             return clip_loss(gather_with_local_grad(queries, self.dist), gather_with_local_grad(documents, self.dist),
                              self.model.logit_scale, known)
 
-        def chunk(side: str) -> int | None:  # a packing tower cuts its own slabs unless caching
-            return self.config.mini_batch_size or (None if self.model.packs(side) else self.config.chunk_size)
-
-        chunks = [length_sorted_chunks(self.model.lengths(side, g), chunk(side)) for side, g in zip(SIDES, groups)]
+        chunks = [length_sorted_chunks(self.model.lengths(side, g), texts_per_forward(
+            self.config.mini_batch_size, self.config.chunk_size, self.model.packs(side), self.device))
+            for side, g in zip(SIDES, groups)]
         embed_fns = [functools.partial(self.model.embed_prepared, side) for side in SIDES]
         if self.config.mini_batch_size:
             loss = grad_cache_backward(embed_fns, groups, chunks, loss_on)

@@ -55,6 +55,21 @@ class RandState:
         return snapshot
 
 
+def texts_per_forward(mini_batch_size: int | None, chunk_size: int | None, packs: bool,
+                      device: torch.device) -> int | None:
+    """How many texts one forward call of the encoder takes in a training step (None: a whole group).
+
+    - With gradient caching, the mini-batch: memory is bound by it.
+    - Else the whole group where the encoder packs (it cuts its own slabs, contrastkit/packing.py)
+      and off the CPU: a GPU step of a small model waits on kernel launches, not on arithmetic, so
+      fewer and larger calls run faster (bench/gpu_packing.py).
+    - Else length-sorted chunks of `chunk_size`: less padding, activations that stay in the CPU's caches.
+    """
+    if mini_batch_size:
+        return mini_batch_size
+    return None if packs or device.type != "cpu" else chunk_size
+
+
 def length_sorted_chunks(lengths: Sequence[int], chunk_size: int | None) -> list[np.ndarray]:
     """Indices sorted longest first, cut into chunks of `chunk_size` (None: one chunk of all)."""
     order = np.argsort([-n for n in lengths], kind="stable")

@@ -33,7 +33,8 @@ from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, describe_failure,
                                            gather_with_local_grad, join_ranks, leave_ranks)
 from contrastkit.train.evaluation import RetrievalEvaluator
-from contrastkit.train.grad_cache import RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks
+from contrastkit.train.grad_cache import (RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks,
+                                         texts_per_forward)
 from contrastkit.train.optim import adamw, step_if_finite
 from contrastkit.train.sampler import no_duplicate_batches
 
@@ -275,6 +276,9 @@ class Trainer:
         with autocast(self.config.bf16, self.device.type):
             return self.encoder.embed(texts).float()
 
+    def _texts_per_forward(self) -> int | None:
+        return texts_per_forward(self.config.mini_batch_size, self.config.chunk_size, self.encoder.packs, self.device)
+
     def compute_gradients(self, batch: list[int]) -> Tensor:
         """Forward and backward for one global batch (gradient-cached or in length-sorted chunks); the loss.
 
@@ -288,13 +292,14 @@ class Trainer:
         def loss_on(*local_embeddings: Tensor) -> Tensor:
             return global_loss(*(gather_with_local_grad(e, self.dist) for e in local_embeddings))
 
-        # a packing encoder cuts its own slabs (contrastkit/packing.py): one call per group unless caching
-        chunk = self.config.mini_batch_size or (None if self.encoder.packs else self.config.chunk_size)
-        chunks = [length_sorted_chunks(self._token_length(g), chunk) for g in local]
+        chunks = [length_sorted_chunks(self._token_length(g), self._texts_per_forward()) for g in local]
         if self.config.mini_batch_size:
             loss = grad_cache_backward(self._embed, local, chunks, loss_on)
         else:
-            loss = loss_on(*(embed_in_chunks(self._embed, g, c) for g, c in zip(local, chunks)))
+            # one autocast region for all groups: autocast casts each weight to bf16 once per region
+            with autocast(self.config.bf16, self.device.type):
+                embeddings = [embed_in_chunks(self._embed, g, c) for g, c in zip(local, chunks)]
+            loss = loss_on(*embeddings)
             loss.backward()
         all_reduce_gradients([p for p in self.encoder.parameters() if p.requires_grad], self.dist)
         return loss.detach()

@@ -6,7 +6,7 @@ import torch
 from contrastkit.encoder import Encoder
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.losses import info_nce
-from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
+from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks, texts_per_forward
 
 WORDS = "lift drag wing shock boundary layer flow heat transfer pressure nozzle jet flutter panel".split()
 
@@ -119,3 +119,13 @@ def test_embed_in_chunks_restores_order(encoder64):
     assert [lengths[i] for c in chunks for i in c] == sorted(lengths, reverse=True)
     with torch.no_grad():
         torch.testing.assert_close(embed_in_chunks(encoder64.embed, texts, chunks), encoder64.embed(texts))
+
+
+def test_texts_per_forward_chunks_only_a_padded_forward_on_the_cpu():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
+    assert texts_per_forward(32, 16, packs=True, device=cpu) == 32       # caching: the mini-batch, always
+    assert texts_per_forward(32, 16, packs=False, device=gpu) == 32
+    assert texts_per_forward(None, 16, packs=False, device=cpu) == 16    # padded on the CPU: chunks
+    assert texts_per_forward(None, None, packs=False, device=cpu) is None
+    assert texts_per_forward(None, 16, packs=True, device=cpu) is None   # packed: the encoder's own slabs
+    assert texts_per_forward(None, 16, packs=False, device=gpu) is None  # a GPU: one call per group
