@@ -63,6 +63,7 @@ class Slab:
     width: int        # T: the longest text of the slab
     slots: Tensor     # [n] where each real token sits in the slab's flattened [b · T] padded block
     key_mask: Tensor  # [b, 1, 1, T] True at real tokens
+    pad_slots: Tensor  # [b · T - n] the block's padding positions
 
 
 @dataclass
@@ -99,21 +100,32 @@ def plan_packing(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Se
         end = start + max(1, slab_tokens // width)
         lengths_t = torch.tensor(sorted_lengths[start:end])
         real = torch.arange(width)[None, :] < lengths_t[:, None]  # [b, T]
-        slots = torch.arange(real.numel()).view(real.shape)[real]
+        positions_t = torch.arange(real.numel()).view(real.shape)
+        slots, pad_slots = positions_t[real], positions_t[~real]
         count = int(lengths_t.sum())
-        slabs.append(Slab(first, first + count, lengths_t, width, slots, real[:, None, None, :]))
+        slabs.append(Slab(first, first + count, lengths_t, width, slots, real[:, None, None, :], pad_slots))
         start, first = end, first + count
     return PackPlan(torch.tensor(flat_ids), torch.tensor(flat_types), torch.as_tensor(positions), slabs,
                     torch.as_tensor(order))
 
 
+def _padded_block(rows: Tensor, slots: Tensor, pad_slots: Tensor) -> Tensor:
+    """rows [n, C] placed at `slots` of a [n + len(pad_slots), C] block whose other rows are zero.
+
+    Only the padding rows are zeroed, not the whole block first: a block is up to 2,048 × 1,152
+    floats, written once per slab and layer forward and once backward.
+    """
+    block = rows.new_empty(len(slots) + len(pad_slots), rows.shape[1]).index_copy_(0, slots, rows)
+    return block.index_fill_(0, pad_slots, 0.0) if len(pad_slots) else block
+
+
 class _ToPadded(torch.autograd.Function):
-    """[n, C] real rows → [rows, C] zero-padded block, row i at slots[i]; the gradient gathers them back."""
+    """[n, C] real rows → zero-padded [b · T, C] block, row i at slots[i]; the gradient gathers them back."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, slots: Tensor, rows: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, slots: Tensor, pad_slots: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(slots)
-        return x.new_zeros(rows, x.shape[1]).index_copy_(0, slots, x)
+        return _padded_block(x, slots, pad_slots)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -129,15 +141,14 @@ class _ToPacked(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y: Tensor, slots: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(slots)
-        ctx.rows = y.shape[0]
+    def forward(ctx, y: Tensor, slots: Tensor, pad_slots: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(slots, pad_slots)
         return y.index_select(0, slots)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (slots,) = ctx.saved_tensors
-        return grad.new_zeros(ctx.rows, grad.shape[1]).index_copy_(0, slots, grad), None
+        slots, pad_slots = ctx.saved_tensors
+        return _padded_block(grad, slots, pad_slots), None, None
 
 
 def _fused_qkv(layer: nn.Module) -> tuple[Tensor, Tensor]:
@@ -152,12 +163,14 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     attention = layer.attention.self
     heads, head_size = attention.num_attention_heads, attention.attention_head_size
     b, width = len(slab.lengths), slab.width
-    qkv = _ToPadded.apply(F.linear(x, *qkv_weights), slab.slots, b * width).view(b, width, 3, heads, head_size)
-    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    qkv = _ToPadded.apply(F.linear(x, *qkv_weights), slab.slots, slab.pad_slots).view(b, width, 3, heads, head_size)
+    # unbind, not three selects: its backward stacks the three gradients in one copy, where each
+    # select's backward would zero a whole [b, T, 3D] block and the three would then be summed
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
     dropout = attention.dropout.p if attention.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=slab.key_mask, dropout_p=dropout,
                                          scale=attention.scaling)
-    return _ToPacked.apply(out.transpose(1, 2).reshape(b * width, heads * head_size), slab.slots)
+    return _ToPacked.apply(out.transpose(1, 2).reshape(b * width, heads * head_size), slab.slots, slab.pad_slots)
 
 
 def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
@@ -181,7 +194,8 @@ def packed_hidden_states(model: nn.Module, plan: PackPlan) -> Tensor:
     outputs = []
     for slab in plan.slabs:
         if slab.slots.device != device:
-            slab.slots, slab.key_mask = slab.slots.to(device), slab.key_mask.to(device)
+            slab.slots, slab.key_mask, slab.pad_slots = (t.to(device) for t in (slab.slots, slab.key_mask,
+                                                                               slab.pad_slots))
         h = x[slab.first:slab.last]
         for layer, qkv_weights in layers:
             h = _layer(layer, qkv_weights, h, slab)

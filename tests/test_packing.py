@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from contrastkit.encoder import Encoder
-from contrastkit.packing import can_pack, packed_hidden_states, plan_packing
+from contrastkit.packing import _padded_block, can_pack, packed_hidden_states, plan_packing
 from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
 
 TEXTS = ["a", "shock waves in a supersonic nozzle with a long and winding description of the flow",
@@ -85,6 +85,16 @@ def test_plan_rejects_nothing_and_empty_texts():
         plan_packing([])
     with pytest.raises(ValueError, match="zero tokens"):
         plan_packing([[1], []])
+
+
+def test_the_padded_block_zeroes_its_padding_rows_whatever_the_memory_held():
+    rows, slots, pad_slots = torch.randn(5, 8), torch.tensor([0, 1, 2, 4, 5]), torch.tensor([3, 6])
+    for _ in range(20):  # freed NaN blocks of the same size: memory a fresh block may be given
+        garbage = torch.full((7, 8), float("nan"))
+        del garbage
+        block = _padded_block(rows, slots, pad_slots)
+        assert torch.equal(block[slots], rows)
+        assert torch.equal(block[pad_slots], torch.zeros(2, 8))
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
