@@ -173,9 +173,9 @@ class Encoder(nn.Module):
         """True when `embed` runs the packed forward: packing on, a model it reproduces, on the CPU.
 
         On a GPU a step this size waits on the host, not on the arithmetic: on an H100, batch 64 of
-        MiniLM ran 24 ms of kernels in a 49 ms step padded, and the packed forward's per-slab
-        kernels (1,921 launches against 747) doubled the step to 103 ms (bench/gpu_packing.py,
-        bench/gpu_step_profile.py). There the padded forward of the whole group runs instead.
+        MiniLM ran 23 ms of kernels in a 47 ms step padded, and the packed forward's per-slab
+        kernels (1,921 launches against 747) doubled the step to 95 ms (bench/gpu_step_profile.py;
+        bench/gpu_packing.py). There the padded forward of the whole group runs instead.
         """
         return self.packing and self.device.type == "cpu" and can_pack(self.model)
 
