@@ -23,6 +23,7 @@ forward twice: 8/6 of the useful work) done at the matmul peak, against ST's pai
         [--torch-dropout]         # ours with torch's dropout kernel instead of contrastkit.fast_dropout
         [--st-bf16]               # ST with its bf16 flag (autocast), to find its best setting; ours stays fp32
         [--repeats 2]             # each tool twice, ours-ST-ST-ours: cancels a drift of the machine's speed
+        [--overwrite]             # drop the earlier runs' rows (kept by default: the file is the history)
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--settings", type=int, nargs="+", default=[0, 1, 2, 3])
-    parser.add_argument("--append", action="store_true", help="keep the rows already in the results file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the results file afresh (by default each run's rows are added to the earlier runs')")
     parser.add_argument("--attention-dropout", type=float, default=None,
                         help="ours: dropout on attention probabilities (default: the model's own, as ST)")
     parser.add_argument("--torch-dropout", action="store_true",
@@ -195,7 +197,7 @@ def main() -> None:
                                not args.torch_dropout, args.st_bf16)))
         return
     rows = []
-    if args.append and (RESULTS / "vs_sentence_transformers.json").is_file():
+    if not args.overwrite and (RESULTS / "vs_sentence_transformers.json").is_file():
         rows = json.loads((RESULTS / "vs_sentence_transformers.json").read_text())
     from contrastkit.encoder import Encoder
     from flops import matmul_peak
