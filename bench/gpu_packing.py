@@ -11,9 +11,11 @@ other costs (a kernel launch per slab or chunk, no cache to fit), so this checks
 2. speed: one Trainer step (compute_gradients + optimizer step) as the trainer runs it on a GPU by
    default (the padded forward, one call per group), with padded length-sorted chunks of 16 (the
    CPU's default), and with the packed forward (slabs of 2,048; the product packs on the CPU only,
-   so this row forces it), round-robin on the same batches, for debian batch 64 and 256 at 128
-   tokens and Cranfield batch 64 at 256 tokens, fp32 and bf16 autocast; sentence-transformers'
-   MNRL step on the same batches as a reference. Attention dropout 0 for all (the demo's recipe).
+   so this row forces it), round-robin on the same batches once every tool has stepped through
+   every batch untimed, for debian batch 64 and 256 at 128 tokens and Cranfield batch 64 at 256
+   tokens, fp32 and bf16 autocast; sentence-transformers' MNRL step on the same batches as a
+   reference. Attention dropout 0 for all (the demo's recipe); our trainer otherwise keeps its
+   defaults, false-negative masking included (sentence-transformers has none).
 
     python bench/gpu_packing.py --model PATH [--pairs debian_train_pairs.jsonl] [--steps 10]
 
