@@ -1,8 +1,8 @@
 """Achieved FLOP/s of a training step against the machine's measured matmul peak, fp32 and bf16.
 
 Peak: a large square matmul (n = 2048) timed in each precision, best of three. Step: a contrastkit
-training step as bench/vs_sentence_transformers.py runs it (max_seq_length 128, length-sorted chunks
-of 16, fused attention, the trainer's dropout kernel) on 64 debian-packages pairs (short texts) and
+training step as bench/vs_sentence_transformers.py runs it (max_seq_length 128, the packed forward,
+the trainer's default for BERT models on the CPU; fused attention, the trainer's dropout kernel) on 64 debian-packages pairs (short texts) and
 on 32 Cranfield pairs (abstracts that fill the 128 tokens), its useful work counted from the real
 (unpadded) tokens: 6 · N · tokens for the dense layers (forward 2N, backward 4N;
 N = non-embedding parameters) plus the attention scores, 12 · layers · T² · d per sequence.
