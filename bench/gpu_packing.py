@@ -115,31 +115,12 @@ def ours_step_fn(model: str, pairs, seq: int, bf16: bool, forward: str = "defaul
     return step
 
 
-def to_device(features: dict) -> dict:
-    return {k: v.to(DEVICE) if hasattr(v, "to") else v for k, v in features.items()}
-
-
 def st_step_fn(model: str, seq: int, bf16: bool):
-    import torch
-    from sentence_transformers import SentenceTransformer, losses
+    """sentence-transformers' MNRL step (bench/plain_loop.py's) on DEVICE, attention dropout 0 as ours."""
+    from plain_loop import st_step_fn as st_pair_step_fn
 
-    st = SentenceTransformer(model, device=DEVICE, model_kwargs={"dtype": torch.float32})
-    st.max_seq_length = seq
-    for module in st.modules():  # attention dropout 0, as ours above (the demo's recipe)
-        if type(module).__name__ == "BertSelfAttention":
-            module.dropout.p = 0.0
-    st.train()
-    loss_fn = losses.MultipleNegativesRankingLoss(st, scale=SCALE)
-    optimizer = torch.optim.AdamW(st.parameters(), lr=LR)
-
-    def step(batch) -> None:
-        features = [to_device(st.tokenize([p.anchor for p in batch])), to_device(st.tokenize([p.positive for p in batch]))]
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(features, None)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return step
+    step = st_pair_step_fn(seq, bf16, attention_dropout=0.0, model=model, device=DEVICE)
+    return lambda batch: step([p.anchor for p in batch], [p.positive for p in batch])
 
 
 def synchronize() -> None:

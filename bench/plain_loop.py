@@ -67,29 +67,34 @@ def probe_step_fn(seq: int, bf16: bool) -> Callable[[list, list], None]:
     return step
 
 
-def st_step_fn(seq: int, bf16: bool, attention_dropout: float | None = None) -> Callable[[list, list], None]:
+def st_step_fn(seq: int, bf16: bool, attention_dropout: float | None = None, model: str | None = None,
+               device: str = "cpu") -> Callable[[list, list], None]:
     """One step of sentence-transformers' MNRL as its trainer runs it (its bf16 flag is autocast).
 
     attention_dropout: set on the model's attention probabilities, as ours can be (None: the model's 0.1).
+    model: a sentence-transformers folder (None: the default model), loaded as fp32 on `device`.
     """
     import torch
     from sentence_transformers import SentenceTransformer, losses
 
     from contrastkit.encoder import default_model_path
 
-    model = SentenceTransformer(str(default_model_path()), device="cpu")
-    model.max_seq_length = seq
+    st = SentenceTransformer(model or str(default_model_path()), device=device, model_kwargs={"dtype": torch.float32})
+    st.max_seq_length = seq
     if attention_dropout is not None:
-        for module in model.modules():
+        for module in st.modules():
             if type(module).__name__ == "BertSelfAttention":
                 module.dropout.p = attention_dropout
-    model.train()
-    loss_fn = losses.MultipleNegativesRankingLoss(model, scale=SCALE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    st.train()
+    loss_fn = losses.MultipleNegativesRankingLoss(st, scale=SCALE)
+    optimizer = torch.optim.AdamW(st.parameters(), lr=LR)
+
+    def on_device(features: dict) -> dict:
+        return {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
 
     def step(anchors: list[str], positives: list[str]) -> None:
-        features = [model.tokenize(anchors), model.tokenize(positives)]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        features = [on_device(st.tokenize(anchors)), on_device(st.tokenize(positives))]
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(features, None)
         loss.backward()
         optimizer.step()

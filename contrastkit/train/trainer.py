@@ -292,7 +292,8 @@ class Trainer:
         def loss_on(*local_embeddings: Tensor) -> Tensor:
             return global_loss(*(gather_with_local_grad(e, self.dist) for e in local_embeddings))
 
-        chunks = [length_sorted_chunks(self._token_length(g), self._texts_per_forward()) for g in local]
+        per_forward = self._texts_per_forward()
+        chunks = [length_sorted_chunks(self._token_length(g), per_forward) for g in local]
         if self.config.mini_batch_size:
             loss = grad_cache_backward(self._embed, local, chunks, loss_on)
         else:
