@@ -87,3 +87,14 @@ def naive_similarity(x: list[float], y: list[float], kind: str) -> float:
     if kind == "cosine":
         return dot / math.sqrt(sum(u * u for u in x) * sum(v * v for v in y))
     return -math.sqrt(sum((u - v) ** 2 for u, v in zip(x, y)))
+
+
+def record_chunk_sizes(monkeypatch, module) -> list:
+    """Wrap `module`'s length_sorted_chunks so each call's chunk size is appended to the returned list."""
+    real, seen = module.length_sorted_chunks, []
+
+    def spy(lengths, chunk):
+        seen.append(chunk)
+        return real(lengths, chunk)
+    monkeypatch.setattr(module, "length_sorted_chunks", spy)
+    return seen

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from _image_support import tiny_clip_vision_config, tiny_vit_config, write_shapes_dataset
-from _support import make_pairs
+from _support import make_pairs, record_chunk_sizes
 from contrastkit.data.images import read_image_captions
 from contrastkit.errors import ConfigError
 from contrastkit.towers import DualEncoder, TextTower, VisionTower
@@ -166,12 +166,7 @@ def test_a_packing_text_tower_takes_each_group_whole_and_a_vision_tower_is_chunk
     import contrastkit.train.dual_trainer as dual_module
 
     model, sides = clip_tower_pair
-    real, seen = dual_module.length_sorted_chunks, []
-
-    def spy(lengths, chunk):
-        seen.append(chunk)
-        return real(lengths, chunk)
-    monkeypatch.setattr(dual_module, "length_sorted_chunks", spy)
+    seen = record_chunk_sizes(monkeypatch, dual_module)
     for batching in ({"chunk_size": 4}, {"mini_batch_size": 3}):
         config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=12, show_progress=False, **batching)
         DualTrainer(config, model, *sides).compute_gradients(list(range(12)))

@@ -16,7 +16,7 @@ from contrastkit.errors import ConfigError
 from contrastkit.train import TrainConfig, Trainer, TrainingError
 from contrastkit.train.checkpoint import latest_checkpoint, list_checkpoints
 
-from _support import make_beir, make_pairs, write_pairs
+from _support import make_beir, make_pairs, record_chunk_sizes, write_pairs
 
 def config(tmp_path, **kw):
     # report=False: these tests are about the loop (tests/report renders reports); health records stay on
@@ -74,12 +74,7 @@ def test_a_packing_encoder_takes_each_group_whole_unless_caching(tiny_model_dir,
     """Without caching the packed forward cuts its own slabs, so chunk_size only applies to padded models."""
     import contrastkit.train.trainer as trainer_module
 
-    real, seen = trainer_module.length_sorted_chunks, []
-
-    def spy(lengths, chunk):
-        seen.append(chunk)
-        return real(lengths, chunk)
-    monkeypatch.setattr(trainer_module, "length_sorted_chunks", spy)
+    seen = record_chunk_sizes(monkeypatch, trainer_module)
     encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
     Trainer(config(tmp_path, chunk_size=4), encoder, make_pairs()).compute_gradients(list(range(8)))
     Trainer(config(tmp_path, mini_batch_size=2), encoder, make_pairs()).compute_gradients(list(range(8)))
