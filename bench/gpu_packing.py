@@ -93,8 +93,6 @@ def equality(model: str, texts: dict[str, list[str]]) -> list[dict]:
 
 def ours_step_fn(model: str, pairs, seq: int, bf16: bool, forward: str = "defaults"):
     """contrastkit's Trainer step; forward: "defaults", "chunks" (padded chunks of 16) or "packed"."""
-    import torch
-
     from contrastkit.train import TrainConfig, Trainer
 
     class ChunkedTrainer(Trainer):
@@ -110,8 +108,7 @@ def ours_step_fn(model: str, pairs, seq: int, bf16: bool, forward: str = "defaul
     index = {(e.anchor, e.positive): i for i, e in enumerate(trainer.examples)}
 
     def step(batch) -> None:
-        trainer.compute_gradients([index[p.anchor, p.positive] for p in batch])
-        trainer._optimizer_step(torch.tensor(0.0))
+        trainer._optimizer_step(trainer.compute_gradients([index[p.anchor, p.positive] for p in batch]))
     return step
 
 

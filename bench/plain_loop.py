@@ -108,15 +108,13 @@ def ours_step_fn(pairs, batch: int, seq: int, attention_dropout: float | None,
 
     packing=False: the model's padded forward in length-sorted chunks of CHUNK, as before packing.
     """
-    import torch
     from throughput import make_trainer
 
     trainer = make_trainer(pairs, batch, CHUNK, False, attention_dropout, steps=1000, seq=seq, packing=packing)
     index = {(e.anchor, e.positive): i for i, e in enumerate(trainer.examples)}
 
     def step(anchors: list[str], positives: list[str]) -> None:
-        trainer.compute_gradients([index[a, p] for a, p in zip(anchors, positives)])
-        trainer._optimizer_step(torch.tensor(0.0))
+        trainer._optimizer_step(trainer.compute_gradients([index[a, p] for a, p in zip(anchors, positives)]))
     return step
 
 

@@ -67,11 +67,8 @@ def make_trainer(pairs, batch_size: int, chunk: int | None, bf16: bool, attentio
 
 
 def timed_step(trainer, batch: list[int]) -> float:
-    import torch
-
     t0 = time.perf_counter()
-    trainer.compute_gradients(batch)
-    trainer._optimizer_step(torch.tensor(0.0))
+    trainer._optimizer_step(trainer.compute_gradients(batch))
     return time.perf_counter() - t0
 
 

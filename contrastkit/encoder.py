@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from contrastkit.devices import to_device
 from contrastkit.errors import ModelLoadError
 from contrastkit.packing import can_pack, packed_hidden_states, packed_pool, plan_packing
 from contrastkit.pooling import POOLING_MODES, pool
@@ -183,7 +184,8 @@ class Encoder(nn.Module):
         """Tokenize and pad to the longest text of `texts`, truncating at max_seq_length."""
         features = self.tokenizer(list(texts), padding=True, truncation=True,
                                   max_length=self.max_seq_length, return_tensors="pt")
-        return {k: v.to(self.device) for k, v in features.items()}
+        device = self.device
+        return {k: to_device(v, device) for k, v in features.items()}
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         """Tokenized batch → embeddings [B, D] (with a graph when grad is enabled)."""

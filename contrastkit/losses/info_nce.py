@@ -221,7 +221,7 @@ def _one_direction(sims: Tensor, id_mask: Tensor | None, temperature: float | Te
         else:
             uniform = -log_probs.masked_fill(masked, 0.0).sum(1) / (~masked).sum(1)
         losses = (1 - label_smoothing) * losses + label_smoothing * uniform
-    candidates = torch.tensor(sims.shape[0] * (sims.shape[1] - 1), device=sims.device)
+    candidates = sims.new_full((), sims.shape[0] * (sims.shape[1] - 1), dtype=torch.long)  # no host-to-device copy
     return losses.mean(), _count(id_mask, sims), _count(by_sim, sims), candidates
 
 

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from contrastkit.data import Pair
 from contrastkit.data.images import ImageCaption
+from contrastkit.devices import to_device
 from contrastkit.errors import ConfigError
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.losses import info_nce
@@ -51,7 +52,7 @@ from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradie
                                            join_ranks, leave_ranks)
 from contrastkit.train.grad_cache import (RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks,
                                          texts_per_forward)
-from contrastkit.train.optim import adamw, step_if_finite
+from contrastkit.train.optim import adamw, read_scalars, step_if_finite
 from contrastkit.train.sampler import no_duplicate_batches
 from contrastkit.train.trainer import TrainingError, known_positive_mask, lr_factor, positives_by_anchor
 
@@ -192,7 +193,7 @@ class DualTrainer:
 
         known = known_positive_mask([self._keys[i][0] for i in batch], [self._keys[i][1] for i in batch],
                                     self._positives_of)  # over the global batch, the order the gather gives
-        known = None if known is None else known.to(self.device)
+        known = None if known is None else to_device(known, self.device)
 
         def loss_on(queries: Tensor, documents: Tensor) -> Tensor:
             return clip_loss(gather_with_local_grad(queries, self.dist), gather_with_local_grad(documents, self.dist),
@@ -240,16 +241,20 @@ class DualTrainer:
                     break
                 started = time.perf_counter()
                 loss = self.compute_gradients(batch)
-                finite, grad_norm = step_if_finite(self.optimizer, loss, config.max_grad_norm)
-                self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
-                if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
-                    raise TrainingError(f"the loss or gradients were not finite for {self.nonfinite_in_a_row} steps "
-                                        f"in a row (last at step {self.step + 1}); lower lr")
+                result = step_if_finite(self.optimizer, loss, config.max_grad_norm)
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                record = {"step": self.step, "epoch": epoch, "loss": float(loss), "lr": self.scheduler.get_last_lr()[0],
-                          "logit_scale": float(self.model.logit_scale.detach()), "grad_norm": grad_norm,
+                # the step's numbers in one read from the device: the host waits for the GPU once a step
+                numbers = read_scalars({"loss": loss, "logit_scale": self.model.logit_scale.detach(),
+                                        "grad_norm": result.grad_norm, "skipped": result.skipped})
+                finite = not numbers["skipped"]
+                self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
+                if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
+                    raise TrainingError(f"the loss or gradients were not finite for {self.nonfinite_in_a_row} steps "
+                                        f"in a row (last at step {self.step}); lower lr")
+                record = {"step": self.step, "epoch": epoch, "loss": numbers["loss"], "lr": self.scheduler.get_last_lr()[0],
+                          "logit_scale": numbers["logit_scale"], "grad_norm": numbers["grad_norm"],
                           "skipped": not finite, "pairs_per_s": len(batch) / (time.perf_counter() - started)}
                 progress.update(1)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", scale=f"{record['logit_scale']:.1f}")

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from contrastkit.devices import index_on
+
 EmbedFn = Callable[[list], Tensor]  # texts (or images' pixel tensors) → embeddings [n, D], graph when grad is on
 
 
@@ -79,10 +81,8 @@ def length_sorted_chunks(lengths: Sequence[int], chunk_size: int | None) -> list
 
 def embed_in_chunks(embed_fn: EmbedFn, texts: Sequence, chunks: list[np.ndarray]) -> Tensor:
     """Embed `texts` (or any items) chunk by chunk (graphs kept) and return [N, D] in the original order."""
-    pieces = [embed_fn([texts[i] for i in chunk]) for chunk in chunks]
-    order = torch.as_tensor(np.concatenate(chunks))
-    out = torch.cat(pieces)
-    return out[torch.argsort(order)]
+    out = torch.cat([embed_fn([texts[i] for i in chunk]) for chunk in chunks])
+    return out[index_on(np.argsort(np.concatenate(chunks)), out.device)]
 
 
 def grad_cache_backward(embed_fn: EmbedFn | Sequence[EmbedFn], groups: Sequence[Sequence],
@@ -113,8 +113,8 @@ def grad_cache_backward(embed_fn: EmbedFn | Sequence[EmbedFn], groups: Sequence[
                 group_states.append(RandState())
                 pieces.append(embed_fn([texts[i] for i in chunk]))
             states.append(group_states)
-            order = torch.as_tensor(np.concatenate(group_chunks))
-            cached.append(torch.cat(pieces)[torch.argsort(order)])
+            embeddings = torch.cat(pieces)
+            cached.append(embeddings[index_on(np.argsort(np.concatenate(group_chunks)), embeddings.device)])
     after_first_pass = RandState()
 
     leaves = [e.detach().requires_grad_() for e in cached]
@@ -127,6 +127,6 @@ def grad_cache_backward(embed_fn: EmbedFn | Sequence[EmbedFn], groups: Sequence[
         for chunk, state in zip(group_chunks, group_states):
             state.restore()
             embeddings = embed_fn([texts[i] for i in chunk])
-            embeddings.backward(leaf.grad[torch.as_tensor(chunk)])
+            embeddings.backward(leaf.grad[index_on(chunk, leaf.grad.device)])
     after_first_pass.restore()
     return loss.detach()

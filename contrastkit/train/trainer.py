@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from contrastkit.data import Pair, load_beir, pairs_from_beir, read_pairs
 from contrastkit.data.subset import sample_indices
+from contrastkit.devices import to_device
 from contrastkit.encoder import Encoder, autocast
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
@@ -35,7 +36,7 @@ from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradie
 from contrastkit.train.evaluation import RetrievalEvaluator
 from contrastkit.train.grad_cache import (RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks,
                                          texts_per_forward)
-from contrastkit.train.optim import adamw, step_if_finite
+from contrastkit.train.optim import adamw, read_scalars, step_if_finite
 from contrastkit.train.sampler import no_duplicate_batches
 
 Evaluator = Callable[[Encoder], dict[str, float]]
@@ -248,17 +249,17 @@ class Trainer:
         config = self.config
         if config.loss == "infonce":
             text_ids: dict[str, int] = {}
-            ids = [torch.tensor([text_ids.setdefault(t, len(text_ids)) for t in g], device=self.device)
+            ids = [to_device(torch.tensor([text_ids.setdefault(t, len(text_ids)) for t in g]), self.device)
                    for g in groups]
             known = known_positive_mask(groups[0], [t for g in groups[1:] for t in g], self._positives_of)
-            known = None if known is None else known.to(self.device)
+            known = None if known is None else to_device(known, self.device)
             self._stats = {}
 
             def infonce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
                 out = self.loss_fn.with_stats(anchors, positives, negatives, anchor_ids=ids[0], positive_ids=ids[1],
                                               hard_negative_ids=ids[2] if negatives is not None else None,
                                               known_positives=known)
-                self._stats = {"masked": int(out.num_masked)}
+                self._stats = {"masked": out.num_masked.detach()}  # read with the step's other numbers
                 return out.loss
             return infonce
         if config.loss == "triplet":
@@ -379,7 +380,15 @@ class Trainer:
 
     def _optimizer_step(self, loss: Tensor) -> dict:
         config = self.config
-        finite, grad_norm = step_if_finite(self.optimizer, loss, config.max_grad_norm)
+        result = step_if_finite(self.optimizer, loss, config.max_grad_norm)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        temperature = getattr(self.loss_fn, "temperature", None)
+        # the step's numbers in one read from the device: the host waits for the GPU once a step
+        record = read_scalars({"loss": loss, "grad_norm": result.grad_norm, "skipped": result.skipped,
+                               "temperature": torch.as_tensor(temperature).detach() if temperature is not None
+                               else float("nan"), **getattr(self, "_stats", {})})
+        finite = not record["skipped"]
         if finite:
             self.nonfinite_in_a_row = 0
         else:
@@ -389,13 +398,10 @@ class Trainer:
                 raise TrainingError(
                     f"the loss or gradients were not finite for {self.nonfinite_in_a_row} steps in a row "
                     f"(last at step {self.step + 1}); lower lr, raise temperature or try --fp32")
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        temperature = getattr(self.loss_fn, "temperature", None)
-        return {"loss": float(loss), "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                "temperature": float(torch.as_tensor(temperature).detach()) if temperature is not None else float("nan"),
-                "skipped": not finite, "nonfinite_total": self.nonfinite_total,
-                **getattr(self, "_stats", {})}
+        if "masked" in record:
+            record["masked"] = int(record["masked"])
+        return {**record, "lr": self.scheduler.get_last_lr()[0], "skipped": not finite,
+                "nonfinite_total": self.nonfinite_total}
 
     def _log(self, log, writer, record: dict) -> None:
         log.write(json.dumps(record) + "\n")

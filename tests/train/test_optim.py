@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from contrastkit.train.optim import adamw, gradient_norm, step_if_finite
+from contrastkit.train.optim import adamw, gradient_norm, read_scalars, step_if_finite
 
 
 def _params(seed: int = 0) -> list[torch.nn.Parameter]:
@@ -42,22 +42,23 @@ def test_step_clips_like_clip_grad_norm():
     ours, reference = _params(), _params()
     norm_before = float(torch.nn.utils.clip_grad_norm_(reference, 0.5))
     torch.optim.SGD(reference, lr=1.0).step()
-    stepped, norm = step_if_finite(torch.optim.SGD(ours, lr=1.0), torch.tensor(1.0), max_grad_norm=0.5)
-    assert stepped and norm == pytest.approx(norm_before, rel=1e-6) and norm > 0.5  # it did clip
+    skipped, norm = step_if_finite(torch.optim.SGD(ours, lr=1.0), torch.tensor(1.0), max_grad_norm=0.5)
+    assert not skipped and float(norm) == pytest.approx(norm_before, rel=1e-6) and norm > 0.5  # it did clip
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a, b)
 
 
 def test_no_clipping_without_a_limit():
     params, start = _params(), [p.detach().clone() for p in _params()]
-    stepped, norm = step_if_finite(torch.optim.SGD(params, lr=1.0), torch.tensor(1.0), max_grad_norm=None)
-    assert stepped and norm > 1.0
+    skipped, norm = step_if_finite(torch.optim.SGD(params, lr=1.0), torch.tensor(1.0), max_grad_norm=None)
+    assert not skipped and norm > 1.0
     for p, s in zip(params, start):
         torch.testing.assert_close(p.detach(), s - p.grad)  # the whole gradient, unclipped
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["asked on the host (SGD)", "decided on the device (fused AdamW)"])
 @pytest.mark.parametrize("bad", ["loss", "inf grad", "nan grad"])
-def test_a_non_finite_loss_or_gradient_skips_the_step(bad):
+def test_a_non_finite_loss_or_gradient_skips_the_step(bad, fused):
     params = _params()
     if bad == "inf grad":
         params[2].grad[1, 2, 0] = math.inf
@@ -66,8 +67,55 @@ def test_a_non_finite_loss_or_gradient_skips_the_step(bad):
     start = [p.detach().clone() for p in params]
     grads = [p.grad.clone() for p in params]
     loss = torch.tensor(math.nan if bad == "loss" else 1.0)
-    stepped, _ = step_if_finite(torch.optim.SGD(params, lr=1.0), loss, max_grad_norm=1.0)
-    assert not stepped
+    optimizer = adamw([{"params": params}], lr=1.0, device=torch.device("cpu")) if fused else torch.optim.SGD(params, lr=1.0)
+    skipped, _ = step_if_finite(optimizer, loss, max_grad_norm=1.0)
+    assert skipped.dtype == torch.bool and bool(skipped)
+    assert not hasattr(optimizer, "found_inf")  # the flag is for that step only
     for p, s, g in zip(params, start, grads):
         assert torch.equal(p.detach(), s)
         torch.testing.assert_close(p.grad, g, rtol=0, atol=0, equal_nan=True)  # not scaled by a nan clip factor
+    if fused:  # no step counted, moments untouched: the next good step is the first step
+        assert all(float(state["step"]) == 0 and not state["exp_avg"].any() for state in optimizer.state.values())
+
+
+def test_a_skipped_fused_step_leaves_the_next_one_as_if_it_never_happened():
+    """Bad step then good step (fused, flag on the device) = the good step alone, clipped alike."""
+    skipping, reference = _params(), _params()
+    for p in skipping:
+        p.grad = p.grad.clone()
+    good = [p.grad.clone() for p in skipping]
+    skipping[1].grad[0] = math.nan
+    opt = adamw([{"params": skipping, "weight_decay": 0.01}], lr=1e-2, device=torch.device("cpu"))
+    ref = adamw([{"params": reference, "weight_decay": 0.01}], lr=1e-2, device=torch.device("cpu"))
+    assert bool(step_if_finite(opt, torch.tensor(1.0), max_grad_norm=0.5).skipped)
+    for p, g in zip(skipping, good):
+        p.grad = g.clone()
+    for optimizer in (opt, ref):
+        assert not bool(step_if_finite(optimizer, torch.tensor(1.0), max_grad_norm=0.5).skipped)
+    for a, b, start in zip(skipping, reference, _params()):
+        assert not torch.equal(a, start)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_read_scalars_reads_tensors_and_numbers_in_the_order_given():
+    values = {"loss": torch.tensor(0.25), "count": torch.tensor(7), "skipped": torch.tensor(True),
+              "lr": 1e-3, "norm": torch.tensor([2.5])}
+    assert read_scalars(values) == {"loss": 0.25, "count": 7.0, "skipped": 1.0, "lr": 1e-3, "norm": 2.5}
+    assert list(read_scalars(values)) == list(values)
+    assert read_scalars({"lr": 2}) == {"lr": 2.0}
+
+
+def test_the_fused_step_never_reads_a_tensor_on_the_host(monkeypatch):
+    """On a GPU each such read waits for the device: the fused path decides on the device alone."""
+    params = _params()
+    optimizer = adamw([{"params": params}], lr=1e-2, device=torch.device("cpu"))
+    start = [p.detach().clone() for p in params]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was read on the host")
+
+    for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    step_if_finite(optimizer, torch.tensor(1.0), max_grad_norm=0.5)
+    monkeypatch.undo()
+    assert all(not torch.equal(p, s) for p, s in zip(params, start))
