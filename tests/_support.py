@@ -90,11 +90,11 @@ def naive_similarity(x: list[float], y: list[float], kind: str) -> float:
 
 
 def record_chunk_sizes(monkeypatch, module) -> list:
-    """Wrap `module`'s length_sorted_chunks so each call's chunk size is appended to the returned list."""
-    real, seen = module.length_sorted_chunks, []
+    """Wrap `module`'s forward_chunks so each call's texts per forward is appended to the returned list."""
+    real, seen = module.forward_chunks, []
 
-    def spy(lengths, chunk):
-        seen.append(chunk)
-        return real(lengths, chunk)
-    monkeypatch.setattr(module, "length_sorted_chunks", spy)
+    def spy(count, per_forward, lengths):
+        seen.append(per_forward)
+        return real(count, per_forward, lengths)
+    monkeypatch.setattr(module, "forward_chunks", spy)
     return seen

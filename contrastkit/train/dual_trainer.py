@@ -50,7 +50,7 @@ from contrastkit.train.checkpoint import list_checkpoints, restore_optimization,
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, gather_with_local_grad,
                                            join_ranks, leave_ranks)
-from contrastkit.train.grad_cache import (RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks,
+from contrastkit.train.grad_cache import (RandState, embed_in_chunks, forward_chunks, grad_cache_backward,
                                          texts_per_forward)
 from contrastkit.train.optim import adamw, read_scalars, step_if_finite
 from contrastkit.train.sampler import no_duplicate_batches
@@ -199,9 +199,9 @@ class DualTrainer:
             return clip_loss(gather_with_local_grad(queries, self.dist), gather_with_local_grad(documents, self.dist),
                              self.model.logit_scale, known)
 
-        chunks = [length_sorted_chunks(self.model.lengths(side, g), texts_per_forward(
-            self.config.mini_batch_size, self.config.chunk_size, self.model.packs(side), self.device))
-            for side, g in zip(SIDES, groups)]
+        chunks = [forward_chunks(len(g), texts_per_forward(self.config.mini_batch_size, self.config.chunk_size,
+                                                          self.model.packs(side), self.device),
+                                 functools.partial(self.model.lengths, side, g)) for side, g in zip(SIDES, groups)]
         embed_fns = [functools.partial(self.model.embed_prepared, side) for side in SIDES]
         if self.config.mini_batch_size:
             loss = grad_cache_backward(embed_fns, groups, chunks, loss_on)

@@ -79,8 +79,30 @@ def length_sorted_chunks(lengths: Sequence[int], chunk_size: int | None) -> list
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
+def forward_chunks(count: int, per_forward: int | None, lengths: Callable[[], Sequence[int]]) -> list[np.ndarray]:
+    """The chunks of indices a group of `count` items is embedded in (see `texts_per_forward`).
+
+    When one call takes the whole group (`per_forward` None or at least `count`) the group goes in
+    its own order: a padded call pads to its longest text whatever the order, and the packed
+    forward sorts for itself. Then `lengths` (a tokenizer pass over the group) is never called.
+    Else `length_sorted_chunks` of `lengths()`.
+    """
+    if count == 0:
+        return []
+    if per_forward is None or per_forward >= count:
+        return [np.arange(count)]
+    return length_sorted_chunks(lengths(), per_forward)
+
+
+def _in_order(chunks: Sequence[np.ndarray], count: int) -> bool:
+    """True when the chunks are one chunk holding 0..count-1 in order (nothing to put back in place)."""
+    return len(chunks) == 1 and len(chunks[0]) == count and bool((chunks[0] == np.arange(count)).all())
+
+
 def embed_in_chunks(embed_fn: EmbedFn, texts: Sequence, chunks: list[np.ndarray]) -> Tensor:
     """Embed `texts` (or any items) chunk by chunk (graphs kept) and return [N, D] in the original order."""
+    if _in_order(chunks, len(texts)):
+        return embed_fn(list(texts))
     out = torch.cat([embed_fn([texts[i] for i in chunk]) for chunk in chunks])
     return out[index_on(np.argsort(np.concatenate(chunks)), out.device)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import json
 import shutil
 import math
@@ -34,7 +35,7 @@ from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, describe_failure,
                                            gather_with_local_grad, join_ranks, leave_ranks)
 from contrastkit.train.evaluation import RetrievalEvaluator
-from contrastkit.train.grad_cache import (RandState, embed_in_chunks, grad_cache_backward, length_sorted_chunks,
+from contrastkit.train.grad_cache import (RandState, embed_in_chunks, forward_chunks, grad_cache_backward,
                                          texts_per_forward)
 from contrastkit.train.optim import adamw, read_scalars, step_if_finite
 from contrastkit.train.sampler import no_duplicate_batches
@@ -294,7 +295,7 @@ class Trainer:
             return global_loss(*(gather_with_local_grad(e, self.dist) for e in local_embeddings))
 
         per_forward = self._texts_per_forward()
-        chunks = [length_sorted_chunks(self._token_length(g), per_forward) for g in local]
+        chunks = [forward_chunks(len(g), per_forward, functools.partial(self._token_length, g)) for g in local]
         if self.config.mini_batch_size:
             loss = grad_cache_backward(self._embed, local, chunks, loss_on)
         else:

@@ -1,12 +1,14 @@
 """Gradient caching must give the parameter gradients of the uncached step (float64, to 1e-8)."""
 
+import numpy as np
 import pytest
 import torch
 
 from contrastkit.encoder import Encoder
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.losses import info_nce
-from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks, texts_per_forward
+from contrastkit.train.grad_cache import (embed_in_chunks, forward_chunks, grad_cache_backward, length_sorted_chunks,
+                                         texts_per_forward)
 
 WORDS = "lift drag wing shock boundary layer flow heat transfer pressure nozzle jet flutter panel".split()
 
@@ -129,3 +131,35 @@ def test_texts_per_forward_chunks_only_a_padded_forward_on_the_cpu():
     assert texts_per_forward(None, None, packs=False, device=cpu) is None
     assert texts_per_forward(None, 16, packs=True, device=cpu) is None   # packed: the encoder's own slabs
     assert texts_per_forward(None, 16, packs=False, device=gpu) is None  # a GPU: one call per group
+
+
+def test_forward_chunks_tokenizes_only_when_it_cuts_chunks():
+    """One call for the whole group: in order, and no tokenizer pass for lengths (a GPU step is host-bound)."""
+    asked = []
+
+    def lengths():
+        asked.append(True)
+        return [3, 9, 5, 9, 1]
+
+    for per_forward in (None, 5, 8):
+        chunks = forward_chunks(5, per_forward, lengths)
+        assert len(chunks) == 1 and chunks[0].tolist() == [0, 1, 2, 3, 4]
+    assert not asked
+    assert [c.tolist() for c in forward_chunks(5, 2, lengths)] == [[1, 3], [2, 0], [4]]  # longest first, stable
+    assert len(asked) == 1
+    assert forward_chunks(0, None, lengths) == [] and forward_chunks(0, 2, lambda: []) == []
+
+
+def test_embed_in_chunks_in_order_is_one_plain_call():
+    calls = []
+
+    def embed(items):
+        calls.append(list(items))
+        return torch.tensor([[float(x)] for x in items])
+
+    items = [4, 7, 1]
+    out = embed_in_chunks(embed, items, forward_chunks(3, None, lambda: [1, 1, 1]))
+    assert calls == [[4, 7, 1]] and out.flatten().tolist() == [4.0, 7.0, 1.0]
+    calls.clear()
+    out = embed_in_chunks(embed, items, [np.array([2, 0]), np.array([1])])  # chunks put back in place
+    assert calls == [[1, 4], [7]] and out.flatten().tolist() == [4.0, 7.0, 1.0]
