@@ -211,11 +211,19 @@ class Encoder(nn.Module):
         embeddings = packed_pool(packed_hidden_states(self.model, plan), plan, self.pooling)
         return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
 
-    def token_lengths(self, texts: Sequence[str]) -> list[int]:
-        """Token count of each text after truncation (special tokens included)."""
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length,
-                                 add_special_tokens=True)
-        return [len(ids) for ids in encoded["input_ids"]]
+    def token_lengths(self, texts: Sequence[str], block: int = 4096) -> list[int]:
+        """Token count of each text after truncation (special tokens included).
+
+        Tokenized `block` texts at a time, ids only: a million-document corpus would otherwise hold
+        every text's ids, mask and type ids as Python lists at once, gigabytes for a list of numbers.
+        """
+        lengths: list[int] = []
+        for start in range(0, len(texts), block):
+            encoded = self.tokenizer(list(texts[start:start + block]), truncation=True,
+                                     max_length=self.max_seq_length, add_special_tokens=True,
+                                     return_attention_mask=False, return_token_type_ids=False)
+            lengths.extend(len(ids) for ids in encoded["input_ids"])
+        return lengths
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = False,

@@ -122,6 +122,22 @@ def test_max_seq_length_truncates(tiny_model_dir):
                                atol=1e-6)
 
 
+def test_token_lengths_are_counted_block_by_block(tiny_encoder, monkeypatch):
+    texts = [" ".join(["word"] * n) for n in range(1, 12)]
+    whole = [len(ids) for ids in tiny_encoder.tokenizer(texts, truncation=True, max_length=64)["input_ids"]]
+    calls = []
+    real = tiny_encoder.tokenizer.__class__.__call__
+
+    def spy(self, batch, **kwargs):
+        calls.append(len(batch))
+        return real(self, batch, **kwargs)
+
+    monkeypatch.setattr(tiny_encoder.tokenizer.__class__, "__call__", spy)
+    assert tiny_encoder.token_lengths(texts, block=4) == whole
+    assert calls == [4, 4, 3]
+    assert tiny_encoder.token_lengths([]) == []
+
+
 def test_prompt_is_prepended(tiny_encoder):
     np.testing.assert_allclose(tiny_encoder.encode(["x"], prompt="query: "), tiny_encoder.encode(["query: x"]),
                                atol=1e-6)
