@@ -76,7 +76,7 @@ def training_pairs(setting: dict | None = None):
 
 
 def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | None = None,
-               fast_dropout: bool = True) -> tuple[int, float]:
+               fast_dropout: bool = True, refill_epochs: bool = False) -> tuple[int, float]:
     from contrastkit.encoder import Encoder
     from contrastkit.train import TrainConfig, Trainer
 
@@ -87,7 +87,8 @@ def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | No
                          checkpoint_every=10_000, show_progress=False, attention_dropout=attention_dropout,
                          report=False, health_sample=0,  # the training alone: ST's trainer writes no report
                          mask_known_positives=False,  # ST's MNRL masks nothing: the same loss
-                         fast_dropout=fast_dropout)  # the same Bernoulli masks, drawn faster (our default)
+                         fast_dropout=fast_dropout,  # the same Bernoulli masks, drawn faster (our default)
+                         refill_epochs=refill_epochs)
     trainer = Trainer(config, encoder, pairs)
     t0 = time.perf_counter()
     trainer.train()

@@ -49,6 +49,9 @@ class TrainConfig:
                                         # (contrastkit/packing.py): forward in length-sorted chunks (None: one
                                         # pass). A GPU takes each group in one pass (train/grad_cache.py)
     drop_last: bool = True
+    refill_epochs: bool = False         # epochs of len // batch_size batches even when no-duplicate batching
+                                        # leaves pairs that cannot fill one (reshuffled passes, as
+                                        # sentence-transformers' sampler; some pairs twice an epoch)
     group_by_source: bool = False       # each batch from one source: a pair's "source" field, else its data file
     # optimisation
     epochs: int = 1

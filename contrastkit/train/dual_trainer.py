@@ -166,7 +166,7 @@ class DualTrainer:
 
     def _batches(self, epoch: int) -> list[list[int]]:
         return no_duplicate_batches(self._keys, self.config.batch_size, self.config.seed, epoch,
-                                    drop_last=self.config.drop_last)
+                                    drop_last=self.config.drop_last, refill=self.config.refill_epochs)
 
     def _schedule(self) -> Iterator[tuple[int, list[int]]]:
         """(epoch, global batch) for every step of the run, epoch after epoch."""

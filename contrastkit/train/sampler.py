@@ -7,14 +7,25 @@ from collections.abc import Sequence
 import numpy as np
 
 
+REFILL_PASSES = 3  # at most this many extra shuffled passes to refill an epoch (refill=True)
+
+
 def no_duplicate_batches(texts_per_example: Sequence[Sequence[str]], batch_size: int, seed: int, epoch: int,
-                         *, drop_last: bool = True, sources: Sequence[str] | None = None) -> list[list[int]]:
+                         *, drop_last: bool = True, sources: Sequence[str] | None = None,
+                         refill: bool = False) -> list[list[int]]:
     """Shuffle examples and cut batches in which no text (anchor, positive or negative) repeats.
 
     Two examples that share a text would be each other's in-batch negative while being about the same
     thing: a false negative. An example that clashes waits for a later batch (as sentence-transformers'
     NoDuplicatesBatchSampler). With `sources`, each batch holds examples of one source only (one data
     set per batch, so negatives are not trivially easy). Deterministic in (seed, epoch).
+
+    Data with many pairs per text (a query with several relevant documents) leave examples at the
+    end of a pass that cannot fill a batch; with drop_last they are dropped, so an epoch may have
+    fewer than len // batch_size batches. `refill` (with drop_last) then cuts more full batches from
+    further shuffled passes until the epoch has len // batch_size of them (per source), as
+    sentence-transformers' sampler does since v6: the same number of steps as a tool that counts
+    steps that way, at the price of some examples twice in the epoch (never twice in a batch).
 
     Returns the batches as lists of example indices; a last incomplete batch is kept unless drop_last.
     """
@@ -28,7 +39,14 @@ def no_duplicate_batches(texts_per_example: Sequence[Sequence[str]], batch_size:
         pools = [list(rng.permutation(idx)) for _, idx in sorted(by_source.items())]
     batches: list[list[int]] = []
     for pool in pools:
-        batches.extend(_batches_of(pool, texts_per_example, batch_size, drop_last))
+        pool_batches = _batches_of(pool, texts_per_example, batch_size, drop_last)
+        wanted = len(pool) // batch_size
+        for _ in range(REFILL_PASSES if refill and drop_last else 0):
+            if len(pool_batches) >= wanted:
+                break
+            more = _batches_of(list(rng.permutation(pool)), texts_per_example, batch_size, drop_last)
+            pool_batches.extend(more[:wanted - len(pool_batches)])
+        batches.extend(pool_batches)
     if sources is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches

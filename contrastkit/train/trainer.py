@@ -229,7 +229,8 @@ class Trainer:
         texts = [(ex.anchor, ex.positive, *ex.negatives[:k]) for ex in self.examples]
         sources = [ex.source or "" for ex in self.examples] if self.config.group_by_source else None
         return no_duplicate_batches(texts, self.config.batch_size, self.config.seed, epoch,
-                                    drop_last=self.config.drop_last, sources=sources)
+                                    drop_last=self.config.drop_last, sources=sources,
+                                    refill=self.config.refill_epochs)
 
     def _token_length(self, texts: Sequence[str]) -> list[int]:
         missing = [t for t in dict.fromkeys(texts) if t not in self._lengths]

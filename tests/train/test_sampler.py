@@ -83,3 +83,39 @@ def test_a_pass_reads_each_example_about_once():
     batches = no_duplicate_batches(texts, 64, seed=0, epoch=0)
     assert len(batches) == 20_000 // 64
     assert texts.reads < 2 * len(texts)
+
+
+def _queries_with_many_documents(n_queries: int = 10, docs_each: int = 4) -> list[tuple[str, str]]:
+    """Each query paired with several documents (Cranfield's shape): the end of a pass cannot fill a batch."""
+    pairs = [(f"q{q}", f"d{q}-{k}") for q in range(n_queries) for k in range(docs_each)]
+    pairs += [("q0", f"d0-extra{k}") for k in range(12)]  # q0 in 16 pairs, the others in 36: at most 5 batches of 8
+    return pairs
+
+
+def test_refill_gives_an_epoch_of_len_over_batch_size_full_batches():
+    texts = _queries_with_many_documents()  # 52 pairs, batch 8: 6 wanted
+    plain = no_duplicate_batches(texts, 8, seed=0, epoch=0)
+    refilled = no_duplicate_batches(texts, 8, seed=0, epoch=0, refill=True)
+    assert len(plain) < len(texts) // 8 == len(refilled)
+    assert refilled[:len(plain)] == plain  # the first pass is untouched; refills come after it
+    for batch in refilled:
+        assert len(batch) == 8
+        seen = [t for i in batch for t in texts[i]]
+        assert len(seen) == len(set(seen)), batch  # still no text twice in a batch
+    assert refilled == no_duplicate_batches(texts, 8, seed=0, epoch=0, refill=True)  # deterministic
+
+
+def test_refill_changes_nothing_when_the_pass_fills_the_epoch_or_without_drop_last():
+    texts = [(f"q{i}", f"d{i}") for i in range(50)]
+    assert no_duplicate_batches(texts, 8, seed=3, epoch=1, refill=True) == no_duplicate_batches(texts, 8, seed=3, epoch=1)
+    many = _queries_with_many_documents()
+    assert (no_duplicate_batches(many, 8, seed=0, epoch=0, drop_last=False, refill=True)
+            == no_duplicate_batches(many, 8, seed=0, epoch=0, drop_last=False))
+
+
+def test_refill_works_source_by_source():
+    texts = _queries_with_many_documents() + [(f"x{i}", f"y{i}") for i in range(16)]
+    sources = ["a"] * 52 + ["b"] * 16
+    batches = no_duplicate_batches(texts, 8, seed=0, epoch=0, sources=sources, refill=True)
+    assert sorted(sources[b[0]] for b in batches) == ["a"] * 6 + ["b"] * 2
+    assert all(len({sources[i] for i in b}) == 1 for b in batches)

@@ -83,6 +83,18 @@ def test_a_packing_encoder_takes_each_group_whole_unless_caching(tiny_model_dir,
     assert seen == [None, None, 2, 2, 4, 4]
 
 
+def test_refill_epochs_gives_the_steps_of_len_over_batch_size(tiny_model_dir, tmp_path):
+    """Queries with several documents leave pairs no batch can take: refill_epochs tops the epoch up."""
+    from contrastkit.data import Pair
+
+    pairs = [Pair(anchor=f"query {q}", positive=f"document {q} {k}") for q in range(10) for k in range(4)]
+    pairs += [Pair(anchor="query 0", positive=f"document 0 extra {k}") for k in range(12)]  # 52: at most 5 full batches
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    steps = {refill: Trainer(config(tmp_path, max_steps=None, epochs=2, refill_epochs=refill), encoder, pairs).total_steps
+             for refill in (False, True)}
+    assert steps[False] < steps[True] == 2 * (52 // 8)
+
+
 def test_checkpoints_are_pruned_and_complete(tiny_model_dir, tmp_path):
     encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
     (tmp_path / "run" / "checkpoints" / ".tmp-checkpoint-00000099-1").mkdir(parents=True)  # a killed write
