@@ -24,8 +24,9 @@ def no_duplicate_batches(texts_per_example: Sequence[Sequence[str]], batch_size:
     end of a pass that cannot fill a batch; with drop_last they are dropped, so an epoch may have
     fewer than len // batch_size batches. `refill` (with drop_last) then cuts more full batches from
     further shuffled passes until the epoch has len // batch_size of them (per source), as
-    sentence-transformers' sampler does since v6: the same number of steps as a tool that counts
-    steps that way, at the price of some examples twice in the epoch (never twice in a batch).
+    sentence-transformers' NoDuplicatesBatchSampler does (6.2 here): the same number of steps as
+    a tool that counts steps that way, at the price of some examples twice in the epoch (never
+    twice in a batch).
 
     Returns the batches as lists of example indices; a last incomplete batch is kept unless drop_last.
     """
