@@ -41,19 +41,17 @@ def main() -> None:
 
     setting = vs.SETTINGS[args.setting]
     sample = vs.training_pairs(setting)  # seed 0's sample: the data stay fixed, only the training seed moves
-    vs.training_pairs = lambda _setting=None: sample
     test = load_beir(SHARED / setting["data"], "test")
     rows = []
     for seed in args.seeds:
-        vs.SEED = seed
         for tool in args.tools:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "model"
                 if tool == "ours":
                     pairs, _ = vs.train_ours(setting, args.max_seq_length, out, args.attention_dropout,
-                                             refill_epochs=args.refill_epochs)
+                                             refill_epochs=args.refill_epochs, seed=seed, pairs=sample)
                 else:
-                    pairs, _ = vs.train_st(setting, args.max_seq_length, out)
+                    pairs, _ = vs.train_st(setting, args.max_seq_length, out, seed=seed, pairs=sample)
                 metrics = evaluate_retrieval(Encoder.from_pretrained(out, max_seq_length=256), test,
                                              show_progress=False).metrics
             rows.append({"seed": seed, "tool": tool, "steps": pairs // setting["batch"], "ndcg@10": metrics["ndcg@10"]})

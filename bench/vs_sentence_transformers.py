@@ -76,14 +76,16 @@ def training_pairs(setting: dict | None = None):
 
 
 def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | None = None,
-               fast_dropout: bool = True, refill_epochs: bool = False) -> tuple[int, float]:
+               fast_dropout: bool = True, refill_epochs: bool = False, seed: int = SEED,
+               pairs: list | None = None) -> tuple[int, float]:
+    """Train ours on `pairs` (default: the setting's) with training seed `seed`; (pairs trained, seconds)."""
     from contrastkit.encoder import Encoder
     from contrastkit.train import TrainConfig, Trainer
 
-    pairs = training_pairs(setting)
+    pairs = training_pairs(setting) if pairs is None else pairs
     encoder = Encoder.from_pretrained("default", max_seq_length=seq)
     config = TrainConfig(data="-", output_dir=str(out), batch_size=setting["batch"], mini_batch_size=setting["mini_batch"],
-                         chunk_size=16, epochs=EPOCHS, lr=LR, temperature=1 / SCALE, warmup_ratio=WARMUP, seed=SEED,
+                         chunk_size=16, epochs=EPOCHS, lr=LR, temperature=1 / SCALE, warmup_ratio=WARMUP, seed=seed,
                          checkpoint_every=10_000, show_progress=False, attention_dropout=attention_dropout,
                          report=False, health_sample=0,  # the training alone: ST's trainer writes no report
                          mask_known_positives=False,  # ST's MNRL masks nothing: the same loss
@@ -96,7 +98,8 @@ def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | No
 
 
 def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None = None,
-             epochs: int = EPOCHS, bf16: bool = False) -> tuple[int, float]:
+             epochs: int = EPOCHS, bf16: bool = False, seed: int = SEED,
+             pairs: list | None = None) -> tuple[int, float]:
     # attention_dropout is ours alone: sentence-transformers trains with the model's own dropout
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
@@ -105,7 +108,7 @@ def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None
 
     from contrastkit.encoder import default_model_path
 
-    pairs = training_pairs(setting)
+    pairs = training_pairs(setting) if pairs is None else pairs
     model = SentenceTransformer(str(default_model_path()), device="cpu")
     model.max_seq_length = seq
     data = Dataset.from_dict({"anchor": [p.anchor for p in pairs], "positive": [p.positive for p in pairs]})
@@ -115,7 +118,7 @@ def train_st(setting: dict, seq: int, out: Path, attention_dropout: float | None
         loss = losses.MultipleNegativesRankingLoss(model, scale=SCALE)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "st-work"), per_device_train_batch_size=setting["batch"], num_train_epochs=epochs,
-        learning_rate=LR, warmup_ratio=WARMUP, seed=SEED, batch_sampler=BatchSamplers.NO_DUPLICATES,
+        learning_rate=LR, warmup_ratio=WARMUP, seed=seed, batch_sampler=BatchSamplers.NO_DUPLICATES,
         save_strategy="no", report_to="none", logging_steps=10, dataloader_drop_last=True, use_cpu=True, bf16=bf16)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
     t0 = time.perf_counter()
