@@ -6,6 +6,9 @@ feed-forward and projection layers, layer norms and dropout, the way unpadded BE
 (Zeng et al. 2022, "Boosting Distributed Training Performance of the Unpadded BERT Model"; FlashAttention's
 varlen path). Only attention needs texts side by side: each slab of similar-length texts is scattered
 into a padded [b, T, 3D] block for PyTorch's fused scaled-dot-product attention and gathered back.
+With dropout on the attention probabilities and the trainer's CPU dropout (contrastkit.fast_dropout),
+attention is written out instead (`attend_with_dropout`): PyTorch's kernel would then run its unfused
+path and draw the mask with its slower `bernoulli_`.
 
 Texts are sorted longest first and cut into slabs of at most `slab_tokens` padded positions
 (b · T ≤ slab_tokens), so a slab's activations stay small enough for the CPU's caches between one
@@ -28,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from contrastkit.fast_dropout import FastDropout
 
 # padded positions per slab; in a round-robin of forward + backward on 64 debian pairs (docs/training.md)
 # 1,024-4,096 ran within 4 % of each other, 512 and one slab for the whole batch 7-9 % slower
@@ -158,6 +163,22 @@ def _fused_qkv(layer: nn.Module) -> tuple[Tensor, Tensor]:
             torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]))
 
 
+def attend_with_dropout(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, dropout: nn.Module,
+                        scale: float) -> Tensor:
+    """Scaled dot-product attention with dropout on the probabilities (Vaswani et al. 2017):
+
+        A = dropout(softmax(s · q kᵀ, keys where key_mask is False at -inf)),    out = A v
+
+    q, k, v [b, h, T, d]; key_mask [b, 1, 1, T] True at real tokens. The math of PyTorch's unfused
+    path with `dropout` (the trainer's FastDropout) drawing the mask: on the 2-core CPU here torch's
+    `bernoulli_` on the [b, h, T, T] probabilities took 9 % of a Cranfield batch-32 step, more than
+    the attention's matrix multiplies (bench/profile_step.py).
+    """
+    scores = torch.matmul(q * scale, k.transpose(-2, -1))  # scaled on [.., T, d], not on [.., T, T]
+    scores = scores.masked_fill_(~key_mask, float("-inf"))  # every text has a real token: no empty row
+    return torch.matmul(dropout(torch.softmax(scores, dim=-1)), v)
+
+
 def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
     """BertAttention's self-attention on a slab's packed rows: [n, D] → [n, D] (before the output projection)."""
     attention = layer.attention.self
@@ -168,8 +189,11 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     # select's backward would zero a whole [b, T, 3D] block and the three would then be summed
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
     dropout = attention.dropout.p if attention.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=slab.key_mask, dropout_p=dropout,
-                                         scale=attention.scaling)
+    if dropout > 0.0 and isinstance(attention.dropout, FastDropout) and x.device.type == "cpu":
+        out = attend_with_dropout(q, k, v, slab.key_mask, attention.dropout, attention.scaling)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=slab.key_mask, dropout_p=dropout,
+                                             scale=attention.scaling)
     return _ToPacked.apply(out.transpose(1, 2).reshape(b * width, heads * head_size), slab.slots, slab.pad_slots)
 
 

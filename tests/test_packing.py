@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import contrastkit.packing as packing_module
 from contrastkit.encoder import Encoder
-from contrastkit.packing import _padded_block, can_pack, packed_hidden_states, plan_packing
+from contrastkit.fast_dropout import FastDropout, drop_threshold, keep_mask, use_fast_dropout
+from contrastkit.packing import _padded_block, attend_with_dropout, can_pack, packed_hidden_states, plan_packing
 from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
 
 TEXTS = ["a", "shock waves in a supersonic nozzle with a long and winding description of the flow",
@@ -181,9 +183,65 @@ def test_bf16_autocast_stays_close(tiny_encoder):
     torch.testing.assert_close(packed.float(), padded.float(), rtol=0, atol=3e-2)
 
 
-def test_gradient_caching_through_the_packed_forward_equals_the_uncached_step(tiny_model_dir):
-    """float64, dropout on: the cached step replays each chunk's dropout masks in the packed forward."""
+def attention_inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """q, k, v [3 texts, 2 heads, 5 positions, 4] in float64 and a key mask (lengths 5, 3, 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(3, 2, 5, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+               for _ in range(3))
+    key_mask = (torch.arange(5)[None, :] < torch.tensor([5, 3, 1])[:, None])[:, None, None, :]
+    return q, k, v, key_mask
+
+
+def test_attention_without_dropout_is_pytorchs_attention():
+    q, k, v, key_mask = attention_inputs()
+    ours = attend_with_dropout(q, k, v, key_mask, FastDropout(0.3).eval(), 0.7)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=0.7)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_attention_dropout_drops_probabilities_with_the_fast_masks_and_their_gradient():
+    """out = (softmax(masked s·qkᵀ) · keep / (1 - p')) v, keep drawn by keep_mask from the same seed."""
+    q, k, v, key_mask = attention_inputs()
+    torch.manual_seed(5)
+    ours = attend_with_dropout(q, k, v, key_mask, FastDropout(0.3).train(), 0.7)
+    torch.manual_seed(5)
+    keep = keep_mask((3, 2, 5, 5), 0.3)
+    scores = (0.7 * q @ k.transpose(-2, -1)).masked_fill(~key_mask, float("-inf"))
+    reference = (torch.softmax(scores, -1) * keep / drop_threshold(0.3)[1]) @ v
+    assert 0.1 < 1 - keep.double().mean() < 0.5  # something was dropped, not everything
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad((ours * weights).sum(), (q, k, v))
+    reference_grads = torch.autograd.grad((reference * weights).sum(), (q, k, v))
+    for mine, theirs in zip(ours_grads, reference_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_the_trainers_dropout_takes_the_written_out_attention_and_torchs_the_fused_one(tiny_encoder, monkeypatch):
+    calls = []
+    monkeypatch.setattr(packing_module, "attend_with_dropout",
+                        lambda *args: calls.append(1) or attend_with_dropout(*args))
+    tiny_encoder.train()
+    with torch.no_grad():
+        tiny_encoder.embed(TEXTS)
+        assert not calls  # nn.Dropout: PyTorch's attention draws its own mask
+        use_fast_dropout(tiny_encoder)
+        tiny_encoder.embed(TEXTS)
+        assert len(calls) == 2  # the tiny model's two layers; eight short texts make one slab
+        tiny_encoder.eval()
+        tiny_encoder.embed(TEXTS)
+        assert len(calls) == 2  # no dropout out of training: the fused kernel
+
+
+@pytest.mark.parametrize("fast_dropout", [False, True], ids=["torch-dropout", "fast-dropout"])
+def test_gradient_caching_through_the_packed_forward_equals_the_uncached_step(tiny_model_dir, fast_dropout):
+    """float64, dropout on: the cached step replays each chunk's dropout masks in the packed forward.
+
+    With fast_dropout the attention's probabilities too are dropped by FastDropout (attend_with_dropout).
+    """
     encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=64).double()
+    if fast_dropout:
+        use_fast_dropout(encoder)
     encoder.train()
     groups = [TEXTS[:4], TEXTS[4:]]
     chunks = [length_sorted_chunks(encoder.token_lengths(g), 2) for g in groups]
