@@ -174,8 +174,11 @@ def attend_with_dropout(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, dropo
     `bernoulli_` on the [b, h, T, T] probabilities took 9 % of a Cranfield batch-32 step, more than
     the attention's matrix multiplies (bench/profile_step.py).
     """
-    scores = torch.matmul(q * scale, k.transpose(-2, -1))  # scaled on [.., T, d], not on [.., T, T]
-    scores = scores.masked_fill_(~key_mask, float("-inf"))  # every text has a real token: no empty row
+    # scaled on [.., T, d], not on [.., T, T]; padding keys get -inf added (every text has a real
+    # token, so no row is empty): an added constant's backward passes the gradient as it is, where
+    # masked_fill's would mask it again (softmax's gradient is already 0 there)
+    key_bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~key_mask, float("-inf"))
+    scores = torch.matmul(q * scale, k.transpose(-2, -1)).add_(key_bias)
     return torch.matmul(dropout(torch.softmax(scores, dim=-1)), v)
 
 
