@@ -34,7 +34,8 @@ def train_steps(model: str, pairs, device: str, mini_batch: int | None, steps: i
             module.p = 0.0
     config = TrainConfig(data="-", output_dir="/tmp/contrastkit-gpu-check", device=device, batch_size=batch,
                          mini_batch_size=mini_batch, attention_dropout=0.0, max_steps=steps, show_progress=False,
-                         warmup_ratio=0.0, report=False, health_sample=0, lr=1e-4, seed=0)
+                         warmup_ratio=0.0, report=False, health_sample=0, lr=1e-4, seed=0,
+                         bf16=False)  # fp32 on both devices: the comparison is of the same arithmetic
     trainer = Trainer(config, encoder, pairs)
     encoder.train()
     losses = []

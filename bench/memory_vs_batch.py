@@ -26,7 +26,8 @@ def one_step(batch: int, mini_batch: int, seq: int) -> dict:
     pairs = debian_pairs(batch)
     encoder = Encoder.from_pretrained("default", max_seq_length=seq)
     config = TrainConfig(data="-", output_dir="/tmp/contrastkit-bench-memory", batch_size=batch,
-                         mini_batch_size=mini_batch, max_steps=1, show_progress=False, warmup_ratio=0.0)
+                         mini_batch_size=mini_batch, max_steps=1, show_progress=False, warmup_ratio=0.0,
+                         bf16=False)  # fp32, as the earlier figures
     trainer = Trainer(config, encoder, pairs)
     baseline = peak_rss_gb()
     encoder.train()

@@ -18,7 +18,7 @@ Default model, debian-packages train pairs (short: queries of about 11 tokens, d
 about 70), batch 64, max_seq_length 128. Each row's pairs/s and its ratio to sentence-transformers'
 fp32 step (its best setting on this CPU, with the model's attention dropout and with none) and to the probe.
 
-    .venv/bin/python bench/plain_loop.py [--steps 5] [--batch 64]
+    .venv/bin/python bench/plain_loop.py [--steps 5] [--batch 64] [--out plain_loop]
 """
 
 from __future__ import annotations
@@ -103,14 +103,15 @@ def st_step_fn(seq: int, bf16: bool, attention_dropout: float | None = None, mod
 
 
 def ours_step_fn(pairs, batch: int, seq: int, attention_dropout: float | None,
-                 packing: bool = True) -> Callable[[list, list], None]:
+                 packing: bool = True, bf16: bool = False) -> Callable[[list, list], None]:
     """contrastkit's Trainer step (compute_gradients + optimizer step) with its defaults otherwise.
 
     packing=False: the model's padded forward in length-sorted chunks of CHUNK, as before packing.
+    bf16: the trainer's bf16 autocast (`bf16: true`).
     """
     from throughput import make_trainer
 
-    trainer = make_trainer(pairs, batch, CHUNK, False, attention_dropout, steps=1000, seq=seq, packing=packing)
+    trainer = make_trainer(pairs, batch, CHUNK, bf16, attention_dropout, steps=1000, seq=seq, packing=packing)
     index = {(e.anchor, e.positive): i for i, e in enumerate(trainer.examples)}
 
     def step(anchors: list[str], positives: list[str]) -> None:
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--out", default="plain_loop", help="results name under bench/results/")
     args = parser.parse_args()
 
     import torch
@@ -134,6 +136,7 @@ def main() -> None:
         "probe, fp32": probe_step_fn(seq, bf16=False),
         "probe, bf16 autocast": probe_step_fn(seq, bf16=True),
         "contrastkit defaults (fp32)": ours_step_fn(pairs, args.batch, seq, attention_dropout=None),
+        "contrastkit defaults, bf16 autocast": ours_step_fn(pairs, args.batch, seq, attention_dropout=None, bf16=True),
         "contrastkit, demo recipe (fp32, attention dropout 0)": ours_step_fn(pairs, args.batch, seq, 0.0),
         "contrastkit, demo recipe, no packing (padded chunks of 16)": ours_step_fn(pairs, args.batch, seq, 0.0,
                                                                                  packing=False),
@@ -161,7 +164,7 @@ def main() -> None:
     meta = {"batch": args.batch, "steps": args.steps, "max_seq_length": seq, "chunk": CHUNK, "lr": LR,
             "data": "debian-packages train pairs", "timing": "round-robin, one step of each tool in turn; "
             "the first batch untimed"}
-    print(f"wrote {write_results('plain_loop', rows, meta)}")
+    print(f"wrote {write_results(args.out, rows, meta)}")
 
 
 if __name__ == "__main__":

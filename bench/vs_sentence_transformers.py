@@ -21,7 +21,8 @@ forward twice: 8/6 of the useful work) done at the matmul peak, against ST's pai
     .venv/bin/python bench/vs_sentence_transformers.py [--max-seq-length 128] [--settings 0 1 2]
         [--attention-dropout 0]   # ours without dropout on attention probabilities (fused attention)
         [--torch-dropout]         # ours with torch's dropout kernel instead of contrastkit.fast_dropout
-        [--st-bf16]               # ST with its bf16 flag (autocast), to find its best setting; ours stays fp32
+        [--st-bf16]               # ST with its bf16 flag (autocast), to find its best setting
+        [--ours-bf16]             # ours with bf16 autocast (`bf16: true`); without it ours trains in fp32
         [--repeats 2]             # each tool twice, ours-ST-ST-ours: cancels a drift of the machine's speed
         [--overwrite]             # drop the earlier runs' rows (kept by default: the file is the history)
 """
@@ -53,7 +54,7 @@ SETTINGS = [
      "pairs": 4000, "evaluate": True},
 ]
 LR, SCALE, WARMUP, SEED, EPOCHS = 2e-5, 20.0, 0.1, 0, 1
-META = {"lr": LR, "scale": SCALE, "epochs": EPOCHS, "precision": "fp32",
+META = {"lr": LR, "scale": SCALE, "epochs": EPOCHS, "precision": "per row (ours_precision, st_precision)",
         "data": "batch 32: cranfield train (seeded sample of 512 pairs) -> test nDCG@10 at max_seq_length 256; "
                 "batches 256 and 1024: the first max(512, batch) debian-packages train pairs, timed only; "
                 "debian batch 64: the first 4,000 debian-packages train pairs -> test nDCG@10 at max_seq_length 256"}
@@ -77,7 +78,7 @@ def training_pairs(setting: dict | None = None):
 
 def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | None = None,
                fast_dropout: bool = True, refill_epochs: bool = False, seed: int = SEED,
-               pairs: list | None = None) -> tuple[int, float]:
+               pairs: list | None = None, bf16: bool = False) -> tuple[int, float]:
     """Train ours on `pairs` (default: the setting's) with training seed `seed`; (pairs trained, seconds)."""
     from contrastkit.encoder import Encoder
     from contrastkit.train import TrainConfig, Trainer
@@ -90,7 +91,7 @@ def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | No
                          report=False, health_sample=0,  # the training alone: ST's trainer writes no report
                          mask_known_positives=False,  # ST's MNRL masks nothing: the same loss
                          fast_dropout=fast_dropout,  # the same Bernoulli masks, drawn faster (our default)
-                         refill_epochs=refill_epochs)
+                         refill_epochs=refill_epochs, bf16=bf16)
     trainer = Trainer(config, encoder, pairs)
     t0 = time.perf_counter()
     trainer.train()
@@ -146,7 +147,7 @@ def speedup_ceiling(st_pairs_per_s: float, gflop: float, peak_gflops: float, cac
 
 
 def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast_dropout: bool,
-          st_bf16: bool = False) -> dict:
+          st_bf16: bool = False, ours_bf16: bool = False) -> dict:
     from contrastkit.data import load_beir
     from contrastkit.encoder import Encoder
     from contrastkit.evaluate import evaluate_retrieval
@@ -155,7 +156,7 @@ def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model"
         if tool == "ours":
-            pairs, seconds = train_ours(setting, seq, out, attention_dropout, fast_dropout)
+            pairs, seconds = train_ours(setting, seq, out, attention_dropout, fast_dropout, bf16=ours_bf16)
         else:
             pairs, seconds = train_st(setting, seq, out, attention_dropout, bf16=st_bf16)
         rss = peak_rss_gb()
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--torch-dropout", action="store_true",
                         help="ours: torch's dropout kernel (default: contrastkit.fast_dropout, as the trainer)")
     parser.add_argument("--st-bf16", action="store_true", help="sentence-transformers with bf16=True (autocast)")
+    parser.add_argument("--ours-bf16", action="store_true", help="ours with bf16 autocast (bf16: true)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="train each tool this many times, in the order ours, ST, ST, ours, ...: a machine "
                              "whose speed drifts then slows both alike; pairs/s pools the runs")
@@ -198,19 +200,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.max_seq_length, args.attention_dropout,
-                               not args.torch_dropout, args.st_bf16)))
+                               not args.torch_dropout, args.st_bf16, args.ours_bf16)))
         return
     rows = []
     if not args.overwrite and (RESULTS / "vs_sentence_transformers.json").is_file():
         rows = json.loads((RESULTS / "vs_sentence_transformers.json").read_text())
     from contrastkit.encoder import Encoder
+    import torch
     from flops import matmul_peak
 
     counter = Encoder.from_pretrained("default", max_seq_length=args.max_seq_length)  # tokens and FLOPs, loaded once
-    peaks = [matmul_peak() / 1e9]  # measured between the runs too: the machine's speed drifts
+    # each tool's precision has its own matmul peak (bf16 units can be several times fp32's); measured
+    # between the runs too: the machine's speed drifts
+    precision = {"ours": "bf16" if args.ours_bf16 else "fp32", "st": "bf16" if args.st_bf16 else "fp32"}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {p: [matmul_peak(dtypes[p]) / 1e9] for p in set(precision.values())}
     extra = [] if args.attention_dropout is None else ["--attention-dropout", str(args.attention_dropout)]
     extra += ["--torch-dropout"] if args.torch_dropout else []
     extra += ["--st-bf16"] if args.st_bf16 else []
+    extra += ["--ours-bf16"] if args.ours_bf16 else []
     for i in args.settings:
         gflop = gflop_per_pair(SETTINGS[i], counter)
         runs: dict[str, list[dict]] = {"ours": [], "st": []}
@@ -222,13 +230,14 @@ def main() -> None:
             runs[tool].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(tool, SETTINGS[i]["setting"], runs[tool][-1], flush=True)
         ours, st = pooled(runs["ours"]), pooled(runs["st"])
-        peaks.append(matmul_peak() / 1e9)
-        peak = max(peaks)
+        for p in peaks:
+            peaks[p].append(matmul_peak(dtypes[p]) / 1e9)
+        peak = {p: max(v) for p, v in peaks.items()}
         rows.append({"setting": SETTINGS[i]["setting"], "data": SETTINGS[i]["data"],
                      "max_seq_length": args.max_seq_length, "pairs": ours["pairs"],
                      "ours_attention_dropout": "model's (0.1)" if args.attention_dropout is None else args.attention_dropout,
                      "ours_dropout_kernel": "torch" if args.torch_dropout else "contrastkit.fast_dropout",
-                     "st_precision": "bf16" if args.st_bf16 else "fp32",
+                     "ours_precision": precision["ours"], "st_precision": precision["st"],
                      "date": datetime.date.today().isoformat(), "repeats": args.repeats,
                      "ours_pairs_per_s_runs": ours["runs"], "st_pairs_per_s_runs": st["runs"],
                      "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],
@@ -237,10 +246,12 @@ def main() -> None:
                      "ours_ndcg@10": ours["ndcg@10"], "st_ndcg@10": st["ndcg@10"],
                      "ours_peak_rss_gb": ours["peak_rss_gb"], "st_peak_rss_gb": st["peak_rss_gb"],
                      "rss_ratio": ours["peak_rss_gb"] / st["peak_rss_gb"],
-                     "useful_gflop_per_pair": gflop, "matmul_peak_gflops": peak,
-                     "ours_fraction_of_peak": ours["pairs_per_s"] * gflop / peak,
-                     "st_fraction_of_peak": st["pairs_per_s"] * gflop / peak,
-                     "speedup_ceiling": speedup_ceiling(st["pairs_per_s"], gflop, peak,
+                     "useful_gflop_per_pair": gflop, "matmul_peak_gflops": peak["fp32"] if "fp32" in peak else None,
+                     **({"matmul_peak_gflops_bf16": peak["bf16"]} if "bf16" in peak else {}),
+                     # each tool against the peak of its own precision; the ceiling at the fastest peak in play
+                     "ours_fraction_of_peak": ours["pairs_per_s"] * gflop / peak[precision["ours"]],
+                     "st_fraction_of_peak": st["pairs_per_s"] * gflop / peak[precision["st"]],
+                     "speedup_ceiling": speedup_ceiling(st["pairs_per_s"], gflop, max(peak.values()),
                                                         bool(SETTINGS[i]["mini_batch"]))})
         write_results('vs_sentence_transformers', rows, META)  # after each setting: partial results survive
     print_table(rows, ["setting", "ours_pairs_per_s", "st_pairs_per_s", "speedup", "speedup_ceiling",

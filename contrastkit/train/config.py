@@ -61,7 +61,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     scheduler: str = "linear"
     max_grad_norm: float | None = 1.0
-    bf16: bool = False
+    bf16: bool | None = None            # bf16 autocast; None: where the hardware multiplies bf16 (a GPU
+                                        # with bf16, a CPU with AVX-512 BF16 or AMX; devices.native_bf16)
     attention_dropout: float | None = None  # dropout on attention probabilities in training (None: the
                                             # model's own); 0 lets the fused attention kernel run
     fast_dropout: bool = True           # CPU: dropout masks 16 bits per element of 64-bit draws (about 2x

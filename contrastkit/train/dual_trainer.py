@@ -101,7 +101,8 @@ def check_dual_settings(config: TrainConfig) -> None:
     """Raise ConfigError naming every setting of `config` the two-tower loop would ignore."""
     defaults = TrainConfig()
     unused = [f"{name} ({why})" for name, why in UNUSED_SETTINGS.items()
-              if getattr(config, name) != getattr(defaults, name)]
+              if getattr(config, name) != getattr(defaults, name)
+              and not (name == "bf16" and config.bf16 is False)]  # asking for fp32 is what it does
     if unused:
         raise ConfigError("the two-tower trainer does not use these settings; leave them at their defaults: "
                           + "; ".join(unused))

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from contrastkit.data import Pair, load_beir, pairs_from_beir, read_pairs
 from contrastkit.data.subset import sample_indices
-from contrastkit.devices import to_device
+from contrastkit.devices import to_device, use_bf16
 from contrastkit.encoder import Encoder, autocast
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
@@ -157,6 +157,7 @@ class Trainer:
                               "folder) or pass an evaluator")
         self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device)
         self.config = config
+        self.bf16 = use_bf16(config.bf16, self.device)  # bf16 autocast: as set, or where the hardware has it
         self.encoder = encoder.to(self.device)
         if config.max_seq_length:
             encoder.max_seq_length = config.max_seq_length
@@ -276,7 +277,7 @@ class Trainer:
         return contrastive
 
     def _embed(self, texts: list[str]) -> Tensor:
-        with autocast(self.config.bf16, self.device.type):
+        with autocast(self.bf16, self.device.type):
             return self.encoder.embed(texts).float()
 
     def _texts_per_forward(self) -> int | None:
@@ -301,7 +302,7 @@ class Trainer:
             loss = grad_cache_backward(self._embed, local, chunks, loss_on)
         else:
             # one autocast region for all groups: autocast casts each weight to bf16 once per region
-            with autocast(self.config.bf16, self.device.type):
+            with autocast(self.bf16, self.device.type):
                 embeddings = [embed_in_chunks(self._embed, g, c) for g, c in zip(local, chunks)]
             loss = loss_on(*embeddings)
             loss.backward()
@@ -490,7 +491,7 @@ class Trainer:
         state = {"step": self.step, "epoch": epoch, "next_position": next_position,
                  "total_steps": self.total_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row,
                  "nonfinite_total": self.nonfinite_total, "best_metric": self.best_metric,
-                 "config": self.config.to_dict(), "torch": torch.__version__, "python": platform.python_version()}
+                 "config": self.config.to_dict(), "bf16": self.bf16, "torch": torch.__version__, "python": platform.python_version()}
         rng_per_rank = all_gather_objects(RandState().to_dict(), self.dist)
         if not self.dist.is_main:
             return

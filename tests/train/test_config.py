@@ -22,7 +22,7 @@ def test_yaml_and_toml_load_with_overrides(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("data: {data}\nlr_rate: 0.1\n", "c.yaml: unknown key 'lr_rate' (did you mean 'lr'?)"),
     ("data: {data}\nbatch_size: big\n", "c.yaml: key 'batch_size' must be int; got str ('big')"),
-    ("data: {data}\nbf16: 1\n", "c.yaml: key 'bf16' must be bool; got int (1)"),
+    ("data: {data}\nbf16: 1\n", "c.yaml: key 'bf16' must be bool or null; got int (1)"),
     ("data: {data}/missing.jsonl\n", "c.yaml: data file '{data}/missing.jsonl' does not exist"),
     ("data: {data}\nbatch_size: 8\nmini_batch_size: 32\n",
      "c.yaml: batch_size (8) is smaller than mini_batch_size (32)"),
