@@ -278,11 +278,14 @@ def demo(
     output_dir: Annotated[str, typer.Option("--output", "-o", help="where the model and results go")] = "demo_output",
     epochs: Annotated[Optional[int], typer.Option(min=1, help="fine-tuning epochs (default 3; --quick 1)")] = None,
     seed: Annotated[int, typer.Option(help="seed of mining, batching and dropout: rerun to see the spread")] = 0,
+    bf16: Annotated[Optional[bool], typer.Option(
+        "--bf16/--fp32", help="training precision (default: bf16 autocast where the hardware multiplies bf16, "
+                              "else fp32)")] = None,
 ) -> None:
     """Evaluate the default model, mine hard negatives, fine-tune, evaluate again: the before/after table."""
     from contrastkit.demo import DemoConfig, run_demo
 
-    settings = dict(model=model, output_dir=output_dir, pairs=pairs, seed=seed)
+    settings = dict(model=model, output_dir=output_dir, pairs=pairs, seed=seed, bf16=bf16)
     if epochs:
         settings["epochs"] = epochs
     if data:

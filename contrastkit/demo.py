@@ -123,7 +123,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
          f"batch {train_config.batch_size} with {how}")
     trainer = Trainer(train_config, encoder, mined)
     echo(f"      {'bf16 autocast' if trainer.bf16 else 'fp32'} on {trainer.device}"
-         + (" (the hardware multiplies bf16; set bf16=False for fp32)" if trainer.bf16 and config.bf16 is None
+         + (" (the hardware multiplies bf16; --fp32 or bf16=False: fp32)" if trainer.bf16 and config.bf16 is None
             else ""))
     model_dir = trainer.train()
     lap("train_s")

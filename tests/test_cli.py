@@ -173,3 +173,11 @@ def test_search_index_built_by_another_model_is_refused(monkeypatch, capsys, tin
     Encoder.from_pretrained(tiny_model_dir).save(other)
     code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", tmp_path / "idx", "-m", other)
     assert code == 2 and "was built with model" in err
+
+
+@pytest.mark.parametrize("flag, expected", [((), None), (("--fp32",), False), (("--bf16",), True)])
+def test_demo_precision_flags_reach_the_demo(monkeypatch, capsys, flag, expected):
+    seen = []
+    monkeypatch.setattr("contrastkit.demo.run_demo", lambda config, echo: seen.append(config))
+    code, _, _ = run_cli(monkeypatch, capsys, "demo", "--quick", *flag)
+    assert code == 0 and seen[0].bf16 is expected
