@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from contrastkit import devices
 from contrastkit.devices import cpu_flags, native_bf16, use_bf16
+from contrastkit.errors import ConfigError
 from contrastkit.train import TrainConfig, Trainer
 from contrastkit.train.dual_trainer import check_dual_settings
-from contrastkit.errors import ConfigError
 
 CPU = torch.device("cpu")
 
@@ -59,6 +61,8 @@ def test_the_trainer_trains_in_bf16_by_default_where_the_hardware_has_it(tiny_en
     trainer.train()
     handle.remove()
     assert set(dtypes) == {torch.bfloat16 if expected else torch.float32}
+    environment = json.loads((tmp_path / "environment.json").read_text())
+    assert environment["precision"] == ("bf16 autocast" if expected else "fp32")
 
 
 def test_the_two_tower_trainer_takes_fp32_and_refuses_bf16():

@@ -317,7 +317,8 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
             record_environment(self.output_dir, model=str(self.encoder.name_or_path), device=str(self.device),
-                               world_size=self.dist.world_size)
+                               world_size=self.dist.world_size,
+                               precision="bf16 autocast" if self.bf16 else "fp32")  # bf16: null says neither
         torch.manual_seed(config.seed + self.dist.rank)
         if resume:
             self._resume()
