@@ -16,7 +16,8 @@ the same batches, in turn (round-robin, so a busy spell of the machine falls on 
 
 Default model, debian-packages train pairs (short: queries of about 11 tokens, descriptions of
 about 70), batch 64, max_seq_length 128. Each row's pairs/s and its ratio to sentence-transformers'
-fp32 step (its best setting on this CPU, with the model's attention dropout and with none) and to the probe.
+fp32 step (its best setting on a CPU without bf16 units, with the model's attention dropout and with
+none) and to the probe; on a CPU with bf16 units (AVX-512 BF16, AMX) its bf16 row is its best.
 
     .venv/bin/python bench/plain_loop.py [--steps 5] [--batch 64] [--out plain_loop]
 """

@@ -1,7 +1,7 @@
 """contrastkit vs sentence-transformers: same model, data, batch, sequence length, lr, epochs, seed.
 
 Cranfield train pairs (query → title + text; a seeded sample of 512) for batch 32, debian-packages
-pairs for the large batches and for the debian quality row; all-MiniLM-L6-v2, InfoNCE / MultipleNegativesRankingLoss with scale 20 (τ = 0.05), lr 2e-5, warm-up 10 %, one epoch, no-duplicates batches, fp32. Each run is
+pairs for the large batches and for the debian quality row; all-MiniLM-L6-v2, InfoNCE / MultipleNegativesRankingLoss with scale 20 (τ = 0.05), lr 2e-5, warm-up 10 %, one epoch, no-duplicates batches, fp32 (bf16 autocast with --ours-bf16 / --st-bf16). Each run is
 its own process (peak RSS is per process); the two tools alternate. Settings:
 
   batch 32, no caching        (ours: length-sorted chunks of 16; ST: MultipleNegativesRankingLoss)
