@@ -209,12 +209,36 @@ def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab
     return out.LayerNorm(out.dropout(out.dense(hidden)) + x)
 
 
+def embed_tokens(word: nn.Embedding, ids: Tensor) -> Tensor:
+    """word(ids); in training, its weight's gradient added as sparse rows when `.grad` is already there.
+
+    The dense gradient of an embedding lookup is a zeroed [V, D] tensor with the looked-up rows added
+    (47 MB for MiniLM's 30,522 × 384), allocated, filled and then added into `.grad` at every backward:
+    every group of a step, every chunk of the gradient cache. Where the weight already holds a dense
+    `.grad` (the trainer keeps it, zeroed in place: `sparse_gradient_parameters`; or an earlier
+    backward of the same step left it), the lookup's gradient is sparse and autograd adds its rows
+    into that `.grad`: the same sum, without the [V, D] temporary (docs/training.md). Without a
+    `.grad` the gradient stays dense: a sparse one would become `.grad`, which AdamW refuses.
+    """
+    weight = word.weight
+    sparse = (torch.is_grad_enabled() and weight.requires_grad and weight.grad is not None
+              and weight.grad.layout == torch.strided and word.max_norm is None)
+    if not sparse:
+        return word(ids)
+    return F.embedding(ids, weight, word.padding_idx, scale_grad_by_freq=word.scale_grad_by_freq, sparse=True)
+
+
+def sparse_gradient_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters whose gradient the packed forward adds sparsely (`embed_tokens`): the word embeddings."""
+    return [model.embeddings.word_embeddings.weight] if can_pack(model) else []
+
+
 def packed_hidden_states(model: nn.Module, plan: PackPlan) -> Tensor:
     """The last hidden state of every real token, packed: [N, D] in `plan`'s order (texts longest first)."""
     device = model.embeddings.word_embeddings.weight.device
     embeddings = model.embeddings
     ids, types, positions = (t.to(device) for t in (plan.input_ids, plan.token_type_ids, plan.position_ids))
-    x = (embeddings.word_embeddings(ids) + embeddings.token_type_embeddings(types)
+    x = (embed_tokens(embeddings.word_embeddings, ids) + embeddings.token_type_embeddings(types)
          + embeddings.position_embeddings(positions))
     x = embeddings.dropout(embeddings.LayerNorm(x))
     layers = [(layer, _fused_qkv(layer)) for layer in model.encoder.layer]  # stacked once per call, not per slab

@@ -147,6 +147,43 @@ def test_packed_gradients_equal_padded_gradients(tiny_model_dir):
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("kept", [False, True], ids=["no-grad-yet", "kept-grad"])
+def test_the_word_embedding_gradient_is_added_sparsely_into_a_kept_gradient(tiny_model_dir, monkeypatch, kept):
+    """With a dense .grad already there, the lookup's gradient comes as sparse rows added into it."""
+    sparse_calls = []
+    embedding = torch.nn.functional.embedding
+    monkeypatch.setattr(torch.nn.functional, "embedding",
+                        lambda *args, **kwargs: sparse_calls.append(kwargs.get("sparse", False)) or
+                        embedding(*args, **kwargs))
+    grads = []
+    for packing in (True, False):
+        encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=64)
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        encoder.packing = packing
+        encoder.train()
+        weight = encoder.model.embeddings.word_embeddings.weight
+        if packing and kept:
+            weight.grad = torch.full_like(weight, 0.25)  # what is there is added to, as autograd always does
+            held = weight.grad
+        sparse_per_pass = []
+        for _ in range(2):  # two backward passes accumulate, as the groups and chunks of a step do
+            sparse_calls.clear()
+            anchors, positives = encoder.embed(TEXTS[:4]), encoder.embed(TEXTS[4:])
+            torch.nn.functional.cross_entropy(anchors @ positives.T * 20, torch.arange(4)).backward()
+            sparse_per_pass.append(True in sparse_calls)
+        if packing:
+            # the first pass finds a .grad only when one was kept; the second always finds the first's
+            assert sparse_per_pass == [kept, True]
+            assert weight.grad.layout == torch.strided
+            if kept:
+                assert weight.grad is held
+                weight.grad -= 0.25
+        grads.append(weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
 def test_dropout_is_applied_in_training_and_replays_with_the_seed(tiny_encoder):
     tiny_encoder.eval()
     with torch.no_grad():

@@ -65,6 +65,18 @@ def step_if_finite(optimizer: torch.optim.Optimizer, loss: Tensor, max_grad_norm
     return StepResult(skipped, norm)
 
 
+def zero_grad_keeping(optimizer: torch.optim.Optimizer, kept: Iterable[Tensor]) -> None:
+    """`optimizer.zero_grad(set_to_none=True)`, except that the gradients of `kept` stay allocated, zeroed.
+
+    For parameters whose gradient arrives as sparse rows added into `.grad` (packing.embed_tokens):
+    that needs a dense `.grad` to add into, and zeroing one in place costs no fresh allocation.
+    """
+    saved = [(p, p.grad) for p in kept if p.grad is not None]
+    optimizer.zero_grad(set_to_none=True)
+    for p, grad in saved:
+        p.grad = grad.zero_()
+
+
 def read_scalars(values: Mapping[str, Tensor | float]) -> dict[str, float]:
     """0-dim tensors (on any device) and numbers → floats, the tensors of each device read in one copy.
 

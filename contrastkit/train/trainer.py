@@ -28,6 +28,7 @@ from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
+from contrastkit.packing import sparse_gradient_parameters
 from contrastkit.report.record import clear_records, record_environment, record_similarities
 from contrastkit.train.checkpoint import (list_checkpoints, restore_optimization, resume_point, save_checkpoint,
                                           write_atomically)
@@ -37,7 +38,7 @@ from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradie
 from contrastkit.train.evaluation import RetrievalEvaluator
 from contrastkit.train.grad_cache import (RandState, embed_in_chunks, forward_chunks, grad_cache_backward,
                                          texts_per_forward)
-from contrastkit.train.optim import adamw, read_scalars, step_if_finite
+from contrastkit.train.optim import adamw, read_scalars, step_if_finite, zero_grad_keeping
 from contrastkit.train.sampler import no_duplicate_batches
 
 Evaluator = Callable[[Encoder], dict[str, float]]
@@ -178,6 +179,12 @@ class Trainer:
         self._epoch_starts = [0]
         self.total_steps = config.max_steps or self._locate_epoch_start(config.epochs)
         self.optimizer = adamw(self._param_groups(), config.lr, self.device)
+        # gradients kept allocated between steps, so that the packed forward adds its word-embedding
+        # gradient into them as sparse rows (packing.embed_tokens); zeroed, not freed, after each step
+        self._kept_grads = ([p for p in sparse_gradient_parameters(encoder.model) if p.requires_grad]
+                            if encoder.packs else [])
+        for p in self._kept_grads:
+            p.grad = torch.zeros_like(p)
         warmup = int(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, config.scheduler))
@@ -386,7 +393,7 @@ class Trainer:
         config = self.config
         result = step_if_finite(self.optimizer, loss, config.max_grad_norm)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        zero_grad_keeping(self.optimizer, self._kept_grads)
         temperature = getattr(self.loss_fn, "temperature", None)
         # the step's numbers in one read from the device: the host waits for the GPU once a step
         record = read_scalars({"loss": loss, "grad_norm": result.grad_norm, "skipped": result.skipped,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from contrastkit.train.optim import adamw, gradient_norm, read_scalars, step_if_finite
+from contrastkit.train.optim import adamw, gradient_norm, read_scalars, step_if_finite, zero_grad_keeping
 
 
 def _params(seed: int = 0) -> list[torch.nn.Parameter]:
@@ -119,3 +119,12 @@ def test_the_fused_step_never_reads_a_tensor_on_the_host(monkeypatch):
     step_if_finite(optimizer, torch.tensor(1.0), max_grad_norm=0.5)
     monkeypatch.undo()
     assert all(not torch.equal(p, s) for p, s in zip(params, start))
+
+
+def test_zero_grad_keeping_zeroes_the_kept_gradients_in_place_and_frees_the_others():
+    kept, other = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([kept, other], lr=0.1)
+    (kept.sum() * 2 + other.sum()).backward()
+    held = kept.grad
+    zero_grad_keeping(optimizer, [kept])
+    assert kept.grad is held and torch.equal(kept.grad, torch.zeros(3)) and other.grad is None

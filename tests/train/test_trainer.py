@@ -306,3 +306,17 @@ def test_trainer_masks_other_relevant_documents_of_a_query(tiny_model_dir, tmp_p
                   encoder, pairs).train()
     masked = [r["masked"] for r in step_records(out / "metrics.jsonl")]
     assert (sum(masked) > 0) == mask_known, masked
+
+
+def test_the_packed_word_embedding_gradient_stays_allocated_across_steps(tiny_encoder, tmp_path):
+    """The trainer keeps that gradient (zeroed in place) so the packed forward adds into it sparsely."""
+    pairs = [Pair(f"query {i}", f"document number {i}") for i in range(16)]
+    config = TrainConfig(data="-", output_dir=str(tmp_path), batch_size=4, max_steps=3, show_progress=False,
+                         report=False, health_sample=0)
+    trainer = Trainer(config, tiny_encoder, pairs)
+    weight = tiny_encoder.model.embeddings.word_embeddings.weight
+    assert tiny_encoder.packs and trainer._kept_grads == [weight]
+    held, before = weight.grad, weight.detach().clone()
+    trainer.train()
+    assert weight.grad is held and not weight.grad.any()  # zeroed after the last step, not freed
+    assert not torch.equal(weight.detach(), before)  # and the embeddings were trained
