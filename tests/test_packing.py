@@ -128,16 +128,21 @@ def test_the_default_model_packed_equals_padded(default_encoder):
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
 
 
+def training_without_dropout(model_dir, packing: bool) -> Encoder:
+    """A fresh tiny encoder in training mode with every dropout at 0: its passes are deterministic."""
+    encoder = Encoder.from_pretrained(model_dir, max_seq_length=64)
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    encoder.packing = packing
+    return encoder.train()
+
+
 def test_packed_gradients_equal_padded_gradients(tiny_model_dir):
     """No dropout: the loss's gradient reaches every parameter exactly as through the padded forward."""
     grads = []
     for packing in (True, False):
-        encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=64)
-        for module in encoder.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-        encoder.packing = packing
-        encoder.train()
+        encoder = training_without_dropout(tiny_model_dir, packing)
         anchors, positives = encoder.embed(TEXTS[:4]), encoder.embed(TEXTS[4:])
         torch.nn.functional.cross_entropy(anchors @ positives.T * 20, torch.arange(4)).backward()
         grads.append({n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None})
@@ -157,12 +162,7 @@ def test_the_word_embedding_gradient_is_added_sparsely_into_a_kept_gradient(tiny
                         embedding(*args, **kwargs))
     grads = []
     for packing in (True, False):
-        encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=64)
-        for module in encoder.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-        encoder.packing = packing
-        encoder.train()
+        encoder = training_without_dropout(tiny_model_dir, packing)
         weight = encoder.model.embeddings.word_embeddings.weight
         if packing and kept:
             weight.grad = torch.full_like(weight, 0.25)  # what is there is added to, as autograd always does
