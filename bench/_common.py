@@ -32,7 +32,10 @@ def machine() -> dict:
     import torch
 
     flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    return {"date": date.today().isoformat(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    from contrastkit.devices import cpu_vendor
+
+    return {"date": date.today().isoformat(), "cpu_count": os.cpu_count(), "cpu_vendor": cpu_vendor(),
+            "torch": torch.__version__,
             "cpu_bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx") or f == "avx512_vnni"),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "platform": platform.platform()}

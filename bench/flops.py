@@ -8,7 +8,7 @@ on 32 Cranfield pairs (abstracts that fill the 128 tokens), its useful work coun
 N = non-embedding parameters) plus the attention scores, 12 · layers · T² · d per sequence.
 Padding and the recomputation of gradient caching are not counted as useful work.
 
-    .venv/bin/python bench/flops.py [--steps 3]
+    .venv/bin/python bench/flops.py [--steps 3] [--out flops]
 """
 
 from __future__ import annotations
@@ -75,10 +75,11 @@ def measure(bf16: bool, steps: int, data: str = "debian-packages") -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--out", default="flops", help="results name under bench/results/")
     args = parser.parse_args()
-    rows = [measure(False, args.steps), measure(False, args.steps, "cranfield"), measure(True, args.steps)]
+    rows = [measure(bf16, args.steps, data) for bf16 in (False, True) for data in ("debian-packages", "cranfield")]
     print_table(rows, ["precision", "data", "matmul_peak_gflops", "step_gflops", "fraction_of_peak", "pairs_per_s"])
-    print(f"wrote {write_results('flops', rows)}")
+    print(f"wrote {write_results(args.out, rows)}")
 
 
 if __name__ == "__main__":

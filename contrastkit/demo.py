@@ -122,7 +122,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     echo(f"\n[3/5] fine-tuning: InfoNCE (τ={train_config.temperature}), in-batch + hard negatives{masked}, "
          f"batch {train_config.batch_size} with {how}")
     trainer = Trainer(train_config, encoder, mined)
-    echo(f"      {'bf16 autocast' if trainer.bf16 else 'fp32'} on {trainer.device}"
+    echo(f"      {trainer.precision} on {trainer.device}"
          + (" (the hardware multiplies bf16; --fp32 or bf16=False: fp32)" if trainer.bf16 and config.bf16 is None
             else ""))
     model_dir = trainer.train()

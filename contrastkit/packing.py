@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.fast_dropout import FastDropout
+from contrastkit.fast_linear import dense, linear
 
 # padded positions per slab; in a round-robin of forward + backward on 64 debian pairs (docs/training.md)
 # 1,024-4,096 ran within 4 % of each other, 512 and one slab for the whole batch 7-9 % slower
@@ -187,7 +188,7 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     attention = layer.attention.self
     heads, head_size = attention.num_attention_heads, attention.attention_head_size
     b, width = len(slab.lengths), slab.width
-    qkv = _ToPadded.apply(F.linear(x, *qkv_weights), slab.slots, slab.pad_slots).view(b, width, 3, heads, head_size)
+    qkv = _ToPadded.apply(linear(x, *qkv_weights), slab.slots, slab.pad_slots).view(b, width, 3, heads, head_size)
     # unbind, not three selects: its backward stacks the three gradients in one copy, where each
     # select's backward would zero a whole [b, T, 3D] block and the three would then be summed
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
@@ -203,10 +204,10 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
 def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
     """One BertLayer on a slab's packed rows [n, D]: attention block, then feed-forward block, post-norm."""
     out = layer.attention.output
-    x = out.LayerNorm(out.dropout(out.dense(_attention(layer, qkv_weights, x, slab))) + x)
-    hidden = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
+    x = out.LayerNorm(out.dropout(dense(out.dense, _attention(layer, qkv_weights, x, slab))) + x)
+    hidden = layer.intermediate.intermediate_act_fn(dense(layer.intermediate.dense, x))
     out = layer.output
-    return out.LayerNorm(out.dropout(out.dense(hidden)) + x)
+    return out.LayerNorm(out.dropout(dense(out.dense, hidden)) + x)
 
 
 def embed_tokens(word: nn.Embedding, ids: Tensor) -> Tensor:

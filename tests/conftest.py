@@ -12,6 +12,8 @@ from _support import build_tiny_bert_folder
 # bf16 autocast by default only where the hardware has bf16 (contrastkit.devices.native_bf16): the tests
 # compute in fp32 on every machine, in their own process and in the ones they start
 os.environ["CONTRASTKIT_NATIVE_BF16"] = "0"
+# the same for the dense layers' fp32 kernel (contrastkit.fast_linear): torch's matmul unless a test asks
+os.environ["CONTRASTKIT_ONEDNN_LINEAR"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO / ".." / "shared" / "data"

@@ -27,6 +27,7 @@ from contrastkit.encoder import Encoder, autocast
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
 from contrastkit.fast_dropout import use_fast_dropout
+from contrastkit.fast_linear import onednn_linear_enabled
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.packing import sparse_gradient_parameters
 from contrastkit.report.record import clear_records, record_environment, record_similarities
@@ -200,6 +201,14 @@ class Trainer:
             self.total_steps, config.batch_size, 2 + config.num_hard_negatives, config.health_sample)
 
     # ------------------------------------------------------------------ setup
+    @property
+    def precision(self) -> str:
+        """How the step computes, in words: "bf16 autocast", or fp32 (with oneDNN's dense layers where used)."""
+        if self.bf16:
+            return "bf16 autocast"
+        onednn = self.device.type == "cpu" and self.encoder.packs and onednn_linear_enabled()
+        return "fp32, dense layers by oneDNN" if onednn else "fp32"
+
     def _param_groups(self) -> list[dict]:
         decay, no_decay = [], []
         for name, param in self.encoder.named_parameters():
@@ -325,7 +334,7 @@ class Trainer:
             (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
             record_environment(self.output_dir, model=str(self.encoder.name_or_path), device=str(self.device),
                                world_size=self.dist.world_size,
-                               precision="bf16 autocast" if self.bf16 else "fp32")  # bf16: null says neither
+                               precision=self.precision)  # bf16: null says neither
         torch.manual_seed(config.seed + self.dist.rank)
         if resume:
             self._resume()

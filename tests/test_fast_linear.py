@@ -1,0 +1,193 @@
+"""Dense layers through oneDNN's fp32 matmul: same values and gradients as F.linear, used where it should be."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from contrastkit import fast_linear
+from contrastkit.devices import cpu_vendor
+from contrastkit.encoder import Encoder
+from contrastkit.fast_linear import dense, linear, onednn_linear_enabled
+
+TEXTS = ["a short one", "a rather longer text about packing tokens end to end", "x",
+         "retrieval with dense vectors", "the fourth text here", "and one more for the batch"]
+
+
+def set_onednn(monkeypatch, value: str | None) -> None:
+    """Force the rule's answer (None: the hardware's) for this test; the cached answer is cleared both ways."""
+    if value is None:
+        monkeypatch.delenv("CONTRASTKIT_ONEDNN_LINEAR", raising=False)
+    else:
+        monkeypatch.setenv("CONTRASTKIT_ONEDNN_LINEAR", value)
+    onednn_linear_enabled.cache_clear()
+
+
+@pytest.fixture
+def onednn(monkeypatch):
+    set_onednn(monkeypatch, "1")
+    if not onednn_linear_enabled():
+        pytest.skip("this torch has no oneDNN linear")
+    yield
+    onednn_linear_enabled.cache_clear()
+
+
+def ran_onednn(out: torch.Tensor) -> bool:
+    """Whether `out` came from the oneDNN function (directly, or through the view back to its shape)."""
+    node = out.grad_fn
+    if node.name() == "ViewBackward0":
+        node = node.next_functions[0][0]
+    return node.name() == "_OneDNNLinearBackward"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rule():
+    yield
+    onednn_linear_enabled.cache_clear()
+
+
+def test_the_vendor_is_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx512f\n")
+    assert cpu_vendor(cpuinfo) == "AuthenticAMD"
+    assert cpu_vendor(tmp_path / "absent") == ""
+
+
+@pytest.mark.parametrize("vendor, flags, expected", [("AuthenticAMD", {"avx2", "avx512f"}, True),
+                                                     ("AuthenticAMD", {"avx2"}, False),
+                                                     ("GenuineIntel", {"avx2", "avx512f"}, False), ("", set(), False)])
+def test_the_rule_picks_oneDNN_on_AMD_with_AVX512_and_the_variable_overrides_it(monkeypatch, vendor, flags,
+                                                                                  expected):
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setattr(fast_linear, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(fast_linear, "cpu_flags", lambda: frozenset(flags))
+    set_onednn(monkeypatch, None)
+    assert onednn_linear_enabled() is expected
+    for override, forced in (("1", True), ("0", False)):
+        set_onednn(monkeypatch, override)
+        assert onednn_linear_enabled() is forced
+
+
+def test_the_tests_run_torchs_matmul_unless_they_ask():
+    assert onednn_linear_enabled() is False  # tests/conftest.py pins it: same arithmetic on every machine
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(37, 24), (3, 5, 24)], ids=["2d", "3d"])
+def test_values_and_gradients_equal_torchs_linear(onednn, bias, shape):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator, requires_grad=True)
+    weight = torch.randn(40, 24, generator=generator, requires_grad=True)
+    b = torch.randn(40, generator=generator, requires_grad=True) if bias else None
+    upstream = torch.randn(*shape[:-1], 40, generator=generator)
+    ours = linear(x, weight, b)
+    assert ran_onednn(ours)  # the oneDNN path ran, not F.linear
+    grads = torch.autograd.grad((ours * upstream).sum(), [t for t in (x, weight, b) if t is not None])
+    reference = F.linear(x, weight, b)
+    expected = torch.autograd.grad((reference * upstream).sum(), [t for t in (x, weight, b) if t is not None])
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_only_the_inputs_that_need_a_gradient_get_one(onednn):
+    x = torch.randn(8, 6, requires_grad=True)
+    weight = torch.randn(4, 6)  # frozen
+    linear(x, weight).sum().backward()
+    assert x.grad is not None and weight.grad is None
+    torch.testing.assert_close(x.grad, weight.sum(0).expand(8, 6), rtol=1e-6, atol=1e-6)
+
+
+def test_the_result_is_fp32_arithmetic_not_a_reduced_precision_shortcut(onednn):
+    """Against float64: an error at fp32's scale (a bf16 or TF32 product would be ~1000 times larger)."""
+    generator = torch.Generator().manual_seed(1)
+    x, weight = torch.randn(256, 384, generator=generator), torch.randn(1536, 384, generator=generator)
+    exact = x.double() @ weight.double().T
+    scale = exact.abs().max().item()
+    assert (linear(x, weight).double() - exact).abs().max().item() < 1e-5 * scale
+    rounded = linear(x.bfloat16().float(), weight.bfloat16().float()).double()  # what bf16 inputs would give
+    assert (rounded - exact).abs().max().item() > 1e-3 * scale
+
+
+@pytest.mark.parametrize("case", ["float64", "autocast-bf16", "switched-off"])
+def test_other_cases_take_torchs_linear(onednn, monkeypatch, case):
+    x, weight = torch.randn(4, 6, requires_grad=True), torch.randn(3, 6, requires_grad=True)
+    if case == "float64":
+        out = linear(x.double(), weight.double())
+        assert out.dtype == torch.float64
+    elif case == "autocast-bf16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = linear(x, weight)
+        assert out.dtype == torch.bfloat16
+    else:
+        set_onednn(monkeypatch, "0")
+        out = linear(x, weight)
+    assert not ran_onednn(out)
+
+
+def test_dense_calls_any_other_module_as_it_is(onednn):
+    plain = torch.nn.Linear(6, 3)
+    x = torch.randn(4, 6, requires_grad=True)
+    assert ran_onednn(dense(plain, x))
+    seen = []
+    plain.register_forward_hook(lambda module, args, out: seen.append(out))
+    assert not ran_onednn(dense(plain, x)) and len(seen) == 1  # the hook ran
+
+    class Adapter(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    adapter = Adapter(6, 3)
+    torch.testing.assert_close(dense(adapter, x), adapter(x))
+
+
+def test_the_packed_forward_with_onednn_equals_it_without(tiny_model_dir, monkeypatch):
+    """The whole packed forward and backward, every dense layer through oneDNN: values and gradients as before."""
+    results = []
+    for setting in ("1", "0"):
+        set_onednn(monkeypatch, setting)
+        encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=64)
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        encoder.train()
+        calls = []
+        original = fast_linear._OneDNNLinear.apply
+        monkeypatch.setattr(fast_linear._OneDNNLinear, "apply", lambda *a: calls.append(1) or original(*a))
+        anchors, positives = encoder.embed(TEXTS[:3]), encoder.embed(TEXTS[3:])
+        loss = F.cross_entropy(anchors @ positives.T * 20, torch.arange(3))
+        loss.backward()
+        layers = encoder.model.config.num_hidden_layers
+        assert len(calls) == (2 * 4 * layers if setting == "1" else 0)  # qkv, out, intermediate, output per layer
+        results.append((anchors.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters()
+                                          if p.grad is not None}))
+    (packed_dnn, grads_dnn), (packed_torch, grads_torch) = results
+    torch.testing.assert_close(packed_dnn, packed_torch, rtol=1e-5, atol=1e-6)
+    assert grads_dnn.keys() == grads_torch.keys()
+    for name in grads_torch:
+        torch.testing.assert_close(grads_dnn[name], grads_torch[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_trainer_says_which_kernel_multiplied(tiny_encoder, tmp_path, monkeypatch):
+    from contrastkit.data import Pair
+    from contrastkit.train import TrainConfig, Trainer
+
+    pairs = [Pair(f"query {i}", f"document {i}") for i in range(8)]
+    config = TrainConfig(data="-", output_dir=str(tmp_path), batch_size=4, max_steps=1, bf16=False,
+                         show_progress=False, report=False, health_sample=0)
+    set_onednn(monkeypatch, "1")
+    if not onednn_linear_enabled():
+        pytest.skip("this torch has no oneDNN linear")
+    trainer = Trainer(config, tiny_encoder, pairs)
+    assert trainer.precision == "fp32, dense layers by oneDNN"
+    trainer.train()
+    assert json.loads((tmp_path / "environment.json").read_text())["precision"] == "fp32, dense layers by oneDNN"
+    tiny_encoder.packing = False  # the padded forward is torch's own
+    assert trainer.precision == "fp32"
+    set_onednn(monkeypatch, "0")
+    tiny_encoder.packing = True
+    assert trainer.precision == "fp32"
