@@ -1,6 +1,7 @@
 """Achieved FLOP/s of a training step against the machine's measured matmul peak, fp32 and bf16.
 
-Peak: a large square matmul (n = 2048) timed in each precision, best of three. Step: a contrastkit
+Peak: a large square matmul (n = 2048) timed in each precision, best of three; for fp32, by the
+kernel the step's dense layers use (oneDNN where contrastkit.fast_linear picks it, else torch's). Step: a contrastkit
 training step as bench/vs_sentence_transformers.py runs it (max_seq_length 128, the packed forward,
 the trainer's default for BERT models on the CPU; fused attention, the trainer's dropout kernel) on 64 debian-packages pairs (short texts) and
 on 32 Cranfield pairs (abstracts that fill the 128 tokens), its useful work counted from the real
@@ -21,17 +22,35 @@ import torch
 from _common import debian_pairs, print_table, write_results
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 10, rounds: int = 3) -> float:
-    """FLOP/s of an n × n matmul in `dtype`, the best of `rounds` timings."""
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 10, rounds: int = 3,
+                onednn: bool = False) -> float:
+    """FLOP/s of an n × n matmul in `dtype`, the best of `rounds` timings.
+
+    onednn: through oneDNN's linear (contrastkit.fast_linear), not torch's matmul (MKL for fp32 on x86).
+    """
+    from contrastkit.fast_linear import _onednn
+
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
+    product = (lambda: _onednn(a, b)) if onednn else (lambda: a @ b)
+    product()
     best = 0.0
     for _ in range(rounds):
         t0 = time.perf_counter()
         for _ in range(repeats):
-            a @ b
+            product()
         best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - t0))
     return best
+
+
+def step_peak(bf16: bool) -> tuple[float, str]:
+    """(the matmul peak of what a training step multiplies with, its name): bf16, or fp32 by oneDNN or torch."""
+    from contrastkit.fast_linear import onednn_linear_enabled
+
+    if bf16:
+        return matmul_peak(torch.bfloat16), "bf16"
+    if onednn_linear_enabled():
+        return matmul_peak(onednn=True), "fp32 oneDNN"
+    return matmul_peak(), "fp32 torch"
 
 
 def useful_flops(encoder, texts: list[str]) -> float:
@@ -65,9 +84,9 @@ def measure(bf16: bool, steps: int, data: str = "debian-packages") -> dict:
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - t0
-    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
+    peak, kernel = step_peak(bf16)
     achieved = flops / seconds
-    return {"precision": "bf16" if bf16 else "fp32", "data": data, "matmul_peak_gflops": peak / 1e9,
+    return {"precision": "bf16" if bf16 else "fp32", "data": data, "matmul": kernel, "matmul_peak_gflops": peak / 1e9,
             "step_gflops": achieved / 1e9, "fraction_of_peak": achieved / peak,
             "pairs_per_s": steps * batch_size / seconds}
 
@@ -78,7 +97,7 @@ def main() -> None:
     parser.add_argument("--out", default="flops", help="results name under bench/results/")
     args = parser.parse_args()
     rows = [measure(bf16, args.steps, data) for bf16 in (False, True) for data in ("debian-packages", "cranfield")]
-    print_table(rows, ["precision", "data", "matmul_peak_gflops", "step_gflops", "fraction_of_peak", "pairs_per_s"])
+    print_table(rows, ["precision", "data", "matmul", "matmul_peak_gflops", "step_gflops", "fraction_of_peak", "pairs_per_s"])
     print(f"wrote {write_results(args.out, rows)}")
 
 

@@ -14,15 +14,18 @@ Test nDCG@10 of the Cranfield- and debian-trained models is measured by the same
 
 Each row also says how far from the hardware both tools are: the useful work of a pair (bench/flops.py's
 count: forward and backward matmuls over the real tokens of both texts), each tool's useful FLOP/s as a
-fraction of the fp32 matmul peak measured in the same run, and `speedup_ceiling`, the most any tool
-could beat ST by on this machine at that setting: the setting's work (with gradient caching, the
-forward twice: 8/6 of the useful work) done at the matmul peak, against ST's pairs/s.
+fraction of the matmul peak of its own kernel measured in the same run (torch's fp32 matmul, which
+ST's dense layers use; oneDNN's fp32 where contrastkit.fast_linear gives ours its dense layers, on
+AMD CPUs with AVX-512; bf16), and `speedup_ceiling`, the most any tool could beat ST by on this
+machine at that setting: the setting's work (with gradient caching, the forward twice: 8/6 of the
+useful work) done at the fastest of those peaks, against ST's pairs/s.
 
     .venv/bin/python bench/vs_sentence_transformers.py [--max-seq-length 128] [--settings 0 1 2]
         [--attention-dropout 0]   # ours without dropout on attention probabilities (fused attention)
         [--torch-dropout]         # ours with torch's dropout kernel instead of contrastkit.fast_dropout
         [--st-bf16]               # ST with its bf16 flag (autocast), to find its best setting
         [--ours-bf16]             # ours with bf16 autocast (`bf16: true`); without it ours trains in fp32
+        [--torch-linear]          # ours' fp32 dense layers by torch's matmul, not oneDNN's (contrastkit.fast_linear)
         [--repeats 2]             # each tool twice, ours-ST-ST-ours: cancels a drift of the machine's speed
         [--overwrite]             # drop the earlier runs' rows (kept by default: the file is the history)
 """
@@ -193,6 +196,8 @@ def main() -> None:
                         help="ours: torch's dropout kernel (default: contrastkit.fast_dropout, as the trainer)")
     parser.add_argument("--st-bf16", action="store_true", help="sentence-transformers with bf16=True (autocast)")
     parser.add_argument("--ours-bf16", action="store_true", help="ours with bf16 autocast (bf16: true)")
+    parser.add_argument("--torch-linear", action="store_true",
+                        help="ours: fp32 dense layers by torch's matmul even where contrastkit.fast_linear picks oneDNN")
     parser.add_argument("--repeats", type=int, default=1,
                         help="train each tool this many times, in the order ours, ST, ST, ours, ...: a machine "
                              "whose speed drifts then slows both alike; pairs/s pools the runs")
@@ -206,15 +211,23 @@ def main() -> None:
     if not args.overwrite and (RESULTS / "vs_sentence_transformers.json").is_file():
         rows = json.loads((RESULTS / "vs_sentence_transformers.json").read_text())
     from contrastkit.encoder import Encoder
+    import os
+
     import torch
+    from contrastkit.fast_linear import onednn_linear_enabled
     from flops import matmul_peak
 
     counter = Encoder.from_pretrained("default", max_seq_length=args.max_seq_length)  # tokens and FLOPs, loaded once
     # each tool's precision has its own matmul peak (bf16 units can be several times fp32's); measured
     # between the runs too: the machine's speed drifts
-    precision = {"ours": "bf16" if args.ours_bf16 else "fp32", "st": "bf16" if args.st_bf16 else "fp32"}
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peaks = {p: [matmul_peak(dtypes[p]) / 1e9] for p in set(precision.values())}
+    # ours' fp32 dense layers multiply by oneDNN where contrastkit.fast_linear picks it (its own peak)
+    onednn = not args.ours_bf16 and not args.torch_linear and onednn_linear_enabled()
+    precision = {"ours": "bf16" if args.ours_bf16 else "fp32 oneDNN" if onednn else "fp32",
+                 "st": "bf16" if args.st_bf16 else "fp32"}
+    kernels = {"fp32": lambda: matmul_peak(torch.float32), "bf16": lambda: matmul_peak(torch.bfloat16),
+               "fp32 oneDNN": lambda: matmul_peak(torch.float32, onednn=True)}
+    peaks = {p: [kernels[p]() / 1e9] for p in set(precision.values())}
+    child_env = {**os.environ, **({"CONTRASTKIT_ONEDNN_LINEAR": "0"} if args.torch_linear else {})}
     extra = [] if args.attention_dropout is None else ["--attention-dropout", str(args.attention_dropout)]
     extra += ["--torch-dropout"] if args.torch_dropout else []
     extra += ["--st-bf16"] if args.st_bf16 else []
@@ -224,20 +237,22 @@ def main() -> None:
         runs: dict[str, list[dict]] = {"ours": [], "st": []}
         for tool in abba(args.repeats):
             out = subprocess.run([sys.executable, __file__, "--child", tool, str(i), "--max-seq-length",
-                                  str(args.max_seq_length), *extra], cwd=REPO, capture_output=True, text=True)
+                                  str(args.max_seq_length), *extra], cwd=REPO, capture_output=True, text=True,
+                             env=child_env)
             if out.returncode != 0:
                 raise SystemExit(f"{tool} run of setting {i} failed:\n{out.stderr[-3000:]}")
             runs[tool].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(tool, SETTINGS[i]["setting"], runs[tool][-1], flush=True)
         ours, st = pooled(runs["ours"]), pooled(runs["st"])
         for p in peaks:
-            peaks[p].append(matmul_peak(dtypes[p]) / 1e9)
+            peaks[p].append(kernels[p]() / 1e9)
         peak = {p: max(v) for p, v in peaks.items()}
         rows.append({"setting": SETTINGS[i]["setting"], "data": SETTINGS[i]["data"],
                      "max_seq_length": args.max_seq_length, "pairs": ours["pairs"],
                      "ours_attention_dropout": "model's (0.1)" if args.attention_dropout is None else args.attention_dropout,
                      "ours_dropout_kernel": "torch" if args.torch_dropout else "contrastkit.fast_dropout",
-                     "ours_precision": precision["ours"], "st_precision": precision["st"],
+                     "ours_precision": "bf16" if args.ours_bf16 else "fp32", "st_precision": precision["st"],
+                     "ours_linear_kernel": "bf16 autocast" if args.ours_bf16 else "oneDNN" if onednn else "torch",
                      "date": datetime.date.today().isoformat(), "repeats": args.repeats,
                      "ours_pairs_per_s_runs": ours["runs"], "st_pairs_per_s_runs": st["runs"],
                      "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],
@@ -248,6 +263,7 @@ def main() -> None:
                      "rss_ratio": ours["peak_rss_gb"] / st["peak_rss_gb"],
                      "useful_gflop_per_pair": gflop, "matmul_peak_gflops": peak["fp32"] if "fp32" in peak else None,
                      **({"matmul_peak_gflops_bf16": peak["bf16"]} if "bf16" in peak else {}),
+                     **({"matmul_peak_gflops_onednn": peak["fp32 oneDNN"]} if "fp32 oneDNN" in peak else {}),
                      # each tool against the peak of its own precision; the ceiling at the fastest peak in play
                      "ours_fraction_of_peak": ours["pairs_per_s"] * gflop / peak[precision["ours"]],
                      "st_fraction_of_peak": st["pairs_per_s"] * gflop / peak[precision["st"]],

@@ -12,7 +12,8 @@ TF32 shortcut, which oneDNN only takes when asked). For y = x Wᵀ + b:
 
     forward:          y  = x Wᵀ + b            (oneDNN, W as stored)
     input gradient:   dx = dy W                (oneDNN, Wᵀ as a strided view)
-    weight gradient:  dW = dyᵀ x               (oneDNN, both as strided views)
+    weight gradient:  dW = dyᵀ x, or (xᵀ dy)ᵀ   (oneDNN, strided views; it copies the transposed
+                                               first operand into rows, so the narrower one goes first)
     bias gradient:    db = Σ_rows dy
 
 `onednn_linear_enabled` decides where: a CPU whose vendor is AMD and which has AVX-512 (where it
@@ -56,7 +57,11 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _onednn(grad, weight.t())
         if ctx.needs_input_grad[1]:
-            grad_weight = _onednn(grad.t(), x.t())
+            # oneDNN copies a transposed input operand into rows: transpose the narrower of dy and x
+            if weight.shape[0] > weight.shape[1]:
+                grad_weight = _onednn(x.t(), grad.t()).t()  # (xᵀ dy)ᵀ
+            else:
+                grad_weight = _onednn(grad.t(), x.t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias

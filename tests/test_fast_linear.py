@@ -76,14 +76,15 @@ def test_the_tests_run_torchs_matmul_unless_they_ask():
     assert onednn_linear_enabled() is False  # tests/conftest.py pins it: same arithmetic on every machine
 
 
+@pytest.mark.parametrize("outputs", [40, 16], ids=["widening", "narrowing"])  # the two weight-gradient forms
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(37, 24), (3, 5, 24)], ids=["2d", "3d"])
-def test_values_and_gradients_equal_torchs_linear(onednn, bias, shape):
+def test_values_and_gradients_equal_torchs_linear(onednn, bias, shape, outputs):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=generator, requires_grad=True)
-    weight = torch.randn(40, 24, generator=generator, requires_grad=True)
-    b = torch.randn(40, generator=generator, requires_grad=True) if bias else None
-    upstream = torch.randn(*shape[:-1], 40, generator=generator)
+    weight = torch.randn(outputs, 24, generator=generator, requires_grad=True)
+    b = torch.randn(outputs, generator=generator, requires_grad=True) if bias else None
+    upstream = torch.randn(*shape[:-1], outputs, generator=generator)
     ours = linear(x, weight, b)
     assert ran_onednn(ours)  # the oneDNN path ran, not F.linear
     grads = torch.autograd.grad((ours * upstream).sum(), [t for t in (x, weight, b) if t is not None])
