@@ -24,7 +24,17 @@ def debian_pairs(n: int):
 
 
 def peak_rss_gb() -> float:
-    """This process's peak resident set size in GB (Linux reports KiB)."""
+    """This process's peak resident set size in GB (GiB, as Linux counts KiB).
+
+    VmHWM of /proc/self/status: getrusage's ru_maxrss survives exec, so a child started by a big
+    parent would report the parent's size at the fork.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 

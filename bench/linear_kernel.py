@@ -13,14 +13,17 @@ same batches, so that both see the same machine load. Step time medians and thei
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from _common import debian_pairs, print_table, write_results
+from _common import debian_pairs, peak_rss_gb, print_table, write_results
 
 SHAPES = [(2048, 384, 1152), (2048, 384, 384), (2048, 384, 1536), (2048, 1536, 384)]  # tokens, in, out
 
@@ -79,16 +82,46 @@ def steps(data: str, count: int) -> dict:
             "torch_s": theirs, "onednn_s": ours, "ratio": theirs / ours, "steps_each": len(times["onednn"])}
 
 
+def rss_child() -> None:
+    from throughput import make_trainer, timed_step
+
+    trainer = make_trainer(debian_pairs(64 * 8), 64, 16, False, None, 8, 128)
+    for batch in trainer._batches(0)[:6]:
+        timed_step(trainer, batch)
+    print(json.dumps({"peak_rss_gb": peak_rss_gb()}))
+
+
+def memory() -> list[dict]:
+    from contrastkit.fast_linear import PRIMITIVE_CACHE_CAPACITY
+
+    rows = []
+    for kernel, capacity in (("torch", PRIMITIVE_CACHE_CAPACITY), ("onednn", PRIMITIVE_CACHE_CAPACITY),
+                             ("onednn", "1024")):
+        env = {**os.environ, "CONTRASTKIT_ONEDNN_LINEAR": "1" if kernel == "onednn" else "0",
+               "ONEDNN_PRIMITIVE_CACHE_CAPACITY": capacity}
+        out = subprocess.run([sys.executable, __file__, "--rss-child"], env=env, capture_output=True, text=True,
+                             check=True)
+        rss = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_gb"]
+        rows.append({"part": "memory", "shape": "debian-packages batch 64, 6 steps", "kernel": kernel,
+                     "primitive_cache_capacity": int(capacity), "peak_rss_gb": rss})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="steps per setting (half with each kernel)")
     parser.add_argument("--out", default="linear_kernel", help="results name under bench/results/")
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        return rss_child()
     rows = products()
     print_table(rows, ["shape", "product", "torch_gflops", "onednn_gflops", "ratio"])
     step_rows = [steps("cranfield", args.steps), steps("debian-packages", args.steps)]
     print_table(step_rows, ["shape", "torch_s", "onednn_s", "ratio", "steps_each"])
-    print(f"wrote {write_results(args.out, rows + step_rows)}")
+    memory_rows = memory()
+    print_table(memory_rows, ["kernel", "primitive_cache_capacity", "peak_rss_gb"])
+    print(f"wrote {write_results(args.out, rows + step_rows + memory_rows)}")
 
 
 if __name__ == "__main__":

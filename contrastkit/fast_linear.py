@@ -20,7 +20,9 @@ TF32 shortcut, which oneDNN only takes when asked). For y = x Wᵀ + b:
 was measured), torch built with oneDNN; the environment variable CONTRASTKIT_ONEDNN_LINEAR=1 or 0
 overrides (the tests pin 0, so that they compute the same on every machine). `linear` falls back
 to `F.linear` for anything else: other devices and dtypes, bf16 autocast (already oneDNN).
-The packed forward (contrastkit/packing.py) calls it for every dense layer, training and encoding.
+The packed forward (contrastkit/packing.py) calls it for every dense layer, training and encoding;
+the trainers make the model's other `nn.Linear` layers FastLinear (`use_fast_linear`), for the
+padded forward of models that do not pack.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.devices import cpu_flags, cpu_vendor
+
+# oneDNN keeps a compiled primitive for every distinct shape it has multiplied, 1,024 of them by
+# default, and the packed forward's row count differs from slab to slab: at that capacity 6 training
+# steps of the default model peaked 0.3 GiB above torch's matmul (2.68 against 2.37 GiB at debian
+# batch 64, bench/linear_kernel.py), encoding 0.2 GB above; at 64, 0.1 above (2.47) and as fast
+# (step 1.22-1.24 s against 1.25-1.27; at 0, 4 % slower). oneDNN reads it at its first primitive,
+# so it is set on import; a user's own setting wins.
+PRIMITIVE_CACHE_CAPACITY = "64"
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", PRIMITIVE_CACHE_CAPACITY)
 
 
 def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -89,6 +100,28 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return _OneDNNLinear.apply(x, weight, bias)
     shape = x.shape
     return _OneDNNLinear.apply(x.reshape(-1, shape[-1]), weight, bias).view(*shape[:-1], weight.shape[0])
+
+
+class FastLinear(nn.Linear):
+    """`nn.Linear` whose forward is `linear`: oneDNN for fp32 on the CPU where enabled, else F.linear."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def use_fast_linear(model: nn.Module) -> int:
+    """Make every plain `nn.Linear` inside `model` a FastLinear; return how many.
+
+    The module's class changes, nothing else: same parameters, state dict and saved model. Subclasses
+    (adapters, projections with their own forward) are left alone. The trainers call it, so that
+    models without the packed forward (contrastkit/packing.py) get the faster dense layers as well.
+    """
+    changed = 0
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = FastLinear
+            changed += 1
+    return changed
 
 
 def dense(module: nn.Module, x: Tensor) -> Tensor:

@@ -187,8 +187,63 @@ def test_the_trainer_says_which_kernel_multiplied(tiny_encoder, tmp_path, monkey
     assert trainer.precision == "fp32, dense layers by oneDNN"
     trainer.train()
     assert json.loads((tmp_path / "environment.json").read_text())["precision"] == "fp32, dense layers by oneDNN"
-    tiny_encoder.packing = False  # the padded forward is torch's own
-    assert trainer.precision == "fp32"
     set_onednn(monkeypatch, "0")
-    tiny_encoder.packing = True
     assert trainer.precision == "fp32"
+
+
+def test_the_trainer_gives_the_padded_forward_onednn_too(tiny_encoder, tmp_path, monkeypatch):
+    """A model that does not pack: its nn.Linear layers become FastLinear, same weights and state dict."""
+    from contrastkit.data import Pair
+    from contrastkit.train import TrainConfig, Trainer
+
+    set_onednn(monkeypatch, "1")
+    if not onednn_linear_enabled():
+        pytest.skip("this torch has no oneDNN linear")
+    before = {k: v.clone() for k, v in tiny_encoder.state_dict().items()}
+    tiny_encoder.packing = False
+    pairs = [Pair(f"query {i}", f"document {i}") for i in range(8)]
+    config = TrainConfig(data="-", output_dir=str(tmp_path), batch_size=4, max_steps=1, bf16=False,
+                         show_progress=False, report=False, health_sample=0)
+    trainer = Trainer(config, tiny_encoder, pairs)
+    linears = [m for m in tiny_encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is fast_linear.FastLinear for m in linears)
+    after = tiny_encoder.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    calls = []
+    original = fast_linear._OneDNNLinear.apply
+    monkeypatch.setattr(fast_linear._OneDNNLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    trainer.train()
+    assert len(calls) >= len(linears)  # the padded forward's dense layers multiplied by oneDNN
+
+
+def test_use_fast_linear_leaves_subclasses_alone():
+    class Projection(torch.nn.Linear):
+        pass
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), Projection(4, 2), torch.nn.ReLU())
+    assert fast_linear.use_fast_linear(model) == 1
+    assert type(model[0]) is fast_linear.FastLinear and type(model[1]) is Projection
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(model[0](x), torch.nn.functional.linear(x, model[0].weight, model[0].bias))
+
+
+CAPACITY = """
+import os
+import contrastkit.fast_linear  # noqa: F401  (sets oneDNN's cache capacity unless the environment has one)
+print(os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"])
+"""
+
+
+@pytest.mark.parametrize("users", [None, "1024"], ids=["unset", "users-own"])
+def test_onednns_cache_of_shapes_is_capped_on_import_unless_the_user_set_it(users):
+    """oneDNN reads the capacity at its first primitive: importing contrastkit sets it first (the memory it
+    saves is measured in fast_linear's comment; a resident-size test of it was not stable enough here)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if users:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = users
+    out = subprocess.run([sys.executable, "-c", CAPACITY], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (users or fast_linear.PRIMITIVE_CACHE_CAPACITY)

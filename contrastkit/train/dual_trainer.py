@@ -44,6 +44,7 @@ from contrastkit.data.images import ImageCaption
 from contrastkit.devices import to_device
 from contrastkit.errors import ConfigError
 from contrastkit.fast_dropout import use_fast_dropout
+from contrastkit.fast_linear import use_fast_linear
 from contrastkit.losses import info_nce
 from contrastkit.towers import SIDES, DualEncoder, ModuleTower, TextTower
 from contrastkit.train.checkpoint import list_checkpoints, restore_optimization, resume_point, save_checkpoint
@@ -135,6 +136,7 @@ class DualTrainer:
         self.model = model.to(self.device)
         if config.fast_dropout:
             use_fast_dropout(model)
+        use_fast_linear(model)  # fp32 dense layers by oneDNN on the CPUs where it is faster (fast_linear)
         if config.max_seq_length:
             for side in SIDES:
                 tower = model.tower(side)

@@ -27,7 +27,7 @@ from contrastkit.encoder import Encoder, autocast
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
 from contrastkit.fast_dropout import use_fast_dropout
-from contrastkit.fast_linear import onednn_linear_enabled
+from contrastkit.fast_linear import onednn_linear_enabled, use_fast_linear
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.packing import sparse_gradient_parameters
 from contrastkit.report.record import clear_records, record_environment, record_similarities
@@ -168,6 +168,7 @@ class Trainer:
                               f"{type(encoder.model).__name__}; leave it null for this model")
         if config.fast_dropout:
             use_fast_dropout(encoder)
+        use_fast_linear(encoder)  # the padded forward's dense layers too (oneDNN where it is faster)
         self.examples = list(examples)
         self.evaluator = evaluator
         self.loss_fn = build_loss(config).to(self.device)
@@ -206,7 +207,7 @@ class Trainer:
         """How the step computes, in words: "bf16 autocast", or fp32 (with oneDNN's dense layers where used)."""
         if self.bf16:
             return "bf16 autocast"
-        onednn = self.device.type == "cpu" and self.encoder.packs and onednn_linear_enabled()
+        onednn = self.device.type == "cpu" and onednn_linear_enabled()
         return "fp32, dense layers by oneDNN" if onednn else "fp32"
 
     def _param_groups(self) -> list[dict]:
