@@ -93,7 +93,7 @@ def onednn_linear_enabled() -> bool:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear(x, weight, bias), through oneDNN for fp32 on the CPU where `onednn_linear_enabled`."""
-    if (x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
+    if (x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0
             or torch.is_autocast_enabled("cpu") or not onednn_linear_enabled()):
         return F.linear(x, weight, bias)
     if x.dim() == 2:

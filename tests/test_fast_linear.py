@@ -114,10 +114,13 @@ def test_the_result_is_fp32_arithmetic_not_a_reduced_precision_shortcut(onednn):
     assert (rounded - exact).abs().max().item() > 1e-3 * scale
 
 
-@pytest.mark.parametrize("case", ["float64", "autocast-bf16", "switched-off"])
+@pytest.mark.parametrize("case", ["float64", "autocast-bf16", "switched-off", "no-rows"])
 def test_other_cases_take_torchs_linear(onednn, monkeypatch, case):
     x, weight = torch.randn(4, 6, requires_grad=True), torch.randn(3, 6, requires_grad=True)
-    if case == "float64":
+    if case == "no-rows":
+        out = linear(x[:0], weight)
+        assert out.shape == (0, 3)
+    elif case == "float64":
         out = linear(x.double(), weight.double())
         assert out.dtype == torch.float64
     elif case == "autocast-bf16":
