@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -41,9 +42,9 @@ def peak_rss_gb() -> float:
 def machine() -> dict:
     import torch
 
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    from contrastkit.devices import cpu_vendor
+    from contrastkit.devices import cpu_flags, cpu_vendor
 
+    flags = cpu_flags()
     return {"date": date.today().isoformat(), "cpu_count": os.cpu_count(), "cpu_vendor": cpu_vendor(),
             "torch": torch.__version__,
             "cpu_bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx") or f == "avx512_vnni"),
@@ -57,6 +58,18 @@ def write_results(name: str, rows: list[dict], meta: dict | None = None) -> Path
     path.write_text(json.dumps(rows, indent=2) + "\n")
     (RESULTS / f"{name}.meta.json").write_text(json.dumps({**machine(), **(meta or {})}, indent=2) + "\n")
     return path
+
+
+def best_rate(fn, work: float, repeats: int = 10, rounds: int = 3) -> float:
+    """`work` per second of `fn` (after one warm-up call): the best of `rounds` timings of `repeats` calls."""
+    fn()
+    best = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = max(best, work * repeats / (time.perf_counter() - t0))
+    return best
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from _common import debian_pairs, print_table, write_results
+from _common import best_rate, debian_pairs, print_table, write_results
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 10, rounds: int = 3,
@@ -32,14 +32,7 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int 
 
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     product = (lambda: _onednn(a, b)) if onednn else (lambda: a @ b)
-    product()
-    best = 0.0
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            product()
-        best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - t0))
-    return best
+    return best_rate(product, 2 * n ** 3, repeats, rounds)
 
 
 def step_peak(bf16: bool) -> tuple[float, str]:

@@ -18,27 +18,13 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-from _common import debian_pairs, peak_rss_gb, print_table, write_results
+from _common import best_rate, debian_pairs, peak_rss_gb, print_table, write_results
 
 SHAPES = [(2048, 384, 1152), (2048, 384, 384), (2048, 384, 1536), (2048, 1536, 384)]  # tokens, in, out
-
-
-def gflops(fn, flops: float, repeats: int = 20, rounds: int = 3) -> float:
-    fn()
-    best = min(_timed(fn, repeats) for _ in range(rounds))
-    return flops / best / 1e9
-
-
-def _timed(fn, repeats: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats
 
 
 def products() -> list[dict]:
@@ -52,7 +38,7 @@ def products() -> list[dict]:
                 ("forward x Wᵀ", lambda: F.linear(x, weight), lambda: _onednn(x, weight)),
                 ("input gradient dy W", lambda: grad @ weight, lambda: _onednn(grad, weight.t())),
                 ("weight gradient dyᵀ x", lambda: grad.t() @ x, lambda: _onednn(grad.t(), x.t()))):
-            ours, theirs = gflops(onednn_fn, flops), gflops(torch_fn, flops)
+            ours, theirs = best_rate(onednn_fn, flops, 20) / 1e9, best_rate(torch_fn, flops, 20) / 1e9
             rows.append({"part": "product", "shape": f"{m}x{k}->{n}", "product": product,
                          "torch_gflops": theirs, "onednn_gflops": ours, "ratio": ours / theirs})
     return rows

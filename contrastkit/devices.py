@@ -38,32 +38,29 @@ def index_on(indices: np.ndarray | list[int], device: torch.device) -> Tensor:
     return to_device(torch.as_tensor(np.asarray(indices, dtype=np.int64)), device)
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not there)."""
+def _cpuinfo_value(keys: tuple[str, ...], cpuinfo: Path) -> str | None:
+    """The value of the first /proc/cpuinfo line whose key is in `keys` (None where there is none)."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not there)."""
+    return frozenset((_cpuinfo_value(("flags", "Features"), cpuinfo) or "").split())
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's vendor as Linux names it ("GenuineIntel", "AuthenticAMD"; empty where unknown)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "vendor_id":
-            return value.strip()
-    return ""
+    return _cpuinfo_value(("vendor_id",), cpuinfo) or ""
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -335,7 +335,7 @@ class Trainer:
             (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
             record_environment(self.output_dir, model=str(self.encoder.name_or_path), device=str(self.device),
                                world_size=self.dist.world_size,
-                               precision=self.precision)  # bf16: null says neither
+                               precision=self.precision)  # as resolved: `bf16: null` is never written here
         torch.manual_seed(config.seed + self.dist.rank)
         if resume:
             self._resume()
