@@ -42,7 +42,11 @@ CONFIGS = [("fp32", None, None, False), ("fp32", 8, None, False), ("fp32", 16, N
            ("fp32", 32, None, False), ("fp32", None, 0.0, False), ("fp32", 8, 0.0, False),
            ("fp32", 16, 0.0, False), ("fp32", 32, 0.0, False), ("bf16", None, None, False),
            ("bf16", 16, None, False), ("fp32", 16, None, True), ("fp32", 16, 0.0, True), ("fp32", 32, 0.0, True),
-           ("fp32", PACKED, None, True), ("fp32", PACKED, 0.0, True)]
+           ("fp32", PACKED, None, True), ("fp32", PACKED, 0.0, True),
+           # bf16 autocast where the CPU has bf16 arithmetic (AVX-512 BF16, AMX): chunks as a plain loop
+           # would cut them, and the trainer's default (packed, contrastkit's dropout)
+           ("bf16", 8, None, False), ("bf16", 32, None, False), ("bf16", PACKED, None, True),
+           ("bf16", PACKED, 0.0, True)]
 
 
 def make_trainer(pairs, batch_size: int, chunk: int | None, bf16: bool, attention_dropout: float | None,

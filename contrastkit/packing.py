@@ -6,9 +6,11 @@ feed-forward and projection layers, layer norms and dropout, the way unpadded BE
 (Zeng et al. 2022, "Boosting Distributed Training Performance of the Unpadded BERT Model"; FlashAttention's
 varlen path). Only attention needs texts side by side: each slab of similar-length texts is scattered
 into a padded [b, T, 3D] block for PyTorch's fused scaled-dot-product attention and gathered back.
-With dropout on the attention probabilities and the trainer's CPU dropout (contrastkit.fast_dropout),
-attention is written out instead (`attend_with_dropout`): PyTorch's kernel would then run its unfused
-path and draw the mask with its slower `bernoulli_`.
+On the CPU, attention is written out (`written_out_attention`) instead of PyTorch's fused kernel
+in two cases: with dropout on the attention probabilities and the trainer's CPU dropout
+(contrastkit.fast_dropout), where PyTorch's kernel would run its unfused path and draw the mask with
+its slower `bernoulli_`; and in bf16 (bf16 autocast included), where PyTorch's fused CPU kernel ran
+2-7x slower than the written-out products (forward and backward, bench/attention_kernel.py).
 
 Texts are sorted longest first and cut into slabs of at most `slab_tokens` padded positions
 (b · T ≤ slab_tokens), so a slab's activations stay small enough for the CPU's caches between one
@@ -164,16 +166,18 @@ def _fused_qkv(layer: nn.Module) -> tuple[Tensor, Tensor]:
             torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]))
 
 
-def attend_with_dropout(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, dropout: nn.Module,
-                        scale: float) -> Tensor:
+def written_out_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, dropout: nn.Module,
+                          scale: float) -> Tensor:
     """Scaled dot-product attention with dropout on the probabilities (Vaswani et al. 2017):
 
         A = dropout(softmax(s · q kᵀ, keys where key_mask is False at -inf)),    out = A v
 
-    q, k, v [b, h, T, d]; key_mask [b, 1, 1, T] True at real tokens. The math of PyTorch's unfused
-    path with `dropout` (the trainer's FastDropout) drawing the mask: on the 2-core CPU here torch's
-    `bernoulli_` on the [b, h, T, T] probabilities took 9 % of a Cranfield batch-32 step, more than
-    the attention's matrix multiplies (bench/profile_step.py).
+    q, k, v [b, h, T, d]; key_mask [b, 1, 1, T] True at real tokens; `dropout` the layer's own module
+    (an identity out of training or at p = 0). The math of PyTorch's unfused path, for the two cases
+    its fused CPU kernel does badly: dropout drawn by the trainer's FastDropout (torch's `bernoulli_`
+    on the [b, h, T, T] probabilities took 9 % of a Cranfield batch-32 step, more than the attention's
+    matrix multiplies, bench/profile_step.py), and bf16 inputs (the fused kernel's bf16 path took 2-7x
+    as long, forward and backward, at MiniLM's shapes on the Zen 5 here; bench/attention_kernel.py).
     """
     # padding keys get -inf added (every text has a real token, so no row is empty): an added
     # constant's backward passes the gradient as it is, where masked_fill's would mask it again
@@ -196,8 +200,9 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     # select's backward would zero a whole [b, T, 3D] block and the three would then be summed
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
     dropout = attention.dropout.p if attention.training else 0.0
-    if dropout > 0.0 and isinstance(attention.dropout, FastDropout) and x.device.type == "cpu":
-        out = attend_with_dropout(q, k, v, slab.key_mask, attention.dropout, attention.scaling)
+    fast_masks = dropout > 0.0 and isinstance(attention.dropout, FastDropout)
+    if x.device.type == "cpu" and (fast_masks or q.dtype == torch.bfloat16):
+        out = written_out_attention(q, k, v, slab.key_mask, attention.dropout, attention.scaling)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=slab.key_mask, dropout_p=dropout,
                                              scale=attention.scaling)

@@ -8,7 +8,7 @@ import torch
 import contrastkit.packing as packing_module
 from contrastkit.encoder import Encoder
 from contrastkit.fast_dropout import FastDropout, drop_threshold, keep_mask, use_fast_dropout
-from contrastkit.packing import _padded_block, attend_with_dropout, can_pack, packed_hidden_states, plan_packing
+from contrastkit.packing import _padded_block, written_out_attention, can_pack, packed_hidden_states, plan_packing
 from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
 
 TEXTS = ["a", "shock waves in a supersonic nozzle with a long and winding description of the flow",
@@ -220,6 +220,39 @@ def test_bf16_autocast_stays_close(tiny_encoder):
     torch.testing.assert_close(packed.float(), padded.float(), rtol=0, atol=3e-2)
 
 
+def test_bf16_takes_the_written_out_attention_and_fp32_without_dropout_the_fused_kernel(tiny_encoder, monkeypatch):
+    """torch's fused CPU kernel ran 2-7x slower in bf16 (bench/attention_kernel.py): bf16 writes attention out."""
+    calls = []
+    monkeypatch.setattr(packing_module, "written_out_attention",
+                        lambda *args: calls.append(args[0].dtype) or written_out_attention(*args))
+    tiny_encoder.eval()
+    with torch.no_grad():
+        tiny_encoder.embed(TEXTS)
+        assert calls == []  # fp32 without dropout: torch's kernel
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tiny_encoder.embed(TEXTS)
+    assert calls == [torch.bfloat16] * 2  # the tiny model's two layers, one slab
+
+
+def test_bf16_gradients_through_the_written_out_attention_stay_close_to_the_padded_forward(tiny_model_dir):
+    """bf16 autocast, no dropout: every parameter's gradient within 2 % of the padded forward's (0.7 % seen).
+
+    The key biases' true gradient is 0 (softmax ignores a constant added to all of a query's scores):
+    theirs is rounding, measured against the largest gradient instead.
+    """
+    grads = []
+    for packing in (True, False):
+        encoder = training_without_dropout(tiny_model_dir, packing)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            anchors, positives = encoder.embed(TEXTS[:4]), encoder.embed(TEXTS[4:])
+        torch.nn.functional.cross_entropy(anchors.float() @ positives.float().T * 20, torch.arange(4)).backward()
+        grads.append({n: p.grad.float().clone() for n, p in encoder.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    largest = max(g.norm() for g in grads[1].values())
+    for name, theirs in grads[1].items():
+        assert (grads[0][name] - theirs).norm() <= 0.02 * theirs.norm() + 1e-5 * largest, name
+
+
 def attention_inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
     """q, k, v [3 texts, 2 heads, 5 positions, 4] in float64 and a key mask (lengths 5, 3, 1)."""
     generator = torch.Generator().manual_seed(seed)
@@ -231,7 +264,7 @@ def attention_inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 def test_attention_without_dropout_is_pytorchs_attention():
     q, k, v, key_mask = attention_inputs()
-    ours = attend_with_dropout(q, k, v, key_mask, FastDropout(0.3).eval(), 0.7)
+    ours = written_out_attention(q, k, v, key_mask, FastDropout(0.3).eval(), 0.7)
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=0.7)
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
@@ -240,7 +273,7 @@ def test_attention_dropout_drops_probabilities_with_the_fast_masks_and_their_gra
     """out = (softmax(masked s·qkᵀ) · keep / (1 - p')) v, keep drawn by keep_mask from the same seed."""
     q, k, v, key_mask = attention_inputs()
     torch.manual_seed(5)
-    ours = attend_with_dropout(q, k, v, key_mask, FastDropout(0.3).train(), 0.7)
+    ours = written_out_attention(q, k, v, key_mask, FastDropout(0.3).train(), 0.7)
     torch.manual_seed(5)
     keep = keep_mask((3, 2, 5, 5), 0.3)
     scores = (0.7 * q @ k.transpose(-2, -1)).masked_fill(~key_mask, float("-inf"))
@@ -256,8 +289,8 @@ def test_attention_dropout_drops_probabilities_with_the_fast_masks_and_their_gra
 
 def test_the_trainers_dropout_takes_the_written_out_attention_and_torchs_the_fused_one(tiny_encoder, monkeypatch):
     calls = []
-    monkeypatch.setattr(packing_module, "attend_with_dropout",
-                        lambda *args: calls.append(1) or attend_with_dropout(*args))
+    monkeypatch.setattr(packing_module, "written_out_attention",
+                        lambda *args: calls.append(1) or written_out_attention(*args))
     tiny_encoder.train()
     with torch.no_grad():
         tiny_encoder.embed(TEXTS)
@@ -274,7 +307,7 @@ def test_the_trainers_dropout_takes_the_written_out_attention_and_torchs_the_fus
 def test_gradient_caching_through_the_packed_forward_equals_the_uncached_step(tiny_model_dir, fast_dropout):
     """float64, dropout on: the cached step replays each chunk's dropout masks in the packed forward.
 
-    With fast_dropout the attention's probabilities too are dropped by FastDropout (attend_with_dropout).
+    With fast_dropout the attention's probabilities too are dropped by FastDropout (written_out_attention).
     """
     encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=64).double()
     if fast_dropout:

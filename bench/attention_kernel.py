@@ -1,0 +1,133 @@
+"""PyTorch's fused attention (scaled_dot_product_attention) against the written-out products, on the CPU.
+
+Part 1: time of one attention call (forward, and forward + backward) at MiniLM's head shape
+(12 heads of 32) for slabs of the packed forward (b texts of T tokens, padding keys masked), in fp32
+and bf16, best of three rounds of ten calls each: torch's kernel against
+`contrastkit.packing.written_out_attention` (no dropout). Part 2: whole training steps of the
+default model without attention dropout (the demo's recipe; Cranfield batch 32, bf16 autocast and
+fp32), the packed forward with torch's kernel or the written-out attention; each configuration in
+its own process (a process that switched kernels between steps would time its cache effects too),
+the two taking turns.
+
+    .venv/bin/python bench/attention_kernel.py [--steps 10] [--rounds 2] [--out attention_kernel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from _common import REPO, print_table, write_results
+
+SHAPES = [(16, 128), (32, 64), (64, 32)]  # (texts b, tokens T): slabs of about 2,048 positions
+
+
+def call_ms(fn, repeats: int = 10, rounds: int = 3) -> float:
+    """Milliseconds a call of fn, best of `rounds` timings of `repeats` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / repeats * 1e3)
+    return best
+
+
+def kernel_rows() -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    from contrastkit.packing import written_out_attention
+
+    torch.manual_seed(0)
+    rows = []
+    identity = torch.nn.Identity()
+    for dtype in (torch.float32, torch.bfloat16):
+        for backward in (False, True):
+            for b, T in SHAPES:
+                q, k, v = (torch.randn(b, 12, T, 32, dtype=dtype, requires_grad=backward) for _ in range(3))
+                lengths = torch.randint(T // 2, T + 1, (b,))
+                lengths[0] = T
+                mask = (torch.arange(T)[None, :] < lengths[:, None])[:, None, None, :]
+
+                def run(attend):
+                    def go():
+                        out = attend()
+                        if backward:
+                            out.sum().backward()
+                    return go
+
+                with torch.set_grad_enabled(backward):
+                    fused = call_ms(run(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                                               scale=32 ** -0.5)))
+                    written = call_ms(run(lambda: written_out_attention(q, k, v, mask, identity, 32 ** -0.5)))
+                rows.append({"part": "kernel", "dtype": str(dtype).removeprefix("torch."),
+                             "pass": "forward + backward" if backward else "forward", "texts": b, "tokens": T,
+                             "torch_sdpa_ms": fused, "written_out_ms": written, "speedup": fused / written})
+    return rows
+
+
+def step_child(bf16: bool, written: bool, steps: int) -> dict:
+    import types
+
+    import torch
+    from throughput import make_trainer, timed_step
+    from vs_sentence_transformers import SETTINGS, training_pairs
+
+    import contrastkit.packing as packing
+
+    F = torch.nn.functional
+    if written:  # the written-out attention in every precision
+        packing.F = types.SimpleNamespace(**{**vars(F), "scaled_dot_product_attention": (
+            lambda q, k, v, attn_mask, dropout_p, scale: packing.written_out_attention(
+                q, k, v, attn_mask, torch.nn.Identity(), scale))})
+    else:  # torch's kernel in every precision (attention dropout is 0 here)
+        packing.written_out_attention = lambda q, k, v, key_mask, dropout, scale: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, scale=scale)
+    trainer = make_trainer(training_pairs(SETTINGS[0]), 32, 16, bf16, 0.0, steps + 1, 128)
+    batches = trainer._batches(0)
+    timed_step(trainer, batches[0])  # warm-up
+    seconds = [timed_step(trainer, b) for b in batches[1:steps + 1]]
+    return {"mean_step_s": statistics.mean(seconds), "steps": len(seconds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2, help="turns of each whole-step configuration")
+    parser.add_argument("--out", default="attention_kernel")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(step_child(args.child[0] == "bf16", args.child[1] == "written", args.steps)))
+        return
+    rows = kernel_rows()
+    print_table(rows, ["dtype", "pass", "texts", "tokens", "torch_sdpa_ms", "written_out_ms", "speedup"])
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for precision in ("bf16", "fp32"):
+            for kernel in ("torch", "written"):
+                out = subprocess.run([sys.executable, __file__, "--child", precision, kernel, "--steps", str(args.steps)],
+                                     cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+                if out.returncode != 0:
+                    raise SystemExit(out.stderr[-3000:])
+                step = json.loads(out.stdout.strip().splitlines()[-1])["mean_step_s"]
+                times.setdefault((precision, kernel), []).append(step)
+                print(precision, kernel, round(step, 4), flush=True)
+    for precision in ("bf16", "fp32"):
+        torch_s, written_s = (statistics.mean(times[(precision, k)]) for k in ("torch", "written"))
+        rows.append({"part": "training step", "dtype": precision, "pass": "Cranfield batch 32, attention dropout 0",
+                     "torch_sdpa_step_s": torch_s, "written_out_step_s": written_s, "speedup": torch_s / written_s,
+                     "runs": {k: times[(precision, k)] for k in ("torch", "written")}})
+    print_table(rows[-2:], ["dtype", "pass", "torch_sdpa_step_s", "written_out_step_s", "speedup"])
+    print(f"wrote {write_results(args.out, rows, {'steps': args.steps, 'rounds': args.rounds})}")
+
+
+if __name__ == "__main__":
+    main()
