@@ -5,9 +5,10 @@ Part 1: time of one attention call (forward, and forward + backward) at MiniLM's
 and bf16, best of three rounds of ten calls each: torch's kernel against
 `contrastkit.packing.written_out_attention` (no dropout). Part 2: whole training steps of the
 default model without attention dropout (the demo's recipe; Cranfield batch 32, bf16 autocast and
-fp32), the packed forward with torch's kernel or the written-out attention; each configuration in
-its own process (a process that switched kernels between steps would time its cache effects too),
-the two taking turns.
+fp32), the packed forward with torch's kernel or the written-out attention, and in bf16 the padded
+forward (models that do not pack) with Hugging Face's "sdpa" or "eager" attention; each
+configuration in its own process (a process that switched kernels between steps would time its
+cache effects too), taking turns.
 
     .venv/bin/python bench/attention_kernel.py [--steps 10] [--rounds 2] [--out attention_kernel]
 """
@@ -73,16 +74,21 @@ def kernel_rows() -> list[dict]:
     return rows
 
 
-def step_child(bf16: bool, written: bool, steps: int) -> dict:
+def step_child(bf16: bool, kernel: str, steps: int) -> dict:
     import types
 
     import torch
-    from throughput import make_trainer, timed_step
+    from throughput import make_trainer
     from vs_sentence_transformers import SETTINGS, training_pairs
 
     import contrastkit.packing as packing
 
     F = torch.nn.functional
+    written = kernel == "written"
+    if kernel in ("sdpa", "eager"):  # the padded forward, Hugging Face's attention
+        trainer = make_trainer(training_pairs(SETTINGS[0]), 32, 16, bf16, 0.0, steps + 1, 128, packing=False)
+        trainer.encoder.model.set_attn_implementation(kernel)  # the trainer picked eager for bf16
+        return _timed(trainer, steps)
     if written:  # the written-out attention in every precision
         packing.F = types.SimpleNamespace(**{**vars(F), "scaled_dot_product_attention": (
             lambda q, k, v, attn_mask, dropout_p, scale: packing.written_out_attention(
@@ -90,7 +96,12 @@ def step_child(bf16: bool, written: bool, steps: int) -> dict:
     else:  # torch's kernel in every precision (attention dropout is 0 here)
         packing.written_out_attention = lambda q, k, v, key_mask, dropout, scale: F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, scale=scale)
-    trainer = make_trainer(training_pairs(SETTINGS[0]), 32, 16, bf16, 0.0, steps + 1, 128)
+    return _timed(make_trainer(training_pairs(SETTINGS[0]), 32, 16, bf16, 0.0, steps + 1, 128), steps)
+
+
+def _timed(trainer, steps: int) -> dict:
+    from throughput import timed_step
+
     batches = trainer._batches(0)
     timed_step(trainer, batches[0])  # warm-up
     seconds = [timed_step(trainer, b) for b in batches[1:steps + 1]]
@@ -105,27 +116,30 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(step_child(args.child[0] == "bf16", args.child[1] == "written", args.steps)))
+        print(json.dumps(step_child(args.child[0] == "bf16", args.child[1], args.steps)))
         return
     rows = kernel_rows()
     print_table(rows, ["dtype", "pass", "texts", "tokens", "torch_sdpa_ms", "written_out_ms", "speedup"])
     times: dict[tuple[str, str], list[float]] = {}
+    configs = [("bf16", "torch"), ("bf16", "written"), ("fp32", "torch"), ("fp32", "written"),
+               ("bf16", "sdpa"), ("bf16", "eager")]
     for _ in range(args.rounds):
-        for precision in ("bf16", "fp32"):
-            for kernel in ("torch", "written"):
-                out = subprocess.run([sys.executable, __file__, "--child", precision, kernel, "--steps", str(args.steps)],
-                                     cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
-                if out.returncode != 0:
-                    raise SystemExit(out.stderr[-3000:])
-                step = json.loads(out.stdout.strip().splitlines()[-1])["mean_step_s"]
-                times.setdefault((precision, kernel), []).append(step)
-                print(precision, kernel, round(step, 4), flush=True)
-    for precision in ("bf16", "fp32"):
-        torch_s, written_s = (statistics.mean(times[(precision, k)]) for k in ("torch", "written"))
-        rows.append({"part": "training step", "dtype": precision, "pass": "Cranfield batch 32, attention dropout 0",
+        for precision, kernel in configs:
+            out = subprocess.run([sys.executable, __file__, "--child", precision, kernel, "--steps", str(args.steps)],
+                                 cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+            if out.returncode != 0:
+                raise SystemExit(out.stderr[-3000:])
+            step = json.loads(out.stdout.strip().splitlines()[-1])["mean_step_s"]
+            times.setdefault((precision, kernel), []).append(step)
+            print(precision, kernel, round(step, 4), flush=True)
+    for precision, forward, kernels in (("bf16", "packed", ("torch", "written")), ("fp32", "packed", ("torch", "written")),
+                                        ("bf16", "padded (Hugging Face sdpa / eager)", ("sdpa", "eager"))):
+        torch_s, written_s = (statistics.mean(times[(precision, k)]) for k in kernels)
+        rows.append({"part": "training step", "dtype": precision,
+                     "pass": f"Cranfield batch 32, attention dropout 0, {forward} forward",
                      "torch_sdpa_step_s": torch_s, "written_out_step_s": written_s, "speedup": torch_s / written_s,
-                     "runs": {k: times[(precision, k)] for k in ("torch", "written")}})
-    print_table(rows[-2:], ["dtype", "pass", "torch_sdpa_step_s", "written_out_step_s", "speedup"])
+                     "runs": {k: times[(precision, k)] for k in kernels}})
+    print_table(rows[-3:], ["dtype", "pass", "torch_sdpa_step_s", "written_out_step_s", "speedup"])
     print(f"wrote {write_results(args.out, rows, {'steps': args.steps, 'rounds': args.rounds})}")
 
 

@@ -10,7 +10,7 @@ On the CPU, attention is written out (`written_out_attention`) instead of PyTorc
 in two cases: with dropout on the attention probabilities and the trainer's CPU dropout
 (contrastkit.fast_dropout), where PyTorch's kernel would run its unfused path and draw the mask with
 its slower `bernoulli_`; and in bf16 (bf16 autocast included), where PyTorch's fused CPU kernel ran
-2-7x slower than the written-out products (forward and backward, bench/attention_kernel.py).
+2-8x slower than the written-out products (forward and backward, contrastkit/eager_attention.py).
 
 Texts are sorted longest first and cut into slabs of at most `slab_tokens` padded positions
 (b · T ≤ slab_tokens), so a slab's activations stay small enough for the CPU's caches between one
@@ -176,7 +176,7 @@ def written_out_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, dro
     (an identity out of training or at p = 0). The math of PyTorch's unfused path, for the two cases
     its fused CPU kernel does badly: dropout drawn by the trainer's FastDropout (torch's `bernoulli_`
     on the [b, h, T, T] probabilities took 9 % of a Cranfield batch-32 step, more than the attention's
-    matrix multiplies, bench/profile_step.py), and bf16 inputs (the fused kernel's bf16 path took 2-7x
+    matrix multiplies, bench/profile_step.py), and bf16 inputs (the fused kernel's bf16 path took 2-8x
     as long, forward and backward, at MiniLM's shapes on the Zen 5 here; bench/attention_kernel.py).
     """
     # padding keys get -inf added (every text has a real token, so no row is empty): an added

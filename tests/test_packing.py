@@ -221,7 +221,7 @@ def test_bf16_autocast_stays_close(tiny_encoder):
 
 
 def test_bf16_takes_the_written_out_attention_and_fp32_without_dropout_the_fused_kernel(tiny_encoder, monkeypatch):
-    """torch's fused CPU kernel ran 2-7x slower in bf16 (bench/attention_kernel.py): bf16 writes attention out."""
+    """torch's fused CPU kernel ran 2-8x slower in bf16 (bench/attention_kernel.py): bf16 writes attention out."""
     calls = []
     monkeypatch.setattr(packing_module, "written_out_attention",
                         lambda *args: calls.append(args[0].dtype) or written_out_attention(*args))

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from contrastkit.data import Pair, load_beir, pairs_from_beir, read_pairs
 from contrastkit.data.subset import sample_indices
 from contrastkit.devices import to_device, use_bf16
+from contrastkit.eager_attention import use_eager_attention
 from contrastkit.encoder import Encoder, autocast
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
@@ -169,6 +170,8 @@ class Trainer:
         if config.fast_dropout:
             use_fast_dropout(encoder)
         use_fast_linear(encoder)  # the padded forward's dense layers too (oneDNN where it is faster)
+        if self.bf16 and self.device.type == "cpu":
+            use_eager_attention(encoder)  # torch's fused CPU attention is slow in bf16 (eager_attention.py)
         self.examples = list(examples)
         self.evaluator = evaluator
         self.loss_fn = build_loss(config).to(self.device)
