@@ -8,7 +8,7 @@ import torch
 import contrastkit.packing as packing_module
 from contrastkit.encoder import Encoder
 from contrastkit.fast_dropout import FastDropout, drop_threshold, keep_mask, use_fast_dropout
-from contrastkit.packing import _padded_block, written_out_attention, can_pack, packed_hidden_states, plan_packing
+from contrastkit.packing import _padded_block, can_pack, packed_hidden_states, plan_packing, written_out_attention
 from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
 
 TEXTS = ["a", "shock waves in a supersonic nozzle with a long and winding description of the flow",
