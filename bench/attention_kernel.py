@@ -6,9 +6,10 @@ and bf16, best of three rounds of ten calls each: torch's kernel against
 `contrastkit.packing.written_out_attention` (no dropout). Part 2: whole training steps of the
 default model without attention dropout (the demo's recipe; Cranfield batch 32, bf16 autocast and
 fp32), the packed forward with torch's kernel or the written-out attention, and in bf16 the padded
-forward (models that do not pack) with Hugging Face's "sdpa" or "eager" attention; each
-configuration in its own process (a process that switched kernels between steps would time its
-cache effects too), taking turns.
+forward (models that do not pack) with Hugging Face's "sdpa" or "eager" attention. Part 3: encoding
+1,500 debian-packages documents (256 tokens, `Encoder.encode`, no graph) through the padded forward
+with "sdpa" or "eager", bf16 and fp32. Each configuration of parts 2 and 3 in its own process (a
+process that switched kernels between steps would time its cache effects too), taking turns.
 
     .venv/bin/python bench/attention_kernel.py [--steps 10] [--rounds 2] [--out attention_kernel]
 """
@@ -26,6 +27,7 @@ import time
 from _common import REPO, print_table, write_results
 
 SHAPES = [(16, 128), (32, 64), (64, 32)]  # (texts b, tokens T): slabs of about 2,048 positions
+ENCODE_TEXTS = 1500  # debian-packages documents encoded at 256 tokens (part 3)
 
 
 def call_ms(fn, repeats: int = 10, rounds: int = 3) -> float:
@@ -87,8 +89,21 @@ def step_child(bf16: bool, kernel: str, steps: int) -> dict:
     written = kernel == "written"
     if kernel in ("sdpa", "eager"):  # the padded forward, Hugging Face's attention
         trainer = make_trainer(training_pairs(SETTINGS[0]), 32, 16, bf16, 0.0, steps + 1, 128, packing=False)
-        trainer.encoder.model.set_attn_implementation(kernel)  # the trainer picked eager for bf16
+        trainer._eager_attention = kernel == "eager"  # the trainer's own choice in bf16 on the CPU: eager
         return _timed(trainer, steps)
+    if kernel.startswith("encode-"):  # the padded forward without a graph: Encoder.encode
+        from _common import debian_pairs
+
+        from contrastkit.encoder import Encoder
+
+        encoder = Encoder.from_pretrained("default", max_seq_length=256)
+        encoder.packing = False
+        texts = [p.positive for p in debian_pairs(ENCODE_TEXTS)]
+        encoder.model.set_attn_implementation(kernel.removeprefix("encode-"))
+        encoder.encode(texts[:64], bf16=bf16)  # warm-up
+        t0 = time.perf_counter()
+        encoder.encode(texts, bf16=bf16)
+        return {"seconds": time.perf_counter() - t0, "texts": len(texts)}
     if written:  # the written-out attention in every precision
         packing.F = types.SimpleNamespace(**{**vars(F), "scaled_dot_product_attention": (
             lambda q, k, v, attn_mask, dropout_p, scale: packing.written_out_attention(
@@ -122,24 +137,30 @@ def main() -> None:
     print_table(rows, ["dtype", "pass", "texts", "tokens", "torch_sdpa_ms", "written_out_ms", "speedup"])
     times: dict[tuple[str, str], list[float]] = {}
     configs = [("bf16", "torch"), ("bf16", "written"), ("fp32", "torch"), ("fp32", "written"),
-               ("bf16", "sdpa"), ("bf16", "eager")]
+               ("bf16", "sdpa"), ("bf16", "eager"), ("bf16", "encode-sdpa"), ("bf16", "encode-eager"),
+               ("fp32", "encode-sdpa"), ("fp32", "encode-eager")]
     for _ in range(args.rounds):
         for precision, kernel in configs:
             out = subprocess.run([sys.executable, __file__, "--child", precision, kernel, "--steps", str(args.steps)],
                                  cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
             if out.returncode != 0:
                 raise SystemExit(out.stderr[-3000:])
-            step = json.loads(out.stdout.strip().splitlines()[-1])["mean_step_s"]
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            step = result.get("mean_step_s", result.get("seconds"))
             times.setdefault((precision, kernel), []).append(step)
             print(precision, kernel, round(step, 4), flush=True)
     for precision, forward, kernels in (("bf16", "packed", ("torch", "written")), ("fp32", "packed", ("torch", "written")),
-                                        ("bf16", "padded (Hugging Face sdpa / eager)", ("sdpa", "eager"))):
+                                        ("bf16", "padded (Hugging Face sdpa / eager)", ("sdpa", "eager")),
+                                        ("bf16", "ENCODE", ("encode-sdpa", "encode-eager")),
+                                        ("fp32", "ENCODE", ("encode-sdpa", "encode-eager"))):
         torch_s, written_s = (statistics.mean(times[(precision, k)]) for k in kernels)
-        rows.append({"part": "training step", "dtype": precision,
-                     "pass": f"Cranfield batch 32, attention dropout 0, {forward} forward",
+        encode = forward == "ENCODE"
+        rows.append({"part": "encode" if encode else "training step", "dtype": precision,
+                     "pass": f"{ENCODE_TEXTS} debian texts at 256 tokens, padded forward, seconds (sdpa / eager)"
+                     if encode else f"Cranfield batch 32, attention dropout 0, {forward} forward",
                      "torch_sdpa_step_s": torch_s, "written_out_step_s": written_s, "speedup": torch_s / written_s,
                      "runs": {k: times[(precision, k)] for k in kernels}})
-    print_table(rows[-3:], ["dtype", "pass", "torch_sdpa_step_s", "written_out_step_s", "speedup"])
+    print_table(rows[-5:], ["dtype", "pass", "torch_sdpa_step_s", "written_out_step_s", "speedup"])
     print(f"wrote {write_results(args.out, rows, {'steps': args.steps, 'rounds': args.rounds})}")
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from contrastkit.data import Pair, load_beir, pairs_from_beir, read_pairs
 from contrastkit.data.subset import sample_indices
 from contrastkit.devices import to_device, use_bf16
-from contrastkit.eager_attention import use_eager_attention
+from contrastkit.eager_attention import eager_attention
 from contrastkit.encoder import Encoder, autocast
 from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
@@ -170,8 +170,9 @@ class Trainer:
         if config.fast_dropout:
             use_fast_dropout(encoder)
         use_fast_linear(encoder)  # the padded forward's dense layers too (oneDNN where it is faster)
-        if self.bf16 and self.device.type == "cpu":
-            use_eager_attention(encoder)  # torch's fused CPU attention is slow in bf16 (eager_attention.py)
+        # the padded forward's training passes in bf16 on the CPU: Hugging Face's eager attention
+        # (torch's fused CPU kernel is slow there; eager_attention.py)
+        self._eager_attention = self.bf16 and self.device.type == "cpu"
         self.examples = list(examples)
         self.evaluator = evaluator
         self.loss_fn = build_loss(config).to(self.device)
@@ -297,7 +298,8 @@ class Trainer:
         return contrastive
 
     def _embed(self, texts: list[str]) -> Tensor:
-        with autocast(self.bf16, self.device.type):
+        with autocast(self.bf16, self.device.type), \
+                eager_attention(self.encoder, self._eager_attention and torch.is_grad_enabled()):
             return self.encoder.embed(texts).float()
 
     def _texts_per_forward(self) -> int | None:
