@@ -32,8 +32,9 @@ def eager_attention(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     """Within the block every Hugging Face model inside `model` whose attention runs "sdpa" runs "eager".
 
     Yields how many were switched, and switches them back on leaving. Models with another
-    implementation (eager already, flash attention, a kernel of their own) and transformers versions
-    without `set_attn_implementation` are left as they are; `enabled=False` switches nothing.
+    implementation (eager already, flash attention, a kernel of their own), models that refuse
+    "eager", and transformers versions without `set_attn_implementation` are left as they are;
+    `enabled=False` switches nothing.
     """
     switched = []
     if enabled:
@@ -41,7 +42,10 @@ def eager_attention(model: nn.Module, enabled: bool = True) -> Iterator[int]:
             config = getattr(module, "config", None)
             setter = getattr(module, "set_attn_implementation", None)
             if setter is not None and getattr(config, "_attn_implementation", None) == "sdpa":
-                setter("eager")
+                try:
+                    setter("eager")
+                except (ValueError, NotImplementedError):  # a model (remote code) that has no eager path
+                    continue
                 switched.append(setter)
     try:
         yield len(switched)

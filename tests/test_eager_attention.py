@@ -35,6 +35,20 @@ def test_sdpa_becomes_eager_within_the_block_with_the_same_outputs_and_nothing_s
     assert not [k for k in json.loads((tmp_path / "config.json").read_text()) if "attn" in k]
 
 
+def test_a_model_that_refuses_eager_is_left_on_sdpa():
+    class NoEager(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("Config", (), {"_attn_implementation": "sdpa"})()
+
+        def set_attn_implementation(self, name):
+            raise ValueError(f"{name} is not supported by this remote-code model")
+
+    model = NoEager()
+    with eager_attention(model) as switched:
+        assert switched == 0 and model.config._attn_implementation == "sdpa"
+
+
 def test_the_switch_is_undone_when_the_block_raises(tiny_encoder):
     with pytest.raises(RuntimeError), eager_attention(tiny_encoder):
         raise RuntimeError("a failing forward")
