@@ -8,7 +8,8 @@ default model without attention dropout (the demo's recipe; Cranfield batch 32, 
 fp32), the packed forward with torch's kernel or the written-out attention, and in bf16 the padded
 forward (models that do not pack) with Hugging Face's "sdpa" or "eager" attention. Part 3: encoding
 1,500 debian-packages documents (256 tokens, `Encoder.encode`, no graph) through the padded forward
-with "sdpa" or "eager", bf16 and fp32. Each configuration of parts 2 and 3 in its own process (a
+with "sdpa" or "eager", bf16 and fp32, and in bf16 through the packed forward with torch's kernel or
+the written-out attention. Each configuration of parts 2 and 3 in its own process (a
 process that switched kernels between steps would time its cache effects too), taking turns.
 
     .venv/bin/python bench/attention_kernel.py [--steps 10] [--rounds 2] [--out attention_kernel]
@@ -91,15 +92,19 @@ def step_child(bf16: bool, kernel: str, steps: int) -> dict:
         trainer = make_trainer(training_pairs(SETTINGS[0]), 32, 16, bf16, 0.0, steps + 1, 128, packing=False)
         trainer._eager_attention = kernel == "eager"  # the trainer's own choice in bf16 on the CPU: eager
         return _timed(trainer, steps)
-    if kernel.startswith("encode-"):  # the padded forward without a graph: Encoder.encode
+    if kernel.startswith("encode-"):  # without a graph: Encoder.encode, padded or packed forward
         from _common import debian_pairs
 
         from contrastkit.encoder import Encoder
 
         encoder = Encoder.from_pretrained("default", max_seq_length=256)
-        encoder.packing = False
         texts = [p.positive for p in debian_pairs(ENCODE_TEXTS)]
-        encoder.model.set_attn_implementation(kernel.removeprefix("encode-"))
+        if kernel == "encode-packed-torch":  # torch's kernel in the packed forward, as before 2026-11-28
+            packing.written_out_attention = (lambda q, k, v, key_mask, dropout, scale:
+                                              F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale))
+        elif kernel != "encode-packed-written":
+            encoder.packing = False
+            encoder.model.set_attn_implementation(kernel.removeprefix("encode-"))
         encoder.encode(texts[:64], bf16=bf16)  # warm-up
         t0 = time.perf_counter()
         encoder.encode(texts, bf16=bf16)
@@ -138,7 +143,8 @@ def main() -> None:
     times: dict[tuple[str, str], list[float]] = {}
     configs = [("bf16", "torch"), ("bf16", "written"), ("fp32", "torch"), ("fp32", "written"),
                ("bf16", "sdpa"), ("bf16", "eager"), ("bf16", "encode-sdpa"), ("bf16", "encode-eager"),
-               ("fp32", "encode-sdpa"), ("fp32", "encode-eager")]
+               ("fp32", "encode-sdpa"), ("fp32", "encode-eager"), ("bf16", "encode-packed-torch"),
+               ("bf16", "encode-packed-written")]
     for _ in range(args.rounds):
         for precision, kernel in configs:
             out = subprocess.run([sys.executable, __file__, "--child", precision, kernel, "--steps", str(args.steps)],
@@ -152,15 +158,18 @@ def main() -> None:
     for precision, forward, kernels in (("bf16", "packed", ("torch", "written")), ("fp32", "packed", ("torch", "written")),
                                         ("bf16", "padded (Hugging Face sdpa / eager)", ("sdpa", "eager")),
                                         ("bf16", "ENCODE", ("encode-sdpa", "encode-eager")),
-                                        ("fp32", "ENCODE", ("encode-sdpa", "encode-eager"))):
+                                        ("fp32", "ENCODE", ("encode-sdpa", "encode-eager")),
+                                        ("bf16", "ENCODE PACKED", ("encode-packed-torch", "encode-packed-written"))):
         torch_s, written_s = (statistics.mean(times[(precision, k)]) for k in kernels)
-        encode = forward == "ENCODE"
+        encode = forward.startswith("ENCODE")
         rows.append({"part": "encode" if encode else "training step", "dtype": precision,
-                     "pass": f"{ENCODE_TEXTS} debian texts at 256 tokens, padded forward, seconds (sdpa / eager)"
+                     "pass": (f"{ENCODE_TEXTS} debian texts at 256 tokens, packed forward, seconds (torch / written)"
+                              if forward == "ENCODE PACKED" else
+                              f"{ENCODE_TEXTS} debian texts at 256 tokens, padded forward, seconds (sdpa / eager)")
                      if encode else f"Cranfield batch 32, attention dropout 0, {forward} forward",
                      "torch_sdpa_step_s": torch_s, "written_out_step_s": written_s, "speedup": torch_s / written_s,
                      "runs": {k: times[(precision, k)] for k in kernels}})
-    print_table(rows[-5:], ["dtype", "pass", "torch_sdpa_step_s", "written_out_step_s", "speedup"])
+    print_table(rows[-6:], ["dtype", "pass", "torch_sdpa_step_s", "written_out_step_s", "speedup"])
     print(f"wrote {write_results(args.out, rows, {'steps': args.steps, 'rounds': args.rounds})}")
 
 

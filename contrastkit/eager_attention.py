@@ -1,9 +1,9 @@
 """bf16 attention on the CPU: the written-out products, not torch's fused kernel, where it pays.
 
 torch's fused CPU attention (`scaled_dot_product_attention`) is slow in bf16 training: at MiniLM's
-12 heads of 32, for 16 × 128, 32 × 64 and 64 × 32 tokens, it took 2.1–2.6× as long as the written-out
-products (scores, softmax, times v) forward, and 4.7–7.6× forward and backward, on the Zen 5 here
-(bench/attention_kernel.py); in fp32 it is 1.0–1.5× faster forward and 1.3–1.8× with the backward.
+12 heads of 32, for 16 × 128, 32 × 64 and 64 × 32 tokens, it took 2.1–2.4× as long as the written-out
+products (scores, softmax, times v) forward, and 4.7–6.6× forward and backward, on the Zen 5 here
+(bench/attention_kernel.py); in fp32 it is 0.9–1.4× as fast forward and 1.3–1.8× with the backward.
 So in bf16 on the CPU:
 
 - the packed forward (BERT encoders, contrastkit/packing.py) writes attention out itself
@@ -11,10 +11,10 @@ So in bf16 on the CPU:
 - the padded forward of every other model runs Hugging Face's "eager" attention, its written-out
   form, instead of "sdpa" while the trainer runs a forward with a graph (`eager_attention`):
   Cranfield batch-32 bf16 steps of the default model through its padded forward, without
-  attention dropout, 0.825 and 0.850 s eager against 1.122 and 1.234 s sdpa (1.41×), each run in
+  attention dropout, 0.745 and 0.763 s eager against 1.069 and 1.060 s sdpa (1.41×), each run in
   its own process. Only there: without a graph Hugging Face's eager path was the slower one
-  (encoding 1,500 debian texts at 256 tokens took 9.56 s eager against 8.04 s sdpa in bf16, 21.80
-  against 18.40 in fp32), so encoding, evaluation and the gradient cache's first pass keep "sdpa".
+  (encoding 1,500 debian texts at 256 tokens took 9.00 s eager against 6.68 s sdpa in bf16, 20.86
+  against 17.49 in fp32), so encoding, evaluation and the gradient cache's first pass keep "sdpa".
 
 The switch lasts for the block and is a runtime setting: nothing is saved with the model.
 """
