@@ -25,22 +25,15 @@ import subprocess
 import sys
 import time
 
-from _common import REPO, print_table, write_results
+from _common import REPO, best_rate, print_table, write_results
 
 SHAPES = [(16, 128), (32, 64), (64, 32)]  # (texts b, tokens T): slabs of about 2,048 positions
 ENCODE_TEXTS = 1500  # debian-packages documents encoded at 256 tokens (part 3)
 
 
-def call_ms(fn, repeats: int = 10, rounds: int = 3) -> float:
-    """Milliseconds a call of fn, best of `rounds` timings of `repeats` calls (after one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / repeats * 1e3)
-    return best
+def call_ms(fn) -> float:
+    """Milliseconds a call of fn: `best_rate`'s best of three rounds of ten calls, as a time."""
+    return 1e3 / best_rate(fn, 1.0)
 
 
 def kernel_rows() -> list[dict]:
@@ -77,6 +70,19 @@ def kernel_rows() -> list[dict]:
     return rows
 
 
+def torch_kernel_in_packing() -> None:
+    """This process's packed forward calls torch's fused attention wherever it would write attention out.
+
+    Only for runs without attention dropout: the replacement drops no probabilities.
+    """
+    import torch.nn.functional as F
+
+    import contrastkit.packing as packing
+
+    packing.written_out_attention = (lambda q, k, v, key_mask, dropout, scale:
+                                      F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale))
+
+
 def step_child(bf16: bool, kernel: str, steps: int) -> dict:
     import types
 
@@ -100,8 +106,7 @@ def step_child(bf16: bool, kernel: str, steps: int) -> dict:
         encoder = Encoder.from_pretrained("default", max_seq_length=256)
         texts = [p.positive for p in debian_pairs(ENCODE_TEXTS)]
         if kernel == "encode-packed-torch":  # torch's kernel in the packed forward, as before 2026-11-28
-            packing.written_out_attention = (lambda q, k, v, key_mask, dropout, scale:
-                                              F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale))
+            torch_kernel_in_packing()
         elif kernel != "encode-packed-written":
             encoder.packing = False
             encoder.model.set_attn_implementation(kernel.removeprefix("encode-"))
@@ -114,8 +119,7 @@ def step_child(bf16: bool, kernel: str, steps: int) -> dict:
             lambda q, k, v, attn_mask, dropout_p, scale: packing.written_out_attention(
                 q, k, v, attn_mask, torch.nn.Identity(), scale))})
     else:  # torch's kernel in every precision (attention dropout is 0 here)
-        packing.written_out_attention = lambda q, k, v, key_mask, dropout, scale: F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, scale=scale)
+        torch_kernel_in_packing()
     return _timed(make_trainer(training_pairs(SETTINGS[0]), 32, 16, bf16, 0.0, steps + 1, 128), steps)
 
 
