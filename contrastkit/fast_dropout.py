@@ -1,34 +1,46 @@
-"""Dropout for CPU training: the same Bernoulli masks as `nn.Dropout`, about twice as fast.
+"""Dropout for CPU training: Bernoulli masks like `nn.Dropout`, drawn and applied in one pass.
 
 `torch.nn.functional.dropout` on a CPU tensor draws one 32-bit Mersenne-Twister number per element
 and multiplies by a bool mask (a slow mixed-dtype multiply). In a MiniLM training step on the 2-core
 CPU here dropout took 17 % of the step, 23 % with gradient caching (bench/profile_step.py).
 
-Here each element's uniform number is 16 bits of a 64-bit word drawn from the same generator, so
-one draw serves four elements, and the mask is applied with `torch.where`:
+Here every call draws one 64-bit seed from torch's default CPU generator; the element's uniform
+number is then 16 bits of a counter-based generator, SplitMix64 (Steele, Lea & Flood 2014) of
+seed + (w + 1)·γ for 64-bit word w = i // 4, and one compiled loop (numba) draws, compares and
+scales:
 
     u ~ Uniform{0, ..., 65535}    keep = u >= round(p · 65536)    y = keep · x / (1 - p')
 
 with p' = round(p · 65536) / 65536 the probability actually drawn (|p' - p| <= 2^-17), so that
-E[y] = x exactly. On the CPU here (bench/dropout_kernel.py, a [16, 128, 384] activation) the forward
-runs 2.7x as fast as torch's, forward and backward together 2.0x.
+E[y] = x exactly. The mask is never stored: the backward redraws it from the seed, so dropout keeps
+no [B, H, T, T] bool tensor for the attention probabilities. On the CPU here
+(bench/dropout_kernel.py) this is about 10x torch's `where`-and-`mul` over a mask drawn by torch's
+generator, the previous kernel of this module.
 
-The packed forward (contrastkit/packing.py) drops the attention probabilities with it too, where
-torch's attention would draw that mask with its own kernel.
+`torch.manual_seed` makes runs repeat, and restoring the generator's state (the gradient cache's
+second pass) redraws the same seeds, so the same masks. The loop is serial: its result does not
+depend on the number of threads. bf16, fp32 and fp64 tensors take the compiled loop; other dtypes
+get the same mask applied by torch. On other devices (CUDA's fused dropout is already fast) and
+outside training, `nn.Dropout` runs as is.
 
-The numbers come from torch's default CPU generator: `torch.manual_seed` makes runs repeat, and
-restoring the generator's state (the gradient cache's second pass) redraws the same masks. On
-other devices (CUDA's fused dropout is already fast) and outside training, `nn.Dropout` runs as is.
+@inproceedings{steele2014splitmix,
+  title={Fast Splittable Pseudorandom Number Generators},
+  author={Guy L. Steele Jr. and Doug Lea and Christine H. Flood},
+  booktitle={OOPSLA}, year={2014}
+}
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-_LEVELS = 1 << 16  # 16-bit uniform numbers: four per 64-bit draw
+_LEVELS = 1 << 16  # 16-bit uniform numbers: four per 64-bit word
+_BLOCK = 2048  # words generated ahead of the element loop, so that both loops vectorise
 
 
 def drop_threshold(p: float) -> tuple[int, float]:
@@ -37,33 +49,67 @@ def drop_threshold(p: float) -> tuple[int, float]:
     return threshold, 1.0 - threshold / _LEVELS
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None) -> Tensor:
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """One 64-bit seed (as an unsigned int) from `generator`, torch's default CPU generator when None."""
+    return int(torch.empty((), dtype=torch.int64).random_(-(1 << 63), None, generator=generator)) % (1 << 64)
+
+
+@functools.cache
+def _kernels():
+    """contrastkit.dropout_kernels, imported on first use: numba loads only when dropout runs on the CPU."""
+    from contrastkit import dropout_kernels
+
+    return dropout_kernels
+
+
+def _flat_numpy(t: Tensor) -> np.ndarray:
+    """A contiguous CPU tensor's memory as a flat numpy array (bf16 as its uint16 bits)."""
+    t = t.detach().reshape(-1)
+    return t.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None = None,
+              generator: torch.Generator | None = None) -> Tensor:
     """A bool mask of `shape`, each element True (kept) with probability 1 - p' (see drop_threshold).
 
-    Every element reads its own 16 bits of a 64-bit word drawn from `generator` (torch's default CPU
-    generator when None), over the full 64-bit range, so all four 16-bit lanes are uniform.
+    Element i (row-major) reads 16-bit lane i of the SplitMix64 stream from `seed` (drawn from
+    `generator` when None): the very mask `fast_dropout` applies after drawing the same seed.
     """
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None, generator=generator)
-    # the words' bits read as signed 16-bit numbers, u - 32768 in [-32768, 32767]
-    lanes = words.view(torch.int16)[:n].view(shape)
+    seed = draw_seed(generator) if seed is None else seed
     threshold, _ = drop_threshold(p)
-    return lanes >= threshold - _LEVELS // 2
+    out = np.empty(math.prod(shape), dtype=np.uint8)
+    _kernels().keep_lanes(out, np.uint64(seed), np.uint16(threshold))
+    return torch.from_numpy(out).view(torch.bool).view(shape)
+
+
+def keep_and_scale(x: Tensor, p: float, seed: int) -> Tensor:
+    """where(keep_mask(x.shape, p, seed), x, 0) · 1 / (1 - p'), in one pass; no graph (see fast_dropout)."""
+    threshold, keep_probability = drop_threshold(p)
+    scale = 1.0 / keep_probability
+    kernels = _kernels()
+    # the scale in x's precision (bf16: fp32, the precision torch multiplies bf16 in)
+    fused, scalar = {torch.float64: (kernels.keep_and_scale_float, np.float64),
+                     torch.float32: (kernels.keep_and_scale_float, np.float32),
+                     torch.bfloat16: (kernels.keep_and_scale_bf16, np.float32)}.get(x.dtype, (None, None))
+    if fused is None:  # float16 and others: the same mask, applied by torch
+        return torch.where(keep_mask(x.shape, p, seed), x, 0).mul_(scale)
+    x = x.contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    fused(_flat_numpy(x), _flat_numpy(out), np.uint64(seed), np.uint16(threshold), scalar(scale))
+    return out
 
 
 class _KeepAndScale(torch.autograd.Function):
-    """y = where(keep, x, 0) · scale; the gradient is the same map of the output's gradient."""
+    """y = keep_and_scale(x, p, seed); the gradient is the same map of the output's gradient (mask redrawn)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return torch.where(keep, x, 0.0).mul_(scale)
+    def forward(ctx, x: Tensor, p: float, seed: int) -> Tensor:  # type: ignore[override]
+        ctx.p, ctx.seed = p, seed
+        return keep_and_scale(x, p, seed)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None, None
+        return keep_and_scale(grad, ctx.p, ctx.seed), None, None
 
 
 def fast_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
@@ -78,7 +124,7 @@ def fast_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     _, keep_probability = drop_threshold(p)
     if keep_probability == 0.0:  # p within 2^-17 of 1: everything dropped
         return x * 0.0
-    return _KeepAndScale.apply(x, keep_mask(x.shape, p), 1.0 / keep_probability)
+    return _KeepAndScale.apply(x, p, draw_seed())
 
 
 class FastDropout(nn.Dropout):
@@ -95,6 +141,7 @@ def use_fast_dropout(model: nn.Module) -> int:
     """Replace every `nn.Dropout` inside `model` by a FastDropout of the same p; return how many.
 
     Dropout modules hold no weights, so the model's state dict, and what it saves, do not change.
+    The compiled loops load here (compiled on a first run), not in the first training step.
     """
     replaced = 0
     for parent in model.modules():
@@ -102,4 +149,6 @@ def use_fast_dropout(model: nn.Module) -> int:
             if type(child) is nn.Dropout:
                 setattr(parent, name, FastDropout(child.p).train(child.training))
                 replaced += 1
+    if replaced:
+        _kernels()
     return replaced

@@ -3,13 +3,15 @@ back-propagate through the same mask, replay under a restored RNG, and leave the
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from contrastkit.dropout_kernels import splitmix_words
 from contrastkit.encoder import Encoder
-from contrastkit.fast_dropout import (FastDropout, _KeepAndScale, drop_threshold, fast_dropout, keep_mask,
-                                      use_fast_dropout)
+from contrastkit.fast_dropout import (FastDropout, _KeepAndScale, drop_threshold, fast_dropout, keep_and_scale,
+                                      keep_mask, use_fast_dropout)
 
 N = 1 << 20
 
@@ -28,9 +30,29 @@ def test_each_lane_keeps_with_probability_one_minus_p(p):
     # the four 16-bit lanes of each 64-bit word: a lane that read a sign bit would keep half or all
     for lane in range(4):
         assert within_sigmas(int(keep[lane::4].sum()), N // 4, q), lane
-    # neighbours independent: both kept with probability q^2
-    both = keep[0::2] & keep[1::2]
-    assert within_sigmas(int(both.sum()), N // 2, q * q)
+    # neighbours independent, within a word and across words: both kept with probability q^2
+    for first, second in ((keep[0::2], keep[1::2]), (keep[1:-1:2], keep[2::2])):
+        assert within_sigmas(int((first & second).sum()), len(first), q * q)
+    # the words of one block (2,048 words, 8,192 elements) do not repeat in the next
+    assert not torch.equal(keep[:8192], keep[8192:16384])
+
+
+def test_the_generator_is_splitmix64():
+    """The words are SplitMix64's (Steele, Lea & Flood 2014): its published first outputs from seed 0."""
+    words = np.empty(3, dtype=np.uint64)
+    splitmix_words(words, np.uint64(0), 0)
+    assert [int(w) for w in words] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    # word w of a call is word w of the stream, whatever block it falls in
+    later = np.empty(2, dtype=np.uint64)
+    splitmix_words(later, np.uint64(0), 1)
+    assert [int(w) for w in later] == [int(w) for w in words[1:]]
+    # element i keeps where its 16-bit lane (little-endian within the word) >= round(p · 2^16)
+    seed, threshold = 12345, drop_threshold(0.3)[0]
+    stream = np.empty(5000, dtype=np.uint64)
+    splitmix_words(stream, np.uint64(seed), 0)
+    lanes = [(int(w) >> (16 * k)) & 0xFFFF for w in stream for k in range(4)]
+    expected = torch.tensor([u >= threshold for u in lanes[:19_999]])
+    assert torch.equal(keep_mask((19_999,), 0.3, seed=seed), expected)
 
 
 def test_odd_shapes_and_the_threshold_edges():
@@ -52,17 +74,35 @@ def test_output_is_zero_or_scaled_input_and_unbiased():
     assert abs(float(ones.mean()) - 1.0) < 6 * math.sqrt(0.1 / 0.9 / N)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_the_fused_pass_equals_where_and_multiply_bit_for_bit(dtype):
+    """One compiled pass gives what torch gives for where(keep, x, 0) · scale, rounding included."""
+    torch.manual_seed(5)
+    x = (torch.randn(3, 70_001) * 100).to(dtype)
+    x[0, :7] = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-30, -1e-30, 65504.0]).to(dtype)
+    x = x.t()  # not contiguous
+    _, q = drop_threshold(0.1)
+    keep = keep_mask(x.shape, 0.1, seed=99)
+    assert torch.equal(keep_and_scale(x, 0.1, 99), torch.where(keep, x, 0).mul_(1 / q))
+    assert keep_and_scale(x, 0.1, 99).dtype == dtype
+
+
 def test_gradient_goes_through_the_same_mask():
     torch.manual_seed(3)
-    keep = keep_mask((6, 5), 0.4)
     x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: _KeepAndScale.apply(t, keep, 1 / 0.6), (x,))
+    assert torch.autograd.gradcheck(lambda t: _KeepAndScale.apply(t, 0.4, 777), (x,))
     x = torch.rand(4096, requires_grad=True)
     y = fast_dropout(x + 1.0, 0.25)
+    assert y.grad_fn.saved_tensors == ()  # no mask kept: the backward redraws it from the seed
     grad = torch.randn(4096)
     y.backward(grad)
     _, q = drop_threshold(0.25)
     torch.testing.assert_close(x.grad, torch.where(y != 0, grad / q, 0.0))
+    # bf16: the backward redraws the forward's mask
+    x = torch.rand(4096, requires_grad=True)
+    y = fast_dropout((x + 1.0).bfloat16(), 0.25)
+    y.backward(grad.bfloat16())
+    torch.testing.assert_close(x.grad, torch.where(y != 0, grad.bfloat16() / q, 0.0).float())
 
 
 def test_same_seed_same_mask_and_a_restored_state_replays():

@@ -1,0 +1,71 @@
+"""The compiled loops behind `contrastkit.fast_dropout` (numba; compiled once, then loaded from its disk cache).
+
+Element i of a dropout call reads the 16-bit lane i % 4 of 64-bit word w = i // 4 of a SplitMix64
+stream (Steele, Lea & Flood 2014): word w = mix(seed + (w + 1)·γ), γ = 0x9E3779B97F4A7C15. Words are
+made a block ahead of the element loop, and the loops index slices with `range` indices (no
+negative-index wrap-around check), so that LLVM vectorises both. The loops are serial: a result
+does not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+GAMMA = np.uint64(0x9E3779B97F4A7C15)
+MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+BLOCK = 2048  # words per block: 16 KB, in the L1 cache
+
+_jit = dict(nogil=True, cache=True, boundscheck=False)
+
+
+@numba.njit("void(uint64[::1], uint64, int64)", **_jit)
+def splitmix_words(words, seed, first):
+    """words[k] = the SplitMix64 stream from `seed`, word first + k."""
+    base = seed + np.uint64(first) * GAMMA
+    for k in range(words.shape[0]):
+        z = base + np.uint64(k + 1) * GAMMA
+        z = (z ^ (z >> np.uint64(30))) * MIX1
+        z = (z ^ (z >> np.uint64(27))) * MIX2
+        words[k] = z ^ (z >> np.uint64(31))
+
+
+@numba.njit("void(uint8[::1], uint64, uint16)", **_jit)
+def keep_lanes(out, seed, threshold):
+    """out[i] = 1 where lane i of the stream >= threshold (kept), else 0."""
+    words = np.empty(BLOCK, dtype=np.uint64)
+    lanes = words.view(np.uint16)
+    for start in range(0, out.shape[0], 4 * BLOCK):
+        splitmix_words(words, seed, start // 4)
+        block = out[start:start + 4 * BLOCK]
+        for j in range(block.shape[0]):
+            block[j] = lanes[j] >= threshold
+
+
+@numba.njit(["void(float32[::1], float32[::1], uint64, uint16, float32)",
+             "void(float64[::1], float64[::1], uint64, uint16, float64)"], **_jit)
+def keep_and_scale_float(x, out, seed, threshold, scale):
+    """out[i] = x[i] · scale where lane i >= threshold, else 0 (float32 or float64)."""
+    words = np.empty(BLOCK, dtype=np.uint64)
+    lanes = words.view(np.uint16)
+    zero = x.dtype.type(0)
+    for start in range(0, x.shape[0], 4 * BLOCK):
+        splitmix_words(words, seed, start // 4)
+        xs, ys = x[start:start + 4 * BLOCK], out[start:start + 4 * BLOCK]
+        for j in range(xs.shape[0]):
+            ys[j] = xs[j] * scale if lanes[j] >= threshold else zero
+
+
+@numba.njit("void(uint16[::1], uint16[::1], uint64, uint16, float32)", **_jit)
+def keep_and_scale_bf16(x, out, seed, threshold, scale):
+    """The same on bf16 bits (uint16): widened to fp32, multiplied, rounded to nearest even (torch's bf16 mul)."""
+    words = np.empty(BLOCK, dtype=np.uint64)
+    lanes = words.view(np.uint16)
+    for start in range(0, x.shape[0], 4 * BLOCK):
+        splitmix_words(words, seed, start // 4)
+        xs, ys = x[start:start + 4 * BLOCK], out[start:start + 4 * BLOCK]
+        for j in range(xs.shape[0]):
+            wide = np.uint32(np.uint32(xs[j]) << np.uint32(16))
+            bits = np.float32(wide.view(np.float32) * scale).view(np.uint32)
+            bits = np.uint32(bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+            ys[j] = np.uint16(bits >> np.uint32(16)) if lanes[j] >= threshold else np.uint16(0)
