@@ -50,8 +50,16 @@ def drop_threshold(p: float) -> tuple[int, float]:
 
 
 def draw_seed(generator: torch.Generator | None = None) -> int:
-    """One 64-bit seed (as an unsigned int) from `generator`, torch's default CPU generator when None."""
-    return int(torch.empty((), dtype=torch.int64).random_(-(1 << 63), None, generator=generator)) % (1 << 64)
+    """One 64-bit seed from `generator` (torch's default CPU generator when None), as a signed int64.
+
+    Signed, so that it passes wherever torch takes an int64 (torch.profiler records the arguments
+    of autograd functions); the loops read its two's-complement bits as unsigned.
+    """
+    return int(torch.empty((), dtype=torch.int64).random_(-(1 << 63), None, generator=generator))
+
+
+def _unsigned(seed: int) -> np.uint64:
+    return np.uint64(seed % (1 << 64))
 
 
 @functools.cache
@@ -78,7 +86,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None = 
     seed = draw_seed(generator) if seed is None else seed
     threshold, _ = drop_threshold(p)
     out = np.empty(math.prod(shape), dtype=np.uint8)
-    _kernels().keep_lanes(out, np.uint64(seed), np.uint16(threshold))
+    _kernels().keep_lanes(out, _unsigned(seed), np.uint16(threshold))
     return torch.from_numpy(out).view(torch.bool).view(shape)
 
 
@@ -95,7 +103,7 @@ def keep_and_scale(x: Tensor, p: float, seed: int) -> Tensor:
         return torch.where(keep_mask(x.shape, p, seed), x, 0).mul_(scale)
     x = x.contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    fused(_flat_numpy(x), _flat_numpy(out), np.uint64(seed), np.uint16(threshold), scalar(scale))
+    fused(_flat_numpy(x), _flat_numpy(out), _unsigned(seed), np.uint16(threshold), scalar(scale))
     return out
 
 

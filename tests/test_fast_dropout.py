@@ -105,6 +105,16 @@ def test_gradient_goes_through_the_same_mask():
     torch.testing.assert_close(x.grad, torch.where(y != 0, grad.bfloat16() / q, 0.0).float())
 
 
+def test_runs_under_the_profiler_recording_shapes():
+    """The seed is an int64: torch.profiler(record_shapes=True) records every autograd function's arguments."""
+    torch.manual_seed(6)
+    x = torch.randn(64, requires_grad=True)
+    with torch.profiler.profile(record_shapes=True):
+        for _ in range(8):  # about half the seeds are negative
+            fast_dropout(x, 0.1).sum().backward()
+    assert keep_mask((10,), 0.1, seed=-1).shape == (10,)
+
+
 def test_same_seed_same_mask_and_a_restored_state_replays():
     torch.manual_seed(4)
     first = keep_mask((999,), 0.1)
