@@ -72,7 +72,8 @@ def _kernels():
 def _flat_numpy(t: Tensor) -> np.ndarray:
     """A contiguous CPU tensor's memory as a flat numpy array (bf16 as its uint16 bits)."""
     t = t.detach().reshape(-1)
-    return t.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+    # through int16: torch.uint16 came in torch 2.3
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None = None,
