@@ -117,7 +117,8 @@ class _KeepAndScale(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return keep_and_scale(grad, ctx.p, ctx.seed), None, None
+        # the map is linear and its own adjoint: applied as itself, so a second derivative goes through it too
+        return _KeepAndScale.apply(grad, ctx.p, ctx.seed), None, None
 
 
 def fast_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

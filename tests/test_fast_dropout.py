@@ -91,6 +91,7 @@ def test_gradient_goes_through_the_same_mask():
     torch.manual_seed(3)
     x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: _KeepAndScale.apply(t, 0.4, 777), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: _KeepAndScale.apply(t, 0.4, 777) ** 2, (x,))
     x = torch.rand(4096, requires_grad=True)
     y = fast_dropout(x + 1.0, 0.25)
     assert y.grad_fn.saved_tensors == ()  # no mask kept: the backward redraws it from the seed
