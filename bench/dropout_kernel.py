@@ -20,6 +20,7 @@ Each kernel runs in turn, `--repeats` times per round, for `--rounds` rounds; th
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 from _common import print_table, write_results
@@ -30,6 +31,18 @@ def words_and_where(x, p: float):
     import torch
 
     from contrastkit.fast_dropout import drop_threshold
+
+    threshold, keep_probability = drop_threshold(p)
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
+    keep = words.view(torch.int16)[:n].view(x.shape) >= threshold - (1 << 15)
+    return _keep_and_scale_function().apply(x, keep, 1.0 / keep_probability)
+
+
+@functools.cache
+def _keep_and_scale_function():
+    """The previous kernel's autograd function, defined once (not inside the timed calls)."""
+    import torch
 
     class KeepAndScale(torch.autograd.Function):
         @staticmethod
@@ -43,11 +56,7 @@ def words_and_where(x, p: float):
             (keep,) = ctx.saved_tensors
             return torch.where(keep, grad, 0.0).mul_(ctx.scale), None, None
 
-    threshold, keep_probability = drop_threshold(p)
-    n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
-    keep = words.view(torch.int16)[:n].view(x.shape) >= threshold - (1 << 15)
-    return KeepAndScale.apply(x, keep, 1.0 / keep_probability)
+    return KeepAndScale
 
 
 def main() -> None:

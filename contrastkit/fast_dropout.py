@@ -14,8 +14,8 @@ scales:
 with p' = round(p · 65536) / 65536 the probability actually drawn (|p' - p| <= 2^-17), so that
 E[y] = x exactly. The mask is never stored: the backward redraws it from the seed, so dropout keeps
 no [B, H, T, T] bool tensor for the attention probabilities. On the CPU here
-(bench/dropout_kernel.py) the forward runs 11-17x as fast as this module's previous kernel (a mask
-from torch's generator, then `where` and `mul`), forward and backward 4-6x; 10-49x torch's.
+(bench/dropout_kernel.py) the forward runs 9-13x as fast as this module's previous kernel (a mask
+from torch's generator, then `where` and `mul`), forward and backward 3.7-5.8x; 8-41x torch's.
 
 `torch.manual_seed` makes runs repeat, and restoring the generator's state (the gradient cache's
 second pass) redraws the same seeds, so the same masks. The loop is serial: its result does not
