@@ -13,6 +13,9 @@ its own process (peak RSS is per process); the two tools alternate. Settings:
 Test nDCG@10 of the Cranfield- and debian-trained models is measured by the same code (contrastkit.evaluate).
 Both tools are timed from the start of training to the saved model (our `Trainer.train` saves it
 itself; sentence-transformers' `model.save` is inside the timing since 2026-11-28, outside before).
+Neither writes checkpoints (ST: save_strategy="no"; ours: checkpoint_every=None, in rows marked
+"ours_checkpoints": false; before them ours also wrote its end-of-training checkpoint, about 0.45 s of
+the 10 s Cranfield batch-32 run).
 
 Each row also says how far from the hardware both tools are: the useful work of a pair (bench/flops.py's
 count: forward and backward matmuls over the real tokens of both texts), each tool's useful FLOP/s as a
@@ -28,7 +31,8 @@ useful work) done at the fastest of those peaks, against ST's pairs/s.
         [--st-bf16]               # ST with its bf16 flag (autocast), to find its best setting
         [--ours-bf16]             # ours with bf16 autocast (`bf16: true`); without it ours trains in fp32
         [--torch-linear]          # ours' fp32 dense layers by torch's matmul, not oneDNN's (contrastkit.fast_linear)
-        [--repeats 2]             # each tool twice, ours-ST-ST-ours: cancels a drift of the machine's speed
+        [--repeats 2]             # each tool twice, ours-ST-ST-ours: cancels a drift of the machine's speed; the
+                                  # same seed gives the same model, so only the first run of each tool is evaluated
         [--overwrite]             # drop the earlier runs' rows (kept by default: the file is the history)
 """
 
@@ -92,7 +96,8 @@ def train_ours(setting: dict, seq: int, out: Path, attention_dropout: float | No
     encoder = Encoder.from_pretrained("default", max_seq_length=seq)
     config = TrainConfig(data="-", output_dir=str(out), batch_size=setting["batch"], mini_batch_size=setting["mini_batch"],
                          chunk_size=16, epochs=EPOCHS, lr=LR, temperature=1 / SCALE, warmup_ratio=WARMUP, seed=seed,
-                         checkpoint_every=10_000, show_progress=False, attention_dropout=attention_dropout,
+                         checkpoint_every=None,  # no checkpoints: ST runs with save_strategy="no"
+                         show_progress=False, attention_dropout=attention_dropout,
                          report=False, health_sample=0,  # the training alone: ST's trainer writes no report
                          mask_known_positives=False,  # ST's MNRL masks nothing: the same loss
                          fast_dropout=fast_dropout,  # the same Bernoulli masks, drawn faster (our default)
@@ -151,7 +156,7 @@ def speedup_ceiling(st_pairs_per_s: float, gflop: float, peak_gflops: float, cac
 
 
 def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast_dropout: bool,
-          st_bf16: bool = False, ours_bf16: bool = False) -> dict:
+          st_bf16: bool = False, ours_bf16: bool = False, evaluate: bool = True) -> dict:
     from contrastkit.data import load_beir
     from contrastkit.encoder import Encoder
     from contrastkit.evaluate import evaluate_retrieval
@@ -165,7 +170,7 @@ def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast
             pairs, seconds = train_st(setting, seq, out, attention_dropout, bf16=st_bf16)
         rss = peak_rss_gb()
         ndcg = None
-        if setting["evaluate"]:
+        if setting["evaluate"] and evaluate:
             test = load_beir(SHARED / setting["data"], "test")
             ndcg = evaluate_retrieval(Encoder.from_pretrained(out, max_seq_length=256), test,
                                       show_progress=False).metrics["ndcg@10"]
@@ -203,10 +208,11 @@ def main() -> None:
                         help="train each tool this many times, in the order ours, ST, ST, ours, ...: a machine "
                              "whose speed drifts then slows both alike; pairs/s pools the runs")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-no-eval", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.max_seq_length, args.attention_dropout,
-                               not args.torch_dropout, args.st_bf16, args.ours_bf16)))
+                               not args.torch_dropout, args.st_bf16, args.ours_bf16, not args.child_no_eval)))
         return
     rows = []
     if not args.overwrite and (RESULTS / "vs_sentence_transformers.json").is_file():
@@ -237,9 +243,11 @@ def main() -> None:
         gflop = gflop_per_pair(SETTINGS[i], counter)
         runs: dict[str, list[dict]] = {"ours": [], "st": []}
         for tool in abba(args.repeats):
+            # a tool's later runs have the same seed, so the same model: only its first one is evaluated
+            again = ["--child-no-eval"] if runs[tool] else []
             out = subprocess.run([sys.executable, __file__, "--child", tool, str(i), "--max-seq-length",
-                                  str(args.max_seq_length), *extra], cwd=REPO, capture_output=True, text=True,
-                             env=child_env)
+                                  str(args.max_seq_length), *extra, *again], cwd=REPO, capture_output=True,
+                                 text=True, env=child_env)
             if out.returncode != 0:
                 raise SystemExit(f"{tool} run of setting {i} failed:\n{out.stderr[-3000:]}")
             runs[tool].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -252,6 +260,7 @@ def main() -> None:
                      "max_seq_length": args.max_seq_length, "pairs": ours["pairs"],
                      "ours_attention_dropout": "model's (0.1)" if args.attention_dropout is None else args.attention_dropout,
                      "ours_dropout_kernel": "torch" if args.torch_dropout else "contrastkit.fast_dropout",
+                     "ours_checkpoints": False,
                      "ours_precision": "bf16" if args.ours_bf16 else "fp32", "st_precision": precision["st"],
                      "ours_linear_kernel": "bf16 autocast" if args.ours_bf16 else "oneDNN" if onednn else "torch",
                      "date": datetime.date.today().isoformat(), "repeats": args.repeats,

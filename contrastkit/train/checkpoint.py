@@ -59,6 +59,11 @@ def write_atomically(target: Path, write: callable) -> Path:
     return target
 
 
+def checkpoint_due(step: int, total_steps: int, every: int | None) -> bool:
+    """A checkpoint follows `step` every `every` steps and after the last one; never when `every` is None."""
+    return every is not None and (step % every == 0 or step == total_steps)
+
+
 def save_checkpoint(checkpoint_dir: Path, step: int, encoder, state: dict, tensors: dict, keep: int) -> Path:
     """Write checkpoint `step` atomically and keep only the newest `keep` checkpoints."""
     def write(tmp: Path) -> None:

@@ -70,7 +70,7 @@ class TrainConfig:
     seed: int = 0
     max_nonfinite_steps: int = 5        # stop after this many non-finite steps in a row
     # bookkeeping
-    checkpoint_every: int = 100
+    checkpoint_every: int | None = 100  # and after the last step; null: never (a crash then loses the run)
     keep_checkpoints: int = 2
     log_every: int = 1
     eval_every: int | None = None
@@ -104,11 +104,11 @@ class TrainConfig:
             bad(f"device must be auto, cpu or cuda; got {self.device!r}")
         if self.similarity not in ("cosine", "dot", "neg_euclidean"):
             bad(f"similarity must be cosine, dot or neg_euclidean; got {self.similarity!r}")
-        for name in ("batch_size", "epochs", "checkpoint_every", "log_every", "keep_checkpoints",
-                     "max_nonfinite_steps"):
+        for name in ("batch_size", "epochs", "log_every", "keep_checkpoints", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be at least 1; got {getattr(self, name)}")
-        for name in ("mini_batch_size", "chunk_size", "max_steps", "eval_every", "max_seq_length", "health_every"):
+        for name in ("mini_batch_size", "chunk_size", "max_steps", "eval_every", "checkpoint_every", "max_seq_length",
+                     "health_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 bad(f"{name} must be at least 1 (or null); got {value}")

@@ -47,7 +47,8 @@ from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.fast_linear import use_fast_linear
 from contrastkit.losses import info_nce
 from contrastkit.towers import SIDES, DualEncoder, ModuleTower, TextTower
-from contrastkit.train.checkpoint import list_checkpoints, restore_optimization, resume_point, save_checkpoint
+from contrastkit.train.checkpoint import (checkpoint_due, list_checkpoints, restore_optimization, resume_point,
+                                          save_checkpoint)
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, gather_with_local_grad,
                                            join_ranks, leave_ranks)
@@ -264,7 +265,7 @@ class DualTrainer:
                 if log is not None and (self.step % config.log_every == 0 or self.step == self.total_steps):
                     log.write(json.dumps(record) + "\n")
                     log.flush()
-                if self.step % config.checkpoint_every == 0 or self.step == self.total_steps:
+                if checkpoint_due(self.step, self.total_steps, config.checkpoint_every):
                     self._checkpoint(epoch)
         finally:
             progress.close()

@@ -32,8 +32,8 @@ from contrastkit.fast_linear import onednn_linear_enabled, use_fast_linear
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.packing import sparse_gradient_parameters
 from contrastkit.report.record import clear_records, record_environment, record_similarities
-from contrastkit.train.checkpoint import (list_checkpoints, restore_optimization, resume_point, save_checkpoint,
-                                          write_atomically)
+from contrastkit.train.checkpoint import (checkpoint_due, list_checkpoints, restore_optimization, resume_point,
+                                          save_checkpoint, write_atomically)
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, describe_failure,
                                            gather_with_local_grad, join_ranks, leave_ranks)
@@ -401,7 +401,7 @@ class Trainer:
                 self._evaluate(log, writer)
             if self.dist.is_main and (self.step % self.health_every == 0 or final):
                 self._record_health(log, writer)
-            if self.step % config.checkpoint_every == 0 or self.step == self.total_steps:
+            if checkpoint_due(self.step, self.total_steps, config.checkpoint_every):
                 self._checkpoint(epoch, position + 1)
 
     def _optimizer_step(self, loss: Tensor) -> dict:

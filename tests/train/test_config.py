@@ -36,6 +36,7 @@ def test_yaml_and_toml_load_with_overrides(tmp_path):
     ("data: {{a: 1}}\n", "c.yaml: key 'data' must be str or list; got dict"),
     ("data: {data}\ngroup_by_source: maybe\n", "c.yaml: key 'group_by_source' must be bool; got str"),
     ("data: {data}\nattention_dropout: 1.5\n", "c.yaml: attention_dropout must be in [0, 1) (or null); got 1.5"),
+    ("data: {data}\ncheckpoint_every: 0\n", "c.yaml: checkpoint_every must be at least 1 (or null); got 0"),
 ])
 def test_bad_configs_are_refused_before_training(tmp_path, text, message):
     path = write(tmp_path, "c.yaml", text.format(data=tmp_path))

@@ -380,3 +380,11 @@ def test_a_fresh_run_removes_old_checkpoints_and_resume_refuses_another_run(tmp_
     (out / "checkpoints" / "checkpoint-00000099" / "trainer_state.json").write_text("{}")
     DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents).train()
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == [f"checkpoint-0000000{i}" for i in (1, 2, 3)]
+
+
+def test_dual_trainer_checkpoint_every_null_writes_no_checkpoint(tmp_path, tiny_encoder):
+    out = tmp_path / "run"
+    queries, documents = sides_from_pairs(make_pairs(16))
+    config = TrainConfig(output_dir=str(out), batch_size=8, max_steps=2, checkpoint_every=None, show_progress=False)
+    DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents).train()
+    assert list_checkpoints(out / "checkpoints") == [] and (out / "metrics.jsonl").is_file()

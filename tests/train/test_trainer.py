@@ -14,7 +14,7 @@ from contrastkit.data import Pair
 from contrastkit.encoder import Encoder
 from contrastkit.errors import ConfigError
 from contrastkit.train import TrainConfig, Trainer, TrainingError
-from contrastkit.train.checkpoint import latest_checkpoint, list_checkpoints
+from contrastkit.train.checkpoint import checkpoint_due, latest_checkpoint, list_checkpoints
 
 from _support import make_beir, make_pairs, record_chunk_sizes, write_pairs
 
@@ -102,6 +102,18 @@ def test_checkpoints_are_pruned_and_complete(tiny_model_dir, tmp_path):
     names = [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")]
     assert names == ["checkpoint-00000009", "checkpoint-00000012"]
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
+def test_checkpoint_every_null_writes_none_and_still_saves_the_model(tiny_model_dir, tmp_path):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    out = Trainer(config(tmp_path, max_steps=4, checkpoint_every=None), encoder, make_pairs()).train()
+    assert list_checkpoints(out / "checkpoints") == []
+    assert (out / "model.safetensors").is_file() and len(step_records(out / "metrics.jsonl")) == 4
+
+
+@pytest.mark.parametrize("every, due", [(3, [3, 6, 7]), (7, [7]), (10, [7]), (None, [])])
+def test_checkpoint_due_every_n_steps_and_after_the_last(every, due):
+    assert [step for step in range(1, 8) if checkpoint_due(step, 7, every)] == due
 
 
 def test_nonfinite_steps_are_skipped_then_training_stops(tiny_model_dir, tmp_path, monkeypatch):
