@@ -23,7 +23,7 @@ from contrastkit.devices import to_device
 from contrastkit.errors import ModelLoadError
 from contrastkit.packing import can_pack, packed_hidden_states, packed_pool, plan_packing
 from contrastkit.pooling import POOLING_MODES, pool
-from contrastkit.st_layout import is_st_folder, read_st_layout, write_st_layout
+from contrastkit.st_layout import is_st_folder, quiet_hf_progress, read_st_layout, write_st_layout
 
 DEFAULT_MODEL = "default"
 
@@ -250,7 +250,8 @@ class Encoder(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, safe_serialization=True)
+        with quiet_hf_progress():
+            self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
         write_st_layout(path, embedding_dim=self.embedding_dim, pooling=self.pooling,
                         normalize=self.normalize, max_seq_length=self.max_seq_length,

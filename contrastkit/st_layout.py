@@ -10,6 +10,8 @@ sentence-transformers release from 2.x to 6.x loads, and read both it and the 6.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,24 @@ def read_st_layout(path: Path) -> STLayout:
         prompts = {k: v for k, v in (_read_json(st_config).get("prompts") or {}).items() if v}
     return STLayout(transformer_dir=transformer_dir, pooling=pooling, normalize=_NORMALIZE in by_kind,
                     max_seq_length=max_seq_length, prompts=prompts)
+
+
+@contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """Hugging Face's own progress bars off for the duration (restored after).
+
+    transformers draws a "Writing model shards" bar for every `save_pretrained`, a tenth of a second
+    for MiniLM; during training (a checkpoint) it broke the line of the trainer's own bar.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def write_st_layout(path: Path, *, embedding_dim: int, pooling: str, normalize: bool,

@@ -35,6 +35,7 @@ from contrastkit.data.images import load_image
 from contrastkit.encoder import Encoder, encode_longest_first, resolve_model_path
 from contrastkit.errors import ModelLoadError
 from contrastkit.losses.info_nce import INFO_NCE_CITATION
+from contrastkit.st_layout import quiet_hf_progress
 
 CONFIG_FILE = "dual_encoder.json"
 WEIGHTS_FILE = "dual_encoder.safetensors"
@@ -186,7 +187,8 @@ class VisionTower(Tower):
         return tokens[:, 1:].mean(1) if self.pooling == "mean" else tokens[:, 0]
 
     def save(self, path: Path) -> None:
-        self.model.save_pretrained(path, safe_serialization=True)
+        with quiet_hf_progress():
+            self.model.save_pretrained(path, safe_serialization=True)
         self.processor.save_pretrained(path)
         (Path(path) / "vision_tower.json").write_text(json.dumps({"pooling": self.pooling}), encoding="utf-8")
 

@@ -31,6 +31,20 @@ def test_saved_folder_loads_in_sentence_transformers(tiny_model_dir, tmp_path, p
     assert np.allclose(norms, 1.0, atol=1e-5) == normalize
 
 
+def test_save_draws_no_hugging_face_progress_bar_and_restores_the_setting(tiny_model_dir, tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    encoder = Encoder.from_pretrained(tiny_model_dir)
+    capfd.readouterr()
+    for enabled in (True, False):
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+        encoder.save(tmp_path / f"m{enabled}")
+        assert hf_logging.is_progress_bar_enabled() == enabled
+    hf_logging.enable_progress_bar()
+    assert "Writing model shards" not in capfd.readouterr().err
+    assert (tmp_path / "mTrue" / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("pooling", ["mean", "cls", "lasttoken"])
 def test_folder_saved_by_sentence_transformers_loads_in_ours(tiny_model_dir, tmp_path, pooling):
     from sentence_transformers import models
