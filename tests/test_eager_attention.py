@@ -71,3 +71,18 @@ def test_the_trainer_runs_eager_in_its_bf16_graph_passes_only(tiny_encoder, tmp_
     graph = "eager" if bf16 else "sdpa"
     assert seen == ({(True, graph), (False, "sdpa")} if mini_batch else {(True, graph)})
     assert tiny_encoder.model.config._attn_implementation == "sdpa"
+
+
+def test_the_trainer_leaves_the_attention_of_a_packing_encoder_alone(tiny_encoder, tmp_path, monkeypatch):
+    """The packed forward writes its attention out itself: no switch around it (it would be wasted work)."""
+    import contrastkit.train.trainer as trainer_module
+
+    switches = []
+    real = trainer_module.eager_attention
+    monkeypatch.setattr(trainer_module, "eager_attention",
+                        lambda model, enabled=True: (switches.append(enabled), real(model, enabled))[1])
+    assert tiny_encoder.packs
+    config = TrainConfig(data="-", output_dir=str(tmp_path), batch_size=4, max_steps=1, bf16=True,
+                         show_progress=False, report=False, health_sample=0)
+    Trainer(config, tiny_encoder, [Pair(f"query {i}", f"document {i}") for i in range(8)]).train()
+    assert switches and not any(switches)

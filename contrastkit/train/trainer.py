@@ -298,8 +298,9 @@ class Trainer:
         return contrastive
 
     def _embed(self, texts: list[str]) -> Tensor:
-        with autocast(self.bf16, self.device.type), \
-                eager_attention(self.encoder, self._eager_attention and torch.is_grad_enabled()):
+        # the packed forward writes its attention out itself: only the padded one runs Hugging Face's
+        eager = self._eager_attention and torch.is_grad_enabled() and not self.encoder.packs
+        with autocast(self.bf16, self.device.type), eager_attention(self.encoder, eager):
             return self.encoder.embed(texts).float()
 
     def _texts_per_forward(self) -> int | None:
