@@ -3,20 +3,46 @@
 Element i of a dropout call reads the 16-bit lane i % 4 of 64-bit word w = i // 4 of a SplitMix64
 stream (Steele, Lea & Flood 2014): word w = mix(seed + (w + 1)·γ), γ = 0x9E3779B97F4A7C15. Words are
 made a block ahead of the element loop, and the loops index slices with `range` indices (no
-negative-index wrap-around check), so that LLVM vectorises both. The loops are serial: a result
-does not depend on the number of threads.
+negative-index wrap-around check), so that LLVM vectorises both. Blocks of 4 · BLOCK elements are
+shared out among threads by `prange` (`parallel=True`); each block draws its own stretch of the
+stream, so a result does not depend on the number of threads.
+
+`PARALLEL` is False where numba has no OpenMP threading layer (it needs the system's libgomp); the
+loops then run serially. numba's own thread pool ("workqueue") was no use here: between two of
+torch's batched products, the softmax pass (contrastkit/softmax_kernels.py) took longer on it than
+torch's kernels (2.91 against 2.29 ms), where on OpenMP's threads it took 1.64 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
+
+
+def _openmp_available() -> bool:
+    """numba's OpenMP threading layer loads (it links the system's libgomp)."""
+    import importlib
+
+    try:
+        importlib.import_module("numba.np.ufunc.omppool")
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+# numba fixes its threading layer at its first parallel call; a layer the user chose is kept
+PARALLEL = _openmp_available() and os.environ.get("NUMBA_THREADING_LAYER", "omp") == "omp"
+if PARALLEL:
+    numba.config.THREADING_LAYER = "omp"
 
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
 MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 BLOCK = 2048  # words per block: 16 KB, in the L1 cache
 
 _jit = dict(nogil=True, cache=True, boundscheck=False)
+_loop = dict(_jit, parallel=PARALLEL)
 
 
 @numba.njit("void(uint64[::1], uint64, int64)", **_jit)
@@ -30,12 +56,13 @@ def splitmix_words(words, seed, first):
         words[k] = z ^ (z >> np.uint64(31))
 
 
-@numba.njit("void(uint8[::1], uint64, uint16)", **_jit)
+@numba.njit("void(uint8[::1], uint64, uint16)", **_loop)
 def keep_lanes(out, seed, threshold):
     """out[i] = 1 where lane i of the stream >= threshold (kept), else 0."""
-    words = np.empty(BLOCK, dtype=np.uint64)
-    lanes = words.view(np.uint16)
-    for start in range(0, out.shape[0], 4 * BLOCK):
+    for b in numba.prange((out.shape[0] + 4 * BLOCK - 1) // (4 * BLOCK)):
+        start = b * 4 * BLOCK
+        words = np.empty(BLOCK, dtype=np.uint64)
+        lanes = words.view(np.uint16)
         splitmix_words(words, seed, start // 4)
         block = out[start:start + 4 * BLOCK]
         for j in range(block.shape[0]):
@@ -43,25 +70,27 @@ def keep_lanes(out, seed, threshold):
 
 
 @numba.njit(["void(float32[::1], float32[::1], uint64, uint16, float32)",
-             "void(float64[::1], float64[::1], uint64, uint16, float64)"], **_jit)
+             "void(float64[::1], float64[::1], uint64, uint16, float64)"], **_loop)
 def keep_and_scale_float(x, out, seed, threshold, scale):
     """out[i] = x[i] · scale where lane i >= threshold, else 0 (float32 or float64)."""
-    words = np.empty(BLOCK, dtype=np.uint64)
-    lanes = words.view(np.uint16)
     zero = x.dtype.type(0)
-    for start in range(0, x.shape[0], 4 * BLOCK):
+    for b in numba.prange((x.shape[0] + 4 * BLOCK - 1) // (4 * BLOCK)):
+        start = b * 4 * BLOCK
+        words = np.empty(BLOCK, dtype=np.uint64)
+        lanes = words.view(np.uint16)
         splitmix_words(words, seed, start // 4)
         xs, ys = x[start:start + 4 * BLOCK], out[start:start + 4 * BLOCK]
         for j in range(xs.shape[0]):
             ys[j] = xs[j] * scale if lanes[j] >= threshold else zero
 
 
-@numba.njit("void(uint16[::1], uint16[::1], uint64, uint16, float32)", **_jit)
+@numba.njit("void(uint16[::1], uint16[::1], uint64, uint16, float32)", **_loop)
 def keep_and_scale_bf16(x, out, seed, threshold, scale):
     """The same on bf16 bits (uint16): widened to fp32, multiplied, rounded to nearest even (torch's bf16 mul)."""
-    words = np.empty(BLOCK, dtype=np.uint64)
-    lanes = words.view(np.uint16)
-    for start in range(0, x.shape[0], 4 * BLOCK):
+    for b in numba.prange((x.shape[0] + 4 * BLOCK - 1) // (4 * BLOCK)):
+        start = b * 4 * BLOCK
+        words = np.empty(BLOCK, dtype=np.uint64)
+        lanes = words.view(np.uint16)
         splitmix_words(words, seed, start // 4)
         xs, ys = x[start:start + 4 * BLOCK], out[start:start + 4 * BLOCK]
         for j in range(xs.shape[0]):

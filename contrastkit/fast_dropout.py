@@ -18,8 +18,9 @@ no [B, H, T, T] bool tensor for the attention probabilities. On the CPU here
 from torch's generator, then `where` and `mul`), forward and backward 3.7-5.8x; 8-41x torch's.
 
 `torch.manual_seed` makes runs repeat, and restoring the generator's state (the gradient cache's
-second pass) redraws the same seeds, so the same masks. The loop is serial: its result does not
-depend on the number of threads. bf16, fp32 and fp64 tensors take the compiled loop; other dtypes
+second pass) redraws the same seeds, so the same masks. The loop runs on as many threads as torch
+(numba's OpenMP layer, where it loads); its result does not depend on the number of threads.
+bf16, fp32 and fp64 tensors take the compiled loop; other dtypes
 get the same mask applied by torch. On other devices (CUDA's fused dropout is already fast) and
 outside training, `nn.Dropout` runs as is.
 
@@ -69,6 +70,15 @@ def _kernels():
     return dropout_kernels
 
 
+def match_torch_threads() -> None:
+    """Run the compiled loops on as many threads as torch's intra-op pool (`torch.set_num_threads`)."""
+    import numba
+
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+
+
 def _flat_numpy(t: Tensor) -> np.ndarray:
     """A contiguous CPU tensor's memory as a flat numpy array (bf16 as its uint16 bits)."""
     t = t.detach().reshape(-1)
@@ -86,6 +96,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None = 
     seed = draw_seed(generator) if seed is None else seed
     threshold, _ = drop_threshold(p)
     out = np.empty(math.prod(shape), dtype=np.uint8)
+    match_torch_threads()
     _kernels().keep_lanes(out, _unsigned(seed), np.uint16(threshold))
     return torch.from_numpy(out).view(torch.bool).view(shape)
 
@@ -103,6 +114,7 @@ def keep_and_scale(x: Tensor, p: float, seed: int) -> Tensor:
         return torch.where(keep_mask(x.shape, p, seed), x, 0).mul_(scale)
     x = x.contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    match_torch_threads()
     fused(_flat_numpy(x), _flat_numpy(out), _unsigned(seed), np.uint16(threshold), scalar(scale))
     return out
 

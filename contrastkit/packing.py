@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from contrastkit.fast_dropout import FastDropout
 from contrastkit.fast_linear import dense, linear
+from contrastkit.fast_softmax import softmax_dropout
 
 # padded positions per slab; in a round-robin of forward + backward on 64 debian pairs (docs/training.md)
 # 1,024-4,096 ran within 4 % of each other, 512 and one slab for the whole batch 7-9 % slower
@@ -178,6 +179,7 @@ def written_out_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, dro
     on the [b, h, T, T] probabilities took 9 % of a Cranfield batch-32 step, more than the attention's
     matrix multiplies, bench/profile_step.py), and bf16 inputs (the fused kernel's bf16 path took 2-8x
     as long, forward and backward, at MiniLM's shapes on the Zen 5 here; bench/attention_kernel.py).
+    In bf16 the softmax and FastDropout's mask run in one compiled pass (contrastkit/fast_softmax.py).
     """
     # padding keys get -inf added (every text has a real token, so no row is empty): an added
     # constant's backward passes the gradient as it is, where masked_fill's would mask it again
@@ -187,7 +189,12 @@ def written_out_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, dro
     key_bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~key_mask, float("-inf"))
     scores = torch.baddbmm(key_bias.expand(b, h, 1, width).reshape(b * h, 1, width), q.reshape(b * h, width, d),
                            k.reshape(b * h, width, d).transpose(1, 2), alpha=scale)
-    return torch.matmul(dropout(torch.softmax(scores.view(b, h, width, width), dim=-1)), v)
+    scores = scores.view(b, h, width, width)
+    p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    if isinstance(dropout, nn.Dropout) and (p == 0.0 or isinstance(dropout, FastDropout)):
+        # FastDropout's masks, drawn in the softmax's own pass for bf16 on the CPU (fast_softmax.py)
+        return torch.matmul(softmax_dropout(scores, p), v)
+    return torch.matmul(dropout(torch.softmax(scores, dim=-1)), v)
 
 
 def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:

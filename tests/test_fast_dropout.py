@@ -55,6 +55,23 @@ def test_the_generator_is_splitmix64():
     assert torch.equal(keep_mask((19_999,), 0.3, seed=seed), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masks_do_not_depend_on_the_thread_count(dtype):
+    """The loops share blocks of 8,192 elements among threads; each block draws its own stretch of the stream."""
+    x = torch.randn(100_003, generator=torch.Generator().manual_seed(0)).to(dtype)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append((keep_mask(x.shape, 0.2, seed=7), keep_and_scale(x, 0.2, 7)))
+    finally:
+        torch.set_num_threads(threads)
+    for mask, y in results[1:]:
+        assert torch.equal(mask, results[0][0]) and torch.equal(y, results[0][1])
+    assert torch.equal(results[0][1] != 0, results[0][0])  # the values follow that mask
+
+
 def test_odd_shapes_and_the_threshold_edges():
     torch.manual_seed(1)
     assert keep_mask((3, 5, 7), 0.3).shape == (3, 5, 7)

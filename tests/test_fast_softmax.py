@@ -1,0 +1,133 @@
+"""softmax_dropout in bf16 must equal fast_dropout(torch.softmax(s)) (same mask, values to a bf16 rounding),
+back-propagate as that composition does, not depend on the thread count, and leave other dtypes to torch."""
+
+import pytest
+import torch
+
+from contrastkit.fast_dropout import FastDropout, fast_dropout
+from contrastkit.fast_softmax import softmax_dropout
+from contrastkit.packing import written_out_attention
+
+
+def scores(shape: tuple[int, ...], padded_keys: int = 0, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    s = (torch.randn(shape, generator=generator) * 4).bfloat16()
+    if padded_keys:
+        s[..., -padded_keys:] = float("-inf")
+    return s
+
+
+def composition(s: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return fast_dropout(torch.softmax(s, dim=-1), p)
+
+
+def fused(s: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return softmax_dropout(s, p)
+
+
+def graph_nodes(node) -> set[str]:
+    seen, stack = set(), [node]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+def assert_bf16_close(ours: torch.Tensor, reference: torch.Tensor) -> None:
+    """Equal, or one bf16 step apart (2^-8 of the value): the exponentials are not libm's to the last bit."""
+    difference = (ours.float() - reference.float()).abs()
+    assert (difference <= reference.float().abs() * 2.0 ** -7 + 1e-30).all(), difference.max()
+    assert (ours != reference).float().mean() < 0.01  # and nearly always bit for bit
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5), (4, 12, 37, 37), (2, 12, 64, 64), (1, 2, 3, 128), (3, 1, 1, 1),
+                                   (1, 1, 3, 9001)])  # a row longer than a block of the stream
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
+def test_forward_is_the_softmax_then_fast_dropouts_mask(shape, p):
+    padded = min(2, shape[-1] - 1)
+    s = scores(shape, padded_keys=padded)
+    ours, reference = fused(s, p, 3), composition(s, p, 3)
+    assert ours.dtype == torch.bfloat16 and ours.shape == s.shape
+    assert ours.grad_fn is None  # no graph asked for
+    torch.testing.assert_close(ours == 0, reference == 0, rtol=0, atol=0)  # the same mask (and -inf keys at 0)
+    assert_bf16_close(ours, reference)
+    assert (ours[..., shape[-1] - padded:] == 0).all()  # padding keys get nothing
+    if p > 0 and s.numel() > 100:
+        dropped = (reference[..., :shape[-1] - padded] == 0).float().mean()
+        assert 0.5 * p < dropped < 2 * p  # something dropped, not everything
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_backward_is_the_compositions_gradient(p):
+    s = scores((3, 4, 45, 45), padded_keys=7, seed=1)
+    grad = torch.randn(s.shape, generator=torch.Generator().manual_seed(2)).bfloat16()
+    ours_s, reference_s = s.clone().requires_grad_(), s.clone().requires_grad_()
+    ours = fused(ours_s, p, 4)
+    assert type(ours.grad_fn).__name__ == "_SoftmaxDropoutBackward"  # the compiled pass, not torch's softmax
+    ours.backward(grad)
+    composition(reference_s, p, 4).backward(grad)
+    ours_g, reference_g = ours_s.grad.float(), reference_s.grad.float()
+    assert (ours_g[..., -7:] == 0).all()  # padding keys get no gradient
+    assert ((ours_g - reference_g).norm() / reference_g.norm()) < 2e-3
+    torch.testing.assert_close(ours_g, reference_g, rtol=0.02, atol=2e-3)
+
+
+def test_gradient_matches_float64_softmax():
+    """Against an fp64 reference, the bf16 pass's gradient is as close as torch's own bf16 softmax's."""
+    s = scores((2, 3, 30, 30), padded_keys=3, seed=5)
+    grad = torch.randn(s.shape, generator=torch.Generator().manual_seed(6)).bfloat16()
+    exact_s = s.double().requires_grad_()
+    torch.softmax(exact_s, -1).backward(grad.double())
+    errors = {}
+    for name, op in (("ours", lambda x: softmax_dropout(x, 0.0)), ("torch", lambda x: torch.softmax(x, -1))):
+        x = s.clone().requires_grad_()
+        op(x).backward(grad)
+        errors[name] = float((x.grad.double() - exact_s.grad).norm() / exact_s.grad.norm())
+    assert errors["ours"] < 1.5 * errors["torch"] + 1e-4, errors
+
+
+def test_the_result_does_not_depend_on_the_thread_count():
+    s = scores((8, 12, 50, 50), padded_keys=3)
+    grad = torch.randn(s.shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            x = s.clone().requires_grad_()
+            y = fused(x, 0.2, 9)
+            y.backward(grad)
+            results.append((y, x.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for y, g in results[1:]:
+        assert torch.equal(y, results[0][0]) and torch.equal(g, results[0][1])
+
+
+def test_other_dtypes_and_eval_take_the_composition():
+    s = scores((2, 3, 9, 9), padded_keys=2).float()
+    assert torch.equal(fused(s, 0.3, 1), composition(s, 0.3, 1))  # fp32: torch's softmax, the same mask
+    b = scores((2, 3, 9, 9))
+    assert torch.equal(softmax_dropout(b, 0.3, training=False), softmax_dropout(b, 0.0))
+    assert_bf16_close(softmax_dropout(b, 0.3, training=False), torch.softmax(b, -1))
+
+
+def test_the_written_out_attention_draws_its_bf16_mask_in_the_softmax_pass():
+    """bf16 attention with FastDropout: the same output as the fp32-path composition on the same scores."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 4, generator=generator).bfloat16().requires_grad_() for _ in range(3))
+    key_mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])[:, None, None, :]
+    torch.manual_seed(11)
+    ours = written_out_attention(q, k, v, key_mask, FastDropout(0.3).train(), 0.5)
+    assert "_SoftmaxDropoutBackward" in graph_nodes(ours.grad_fn)  # the compiled pass fed the product
+    bias = torch.zeros(key_mask.shape).masked_fill(~key_mask, float("-inf")).bfloat16()
+    s = torch.baddbmm(bias.expand(2, 3, 1, 6).reshape(6, 1, 6), q.reshape(6, 6, 4),
+                      k.reshape(6, 6, 4).transpose(1, 2), alpha=0.5).view(2, 3, 6, 6)
+    torch.manual_seed(11)
+    reference = fast_dropout(torch.softmax(s, -1), 0.3) @ v
+    torch.testing.assert_close(ours.float(), reference.float(), rtol=0.02, atol=0.02)
+    assert torch.equal(ours == 0, reference == 0)
