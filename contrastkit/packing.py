@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from contrastkit.fast_dropout import FastDropout
 from contrastkit.fast_linear import dense, linear
@@ -72,7 +73,7 @@ class Slab:
     width: int        # T: the longest text of the slab
     slots: Tensor     # [n] where each real token sits in the slab's flattened [b · T] padded block
     key_mask: Tensor  # [b, 1, 1, T] True at real tokens
-    pad_slots: Tensor  # [b · T - n] the block's padding positions
+    sizes: tuple[int, ...]  # the texts' token counts (`lengths`) as Python ints
 
 
 @dataclass
@@ -109,32 +110,31 @@ def plan_packing(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Se
         end = start + max(1, slab_tokens // width)
         lengths_t = torch.tensor(sorted_lengths[start:end])
         real = torch.arange(width)[None, :] < lengths_t[:, None]  # [b, T]
-        positions_t = torch.arange(real.numel()).view(real.shape)
-        slots, pad_slots = positions_t[real], positions_t[~real]
-        count = int(lengths_t.sum())
-        slabs.append(Slab(first, first + count, lengths_t, width, slots, real[:, None, None, :], pad_slots))
-        start, first = end, first + count
+        slots = torch.arange(real.numel()).view(real.shape)[real]
+        sizes = tuple(sorted_lengths[start:end])
+        slabs.append(Slab(first, first + sum(sizes), lengths_t, width, slots, real[:, None, None, :], sizes))
+        start, first = end, first + sum(sizes)
     return PackPlan(torch.tensor(flat_ids), torch.tensor(flat_types), torch.as_tensor(positions), slabs,
                     torch.as_tensor(order))
 
 
-def _padded_block(rows: Tensor, slots: Tensor, pad_slots: Tensor) -> Tensor:
-    """rows [n, C] placed at `slots` of a [n + len(pad_slots), C] block whose other rows are zero.
+def _padded_block(rows: Tensor, sizes: Sequence[int]) -> Tensor:
+    """rows [n, C] of texts of `sizes` rows laid end to end, longest first → their zero-padded [b · T, C] block.
 
-    Only the padding rows are zeroed, not the whole block first: a block is up to 2,048 × 1,152
-    floats, written once per slab and layer forward and once backward.
+    Text i's rows land at [i · T, i · T + sizes[i]), T = sizes[0]. By `pad_sequence` (a copy per
+    text): 3.4x faster than scattering rows with `index_copy_` and zeroing the rest with
+    `index_fill_` (a slab of 25 texts of 20-79 tokens, 1,152 bf16 columns: 140 against 480 µs).
     """
-    block = rows.new_empty(len(slots) + len(pad_slots), rows.shape[1]).index_copy_(0, slots, rows)
-    return block.index_fill_(0, pad_slots, 0.0) if len(pad_slots) else block
+    return pad_sequence(rows.split(list(sizes)), batch_first=True).view(-1, rows.shape[1])
 
 
 class _ToPadded(torch.autograd.Function):
     """[n, C] real rows → zero-padded [b · T, C] block, row i at slots[i]; the gradient gathers them back."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, slots: Tensor, pad_slots: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, slots: Tensor, sizes: tuple[int, ...]) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(slots)
-        return _padded_block(x, slots, pad_slots)
+        return _padded_block(x, sizes)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -150,14 +150,13 @@ class _ToPacked(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y: Tensor, slots: Tensor, pad_slots: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(slots, pad_slots)
+    def forward(ctx, y: Tensor, slots: Tensor, sizes: tuple[int, ...]) -> Tensor:  # type: ignore[override]
+        ctx.sizes = sizes
         return y.index_select(0, slots)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        slots, pad_slots = ctx.saved_tensors
-        return _padded_block(grad, slots, pad_slots), None, None
+        return _padded_block(grad, ctx.sizes), None, None
 
 
 def _fused_qkv(layer: nn.Module) -> tuple[Tensor, Tensor]:
@@ -202,7 +201,7 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     attention = layer.attention.self
     heads, head_size = attention.num_attention_heads, attention.attention_head_size
     b, width = len(slab.lengths), slab.width
-    qkv = _ToPadded.apply(linear(x, *qkv_weights), slab.slots, slab.pad_slots).view(b, width, 3, heads, head_size)
+    qkv = _ToPadded.apply(linear(x, *qkv_weights), slab.slots, slab.sizes).view(b, width, 3, heads, head_size)
     # unbind, not three selects: its backward stacks the three gradients in one copy, where each
     # select's backward would zero a whole [b, T, 3D] block and the three would then be summed
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
@@ -213,7 +212,7 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=slab.key_mask, dropout_p=dropout,
                                              scale=attention.scaling)
-    return _ToPacked.apply(out.transpose(1, 2).reshape(b * width, heads * head_size), slab.slots, slab.pad_slots)
+    return _ToPacked.apply(out.transpose(1, 2).reshape(b * width, heads * head_size), slab.slots, slab.sizes)
 
 
 def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
@@ -261,8 +260,7 @@ def packed_hidden_states(model: nn.Module, plan: PackPlan) -> Tensor:
     outputs = []
     for slab in plan.slabs:
         if slab.slots.device != device:
-            slab.slots, slab.key_mask, slab.pad_slots = (t.to(device) for t in (slab.slots, slab.key_mask,
-                                                                               slab.pad_slots))
+            slab.slots, slab.key_mask = slab.slots.to(device), slab.key_mask.to(device)
         h = x[slab.first:slab.last]
         for layer, qkv_weights in layers:
             h = _layer(layer, qkv_weights, h, slab)

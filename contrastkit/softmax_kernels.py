@@ -17,6 +17,9 @@ when 16-bit lane i of the SplitMix64 stream from `seed` is >= `threshold`, the v
 Blocks of whole rows (about 8,192 elements) are shared out by `prange` (`parallel=True`): each
 block draws its own stretch of the stream, so the result does not depend on the number of threads.
 Serial where numba has no OpenMP threading layer (`dropout_kernels.PARALLEL`).
+
+numba's disk cache is keyed to this file: a change to `dropout_kernels.splitmix_words` alone does not
+recompile these loops from a cache made before it (clear contrastkit/__pycache__/*.nbi then).
 """
 
 from __future__ import annotations

@@ -90,13 +90,15 @@ def test_plan_rejects_nothing_and_empty_texts():
 
 
 def test_the_padded_block_zeroes_its_padding_rows_whatever_the_memory_held():
-    rows, slots, pad_slots = torch.randn(5, 8), torch.tensor([0, 1, 2, 4, 5]), torch.tensor([3, 6])
+    rows, sizes = torch.randn(6, 8), (3, 2, 1)  # three texts end to end, longest first: T = 3
     for _ in range(20):  # freed NaN blocks of the same size: memory a fresh block may be given
-        garbage = torch.full((7, 8), float("nan"))
+        garbage = torch.full((9, 8), float("nan"))
         del garbage
-        block = _padded_block(rows, slots, pad_slots)
+        block = _padded_block(rows, sizes)
+        slots = torch.tensor([0, 1, 2, 3, 4, 6])
         assert torch.equal(block[slots], rows)
-        assert torch.equal(block[pad_slots], torch.zeros(2, 8))
+        assert torch.equal(block[torch.tensor([5, 7, 8])], torch.zeros(3, 8))
+    assert _padded_block(rows, (6,)).shape == (6, 8)  # one text: no padding
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
