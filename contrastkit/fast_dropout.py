@@ -13,9 +13,10 @@ scales:
 
 with p' = round(p · 65536) / 65536 the probability actually drawn (|p' - p| <= 2^-17), so that
 E[y] = x exactly. The mask is never stored: the backward redraws it from the seed, so dropout keeps
-no [B, H, T, T] bool tensor for the attention probabilities. On the CPU here
-(bench/dropout_kernel.py) the forward runs 9-13x as fast as this module's previous kernel (a mask
-from torch's generator, then `where` and `mul`), forward and backward 3.7-5.8x; 8-41x torch's.
+no [B, H, T, T] bool tensor for the attention probabilities. On the 2-core CPU here
+(bench/dropout_kernel.py, both threads) the forward runs 13-18x as fast as this module's previous
+kernel (a mask from torch's generator, then `where` and `mul`), forward and backward 7-8.5x;
+16-60x torch's.
 
 `torch.manual_seed` makes runs repeat, and restoring the generator's state (the gradient cache's
 second pass) redraws the same seeds, so the same masks. The loop runs on as many threads as torch
@@ -70,10 +71,22 @@ def _kernels():
     return dropout_kernels
 
 
+def _loop(name: str):
+    """dropout_kernels' loop `name`, or its serial twin where the parallel one may not run (a forked child)."""
+    kernels = _kernels()
+    return kernels.kernel(kernels, name)
+
+
 def match_torch_threads() -> None:
-    """Run the compiled loops on as many threads as torch's intra-op pool (`torch.set_num_threads`)."""
+    """Run the compiled loops on as many threads as torch's intra-op pool (`torch.set_num_threads`).
+
+    Nothing where the loops run serially (no OpenMP layer for numba, or a forked child): asking
+    numba would start its fallback thread pool for nothing, or stop the forked child.
+    """
     import numba
 
+    if not _kernels().parallel_ok():
+        return
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
@@ -97,7 +110,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None = 
     threshold, _ = drop_threshold(p)
     out = np.empty(math.prod(shape), dtype=np.uint8)
     match_torch_threads()
-    _kernels().keep_lanes(out, _unsigned(seed), np.uint16(threshold))
+    _loop("keep_lanes")(out, _unsigned(seed), np.uint16(threshold))
     return torch.from_numpy(out).view(torch.bool).view(shape)
 
 
@@ -105,17 +118,16 @@ def keep_and_scale(x: Tensor, p: float, seed: int) -> Tensor:
     """where(keep_mask(x.shape, p, seed), x, 0) · 1 / (1 - p'), in one pass; no graph (see fast_dropout)."""
     threshold, keep_probability = drop_threshold(p)
     scale = 1.0 / keep_probability
-    kernels = _kernels()
     # the scale in x's precision (bf16: fp32, the precision torch multiplies bf16 in)
-    fused, scalar = {torch.float64: (kernels.keep_and_scale_float, np.float64),
-                     torch.float32: (kernels.keep_and_scale_float, np.float32),
-                     torch.bfloat16: (kernels.keep_and_scale_bf16, np.float32)}.get(x.dtype, (None, None))
-    if fused is None:  # float16 and others: the same mask, applied by torch
+    name, scalar = {torch.float64: ("keep_and_scale_float", np.float64),
+                    torch.float32: ("keep_and_scale_float", np.float32),
+                    torch.bfloat16: ("keep_and_scale_bf16", np.float32)}.get(x.dtype, (None, None))
+    if name is None:  # float16 and others: the same mask, applied by torch
         return torch.where(keep_mask(x.shape, p, seed), x, 0).mul_(scale)
     x = x.contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     match_torch_threads()
-    fused(_flat_numpy(x), _flat_numpy(out), _unsigned(seed), np.uint16(threshold), scalar(scale))
+    _loop(name)(_flat_numpy(x), _flat_numpy(out), _unsigned(seed), np.uint16(threshold), scalar(scale))
     return out
 
 

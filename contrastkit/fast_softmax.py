@@ -44,11 +44,15 @@ def _kernels():
     return softmax_kernels
 
 
-def _launch(kernel, tensors: tuple[Tensor, Tensor, Tensor], p: float, seed: int) -> None:
+def _launch(name: str, tensors: tuple[Tensor, Tensor, Tensor], p: float, seed: int) -> None:
+    """softmax_kernels' loop `name` (or its serial twin in a forked child, dropout_kernels.kernel)."""
+    from contrastkit.dropout_kernels import kernel
+
     match_torch_threads()
     threshold, keep_probability = drop_threshold(p)
-    kernel(*(_flat_numpy(t) for t in tensors), tensors[0].shape[-1], _unsigned(seed), np.uint16(threshold),
-           np.float32(1.0 / keep_probability))
+    arrays = [_flat_numpy(t) for t in tensors]
+    kernel(_kernels(), name)(*arrays, tensors[0].shape[-1], _unsigned(seed), np.uint16(threshold),
+                             np.float32(1.0 / keep_probability))
 
 
 class _SoftmaxDropout(torch.autograd.Function):
@@ -58,7 +62,7 @@ class _SoftmaxDropout(torch.autograd.Function):
     def forward(ctx, scores: Tensor, p: float, seed: int) -> Tensor:  # type: ignore[override]
         probs = torch.empty_like(scores)
         out = torch.empty_like(scores) if p > 0.0 else probs
-        _launch(_kernels().softmax_dropout_bf16, (scores, probs, out), p, seed)
+        _launch("softmax_dropout_bf16", (scores, probs, out), p, seed)
         ctx.save_for_backward(probs)
         ctx.p, ctx.seed = p, seed
         return out
@@ -68,7 +72,7 @@ class _SoftmaxDropout(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (probs,) = ctx.saved_tensors
         grad_scores = torch.empty_like(probs)
-        _launch(_kernels().softmax_dropout_backward_bf16, (grad.contiguous(), probs, grad_scores), ctx.p, ctx.seed)
+        _launch("softmax_dropout_backward_bf16", (grad.contiguous(), probs, grad_scores), ctx.p, ctx.seed)
         return grad_scores, None, None
 
 

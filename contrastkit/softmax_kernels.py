@@ -150,3 +150,21 @@ def softmax_dropout_backward_bf16(grad, probs, grad_x, width, seed, threshold, s
     step = _rows_per_block(width)
     for i in numba.prange((rows + step - 1) // step):
         _backward_block(grad, probs, grad_x, width, i * step, min(i * step + step, rows), seed, threshold, scale)
+
+
+@numba.njit(**_FLAGS)
+def softmax_dropout_bf16_serial(x, probs, out, width, seed, threshold, scale):
+    """softmax_dropout_bf16 on one thread (a forked child: dropout_kernels.kernel)."""
+    step = _rows_per_block(width)
+    rows = x.shape[0] // width
+    for r0 in range(0, rows, step):
+        _forward_block(x, probs, out, width, r0, min(r0 + step, rows), seed, threshold, scale)
+
+
+@numba.njit(**_FLAGS)
+def softmax_dropout_backward_bf16_serial(grad, probs, grad_x, width, seed, threshold, scale):
+    """softmax_dropout_backward_bf16 on one thread."""
+    step = _rows_per_block(width)
+    rows = grad.shape[0] // width
+    for r0 in range(0, rows, step):
+        _backward_block(grad, probs, grad_x, width, r0, min(r0 + step, rows), seed, threshold, scale)

@@ -131,3 +131,79 @@ def test_the_written_out_attention_draws_its_bf16_mask_in_the_softmax_pass():
     reference = fast_dropout(torch.softmax(s, -1), 0.3) @ v
     torch.testing.assert_close(ours.float(), reference.float(), rtol=0.02, atol=0.02)
     assert torch.equal(ours == 0, reference == 0)
+
+
+SERIAL_CHILD = """
+import sys, torch
+from contrastkit import dropout_kernels
+from contrastkit.fast_dropout import keep_and_scale
+from contrastkit.fast_softmax import softmax_dropout
+assert not dropout_kernels.PARALLEL
+s = torch.load(sys.argv[1], weights_only=True).requires_grad_()
+torch.manual_seed(3)
+y = softmax_dropout(s, 0.2)
+y.backward(torch.ones_like(y))
+torch.save({"y": y.detach(), "grad": s.grad, "kept": keep_and_scale(s.detach(), 0.3, 5)}, sys.argv[2])
+"""
+
+
+def test_without_openmp_the_serial_loops_give_the_same_bits(tmp_path):
+    """numba without an OpenMP layer (here: another layer asked for) runs the loops serially: same results."""
+    import os
+    import subprocess
+    import sys
+
+    s = scores((4, 12, 40, 40), padded_keys=5, seed=8)
+    torch.save(s, tmp_path / "s.pt")
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    subprocess.run([sys.executable, "-c", SERIAL_CHILD, str(tmp_path / "s.pt"), str(tmp_path / "out.pt")],
+                   env=env, check=True, capture_output=True, timeout=300)
+    child = torch.load(tmp_path / "out.pt", weights_only=True)
+    x = s.clone().requires_grad_()
+    torch.manual_seed(3)
+    y = softmax_dropout(x, 0.2)
+    y.backward(torch.ones_like(y))
+    from contrastkit.fast_dropout import keep_and_scale
+
+    assert torch.equal(child["y"], y.detach()) and torch.equal(child["grad"], x.grad)
+    assert torch.equal(child["kept"], keep_and_scale(s, 0.3, 5))
+
+
+def test_a_forked_child_runs_the_serial_twins(tmp_path):
+    """GNU OpenMP does not survive fork(): numba stops a forked child that starts a parallel loop after its
+    parent ran one. The child takes the serial loops instead, with the same results. (torch's own
+    OpenMP work hangs in such a child too, so the child here only runs torch ops below torch's
+    parallel grain, 32,768 elements.)"""
+    import os
+    import time
+
+    from contrastkit.fast_dropout import keep_and_scale
+
+    s = scores((2, 12, 20, 20), padded_keys=4, seed=9)  # 9,600 elements
+    s32 = s.float()
+    torch.manual_seed(1)
+    parent = (softmax_dropout(s, 0.2), keep_and_scale(s, 0.3, 5), keep_and_scale(s32, 0.3, 5))
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            from contrastkit import dropout_kernels
+
+            torch.manual_seed(1)
+            child = (softmax_dropout(s, 0.2), keep_and_scale(s, 0.3, 5), keep_and_scale(s32, 0.3, 5))
+            torch.save({"parallel": dropout_kernels.parallel_ok(), "results": child}, tmp_path / "child.pt")
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0, done[1]  # not stopped by numba
+    child = torch.load(tmp_path / "child.pt", weights_only=True)
+    assert child["parallel"] is False
+    for ours, theirs in zip(child["results"], parent):
+        assert torch.equal(ours, theirs)
