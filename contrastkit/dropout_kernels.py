@@ -14,7 +14,8 @@ torch's kernels (2.91 against 2.29 ms), where on OpenMP's threads it took 1.64 (
 
 GNU OpenMP does not survive fork(): numba stops a forked child that starts a parallel loop once its
 parent has run one. So every loop has a serial twin (`*_serial`, compiled on first use), and
-`parallel_ok()` turns False in a forked child; callers pick the kernel with `kernel(name)`.
+`parallel_ok()` turns False in a forked child (and where there is no OpenMP layer); callers pick
+the loop with `kernel(module, name)`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def parallel_ok() -> bool:
 def kernel(module, name: str):
     """`module`'s loop `name`, or its serial twin where the parallel one may not run (`parallel_ok`)."""
     return getattr(module, name if parallel_ok() else f"{name}_serial")
+
 
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
 MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

@@ -61,7 +61,8 @@ class _SoftmaxDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: Tensor, p: float, seed: int) -> Tensor:  # type: ignore[override]
         probs = torch.empty_like(scores)
-        out = torch.empty_like(scores) if p > 0.0 else probs
+        # a p below half a level of the mask drops nothing (drop_threshold): the loop writes no copy then
+        out = torch.empty_like(scores) if drop_threshold(p)[0] > 0 else probs
         _launch("softmax_dropout_bf16", (scores, probs, out), p, seed)
         ctx.save_for_backward(probs)
         ctx.p, ctx.seed = p, seed

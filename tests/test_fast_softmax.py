@@ -108,6 +108,15 @@ def test_the_result_does_not_depend_on_the_thread_count():
         assert torch.equal(y, results[0][0]) and torch.equal(g, results[0][1])
 
 
+def test_a_p_below_the_masks_resolution_drops_nothing():
+    """p < 2^-17 rounds to a threshold of 0 (drop_threshold): the softmax itself, forward and backward."""
+    s = scores((2, 3, 9, 9), padded_keys=2).requires_grad_()
+    y = softmax_dropout(s, 1e-6)
+    assert_bf16_close(y.detach(), torch.softmax(s.detach(), -1))
+    y.sum().backward()
+    assert s.grad.float().abs().max() < 0.02  # rows of a softmax sum to 1: their gradient is ~0
+
+
 def test_other_dtypes_and_eval_take_the_composition():
     s = scores((2, 3, 9, 9), padded_keys=2).float()
     assert torch.equal(fused(s, 0.3, 1), composition(s, 0.3, 1))  # fp32: torch's softmax, the same mask
