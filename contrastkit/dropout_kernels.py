@@ -15,11 +15,15 @@ torch's kernels (2.91 against 2.29 ms), where on OpenMP's threads it took 1.64 (
 GNU OpenMP does not survive fork(): numba stops a forked child that starts a parallel loop once its
 parent has run one. So every loop has a serial twin (`*_serial`, compiled on first use), and
 `parallel_ok()` turns False in a forked child (and where there is no OpenMP layer); callers pick
-the loop with `kernel(module, name)`.
+the loop with `kernel(module, name)` (through `fast_dropout.compiled_loop`, which also sets the
+thread count). The twins are separate functions, not one function jitted twice: numba's disk cache
+keys a function by its source and signature, not by `parallel`, so a serial jit of the same
+function could load the parallel machine code.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numba
@@ -28,8 +32,6 @@ import numpy as np
 
 def _openmp_available() -> bool:
     """numba's OpenMP threading layer loads (it links the system's libgomp)."""
-    import importlib
-
     try:
         importlib.import_module("numba.np.ufunc.omppool")
     except (ImportError, OSError):

@@ -21,8 +21,9 @@ kernel (a mask from torch's generator, then `where` and `mul`), forward and back
 `torch.manual_seed` makes runs repeat, and restoring the generator's state (the gradient cache's
 second pass) redraws the same seeds, so the same masks. The loop runs on as many threads as torch
 (numba's OpenMP layer, where it loads); its result does not depend on the number of threads.
-bf16, fp32 and fp64 tensors take the compiled loop; other dtypes get the same mask applied by torch. On other devices (CUDA's fused dropout is already fast) and
-outside training, `nn.Dropout` runs as is.
+bf16, fp32 and fp64 tensors take the compiled loop; other dtypes get the same mask applied by
+torch. On other devices (CUDA's fused dropout is already fast) and outside training, `nn.Dropout`
+runs as is.
 
 @inproceedings{steele2014splitmix,
   title={Fast Splittable Pseudorandom Number Generators},
@@ -70,25 +71,22 @@ def _kernels():
     return dropout_kernels
 
 
-def _loop(name: str):
-    """dropout_kernels' loop `name`, or its serial twin where the parallel one may not run (a forked child)."""
-    kernels = _kernels()
-    return kernels.kernel(kernels, name)
+def compiled_loop(module, name: str):
+    """`module`'s compiled loop `name` (dropout_kernels, softmax_kernels), ready to call.
 
-
-def match_torch_threads() -> None:
-    """Run the compiled loops on as many threads as torch's intra-op pool (`torch.set_num_threads`).
-
-    Nothing where the loops run serially (no OpenMP layer for numba, or a forked child): asking
-    numba would start its fallback thread pool for nothing, or stop the forked child.
+    The parallel loop on as many threads as torch's intra-op pool (`torch.set_num_threads`), or its
+    serial twin where the parallel one may not run (no OpenMP layer for numba, or a forked child;
+    `dropout_kernels.kernel`): there numba is not asked for threads, which would start its fallback
+    thread pool for nothing, or stop the forked child.
     """
     import numba
 
-    if not _kernels().parallel_ok():
-        return
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != threads:
-        numba.set_num_threads(threads)
+    kernels = _kernels()
+    if kernels.parallel_ok():
+        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        if numba.get_num_threads() != threads:
+            numba.set_num_threads(threads)
+    return kernels.kernel(module, name)
 
 
 def _flat_numpy(t: Tensor) -> np.ndarray:
@@ -108,8 +106,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None = 
     seed = draw_seed(generator) if seed is None else seed
     threshold, _ = drop_threshold(p)
     out = np.empty(math.prod(shape), dtype=np.uint8)
-    match_torch_threads()
-    _loop("keep_lanes")(out, _unsigned(seed), np.uint16(threshold))
+    compiled_loop(_kernels(), "keep_lanes")(out, _unsigned(seed), np.uint16(threshold))
     return torch.from_numpy(out).view(torch.bool).view(shape)
 
 
@@ -125,8 +122,8 @@ def keep_and_scale(x: Tensor, p: float, seed: int) -> Tensor:
         return torch.where(keep_mask(x.shape, p, seed), x, 0).mul_(scale)
     x = x.contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    match_torch_threads()
-    _loop(name)(_flat_numpy(x), _flat_numpy(out), _unsigned(seed), np.uint16(threshold), scalar(scale))
+    compiled_loop(_kernels(), name)(_flat_numpy(x), _flat_numpy(out), _unsigned(seed), np.uint16(threshold),
+                                    scalar(scale))
     return out
 
 

@@ -32,8 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contrastkit.fast_dropout import (_flat_numpy, _unsigned, draw_seed, drop_threshold, fast_dropout,
-                                      match_torch_threads)
+from contrastkit.fast_dropout import _flat_numpy, _unsigned, compiled_loop, draw_seed, drop_threshold, fast_dropout
 
 
 @functools.cache
@@ -45,14 +44,11 @@ def _kernels():
 
 
 def _launch(name: str, tensors: tuple[Tensor, Tensor, Tensor], p: float, seed: int) -> None:
-    """softmax_kernels' loop `name` (or its serial twin in a forked child, dropout_kernels.kernel)."""
-    from contrastkit.dropout_kernels import kernel
-
-    match_torch_threads()
+    """softmax_kernels' loop `name` on (scores or gradient, probabilities, output), rows the last dimension."""
     threshold, keep_probability = drop_threshold(p)
     arrays = [_flat_numpy(t) for t in tensors]
-    kernel(_kernels(), name)(*arrays, tensors[0].shape[-1], _unsigned(seed), np.uint16(threshold),
-                             np.float32(1.0 / keep_probability))
+    compiled_loop(_kernels(), name)(*arrays, tensors[0].shape[-1], _unsigned(seed), np.uint16(threshold),
+                                    np.float32(1.0 / keep_probability))
 
 
 class _SoftmaxDropout(torch.autograd.Function):
