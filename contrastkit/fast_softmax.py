@@ -43,25 +43,30 @@ def _kernels():
     return softmax_kernels
 
 
-def _launch(name: str, tensors: tuple[Tensor, Tensor, Tensor], p: float, seed: int) -> None:
-    """softmax_kernels' loop `name` on (scores or gradient, probabilities, output), rows the last dimension."""
+def _launch(name: str, tensors: tuple[Tensor, Tensor, Tensor], lengths: Tensor, alpha: float, p: float,
+            seed: int) -> None:
+    """softmax_kernels' loop `name` on (scores or gradient, probabilities, output), rows the last dimension,
+    the rows of text i (the first dimension) valid up to lengths[i]."""
     threshold, keep_probability = drop_threshold(p)
     arrays = [_flat_numpy(t) for t in tensors]
-    compiled_loop(_kernels(), name)(*arrays, tensors[0].shape[-1], _unsigned(seed), np.uint16(threshold),
+    rows_per_text = tensors[0].numel() // (tensors[0].shape[-1] * len(lengths))
+    compiled_loop(_kernels(), name)(*arrays, tensors[0].shape[-1], lengths.numpy(), rows_per_text,
+                                    np.float32(alpha), _unsigned(seed), np.uint16(threshold),
                                     np.float32(1.0 / keep_probability))
 
 
 class _SoftmaxDropout(torch.autograd.Function):
-    """Y = dropout(softmax(S, -1), p) for contiguous bf16 S on the CPU (p = 0: Y = softmax(S, -1))."""
+    """Y = dropout(softmax(alpha · S, -1) over each row's valid keys, p) for contiguous bf16 S on the CPU."""
 
     @staticmethod
-    def forward(ctx, scores: Tensor, p: float, seed: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, scores: Tensor, lengths: Tensor, alpha: float, p: float,  # type: ignore[override]
+                seed: int) -> Tensor:
         probs = torch.empty_like(scores)
         # a p below half a level of the mask drops nothing (drop_threshold): the loop writes no copy then
         out = torch.empty_like(scores) if drop_threshold(p)[0] > 0 else probs
-        _launch("softmax_dropout_bf16", (scores, probs, out), p, seed)
+        _launch("softmax_dropout_bf16", (scores, probs, out), lengths, alpha, p, seed)
         ctx.save_for_backward(probs)
-        ctx.p, ctx.seed = p, seed
+        ctx.lengths, ctx.alpha, ctx.p, ctx.seed = lengths, alpha, p, seed
         return out
 
     @staticmethod
@@ -69,17 +74,41 @@ class _SoftmaxDropout(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (probs,) = ctx.saved_tensors
         grad_scores = torch.empty_like(probs)
-        _launch("softmax_dropout_backward_bf16", (grad.contiguous(), probs, grad_scores), ctx.p, ctx.seed)
-        return grad_scores, None, None
+        _launch("softmax_dropout_backward_bf16", (grad.contiguous(), probs, grad_scores), ctx.lengths, ctx.alpha,
+                ctx.p, ctx.seed)
+        return grad_scores, None, None, None, None
 
 
-def softmax_dropout(scores: Tensor, p: float = 0.0, training: bool = True) -> Tensor:
-    """fast_dropout(torch.softmax(scores, dim=-1), p, training), in one pass for bf16 on the CPU.
+def key_padding(lengths: Tensor, width: int) -> Tensor:
+    """[b] key counts → [b, width] mask, True at the padding keys (position ≥ the text's length)."""
+    return torch.arange(width, device=lengths.device)[None, :] >= lengths.to(torch.long)[:, None]
 
-    Other dtypes and devices take exactly that composition.
+
+def softmax_dropout(scores: Tensor, p: float = 0.0, training: bool = True, alpha: float = 1.0,
+                    key_lengths: Tensor | None = None) -> Tensor:
+    """fast_dropout(softmax(alpha · scores, dim=-1), p, training), in one pass for bf16 on the CPU.
+
+    key_lengths [b] (scores [b, ..., width]): only the first key_lengths[i] entries of text i's rows
+    take part, the rest are padding keys, probability 0 (softmax over scores with -inf there; every
+    text needs one key). alpha > 0 scales the scores first (attention's 1/√d). Other dtypes and devices
+    take exactly that composition.
     """
+    if alpha <= 0.0:
+        raise ValueError(f"alpha must be positive, got {alpha}")
     p = p if training else 0.0
     fused = scores.device.type == "cpu" and scores.dtype == torch.bfloat16 and scores.numel() > 0
     if not fused or not 0.0 <= p < 1.0 or drop_threshold(p)[1] == 0.0:
+        if alpha != 1.0:
+            scores = scores * alpha
+        if key_lengths is not None:
+            padding = key_padding(key_lengths, scores.shape[-1])
+            scores = scores.masked_fill(padding.view(len(key_lengths), *[1] * (scores.dim() - 2), -1), float("-inf"))
         return fast_dropout(torch.softmax(scores, dim=-1), p, training)
-    return _SoftmaxDropout.apply(scores.contiguous(), p, draw_seed() if p > 0.0 else 0)
+    if key_lengths is None:
+        lengths = torch.full((1,), scores.shape[-1], dtype=torch.int64)
+    else:
+        lengths = key_lengths.detach().to("cpu", torch.int64).contiguous()
+        if len(lengths) != scores.shape[0] or scores.dim() < 2 or int(lengths.min()) < 1:
+            raise ValueError(f"key_lengths needs one count >= 1 per text of scores {tuple(scores.shape)}, "
+                             f"got {tuple(lengths.tolist())}")
+    return _SoftmaxDropout.apply(scores.contiguous(), lengths, alpha, p, draw_seed() if p > 0.0 else 0)

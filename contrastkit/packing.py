@@ -37,7 +37,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from contrastkit.fast_dropout import FastDropout
 from contrastkit.fast_linear import dense, linear
-from contrastkit.fast_softmax import softmax_dropout
+from contrastkit.fast_softmax import key_padding, softmax_dropout
 
 # padded positions per slab; in a round-robin of forward + backward on 64 debian pairs (docs/training.md)
 # 1,024-4,096 ran within 4 % of each other, 512 and one slab for the whole batch 7-9 % slower
@@ -166,34 +166,41 @@ def _fused_qkv(layer: nn.Module) -> tuple[Tensor, Tensor]:
             torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]))
 
 
-def written_out_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, dropout: nn.Module,
+def written_out_attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor, dropout: nn.Module,
                           scale: float) -> Tensor:
     """Scaled dot-product attention with dropout on the probabilities (Vaswani et al. 2017):
 
-        A = dropout(softmax(s · q kᵀ, keys where key_mask is False at -inf)),    out = A v
+        A = dropout(softmax(s · q kᵀ, keys past the text's length at -inf)),    out = A v
 
-    q, k, v [b, h, T, d]; key_mask [b, 1, 1, T] True at real tokens; `dropout` the layer's own module
-    (an identity out of training or at p = 0). The math of PyTorch's unfused path, for the two cases
-    its fused CPU kernel does badly: dropout drawn by the trainer's FastDropout (torch's `bernoulli_`
-    on the [b, h, T, T] probabilities took 9 % of a Cranfield batch-32 step, more than the attention's
-    matrix multiplies, bench/profile_step.py), and bf16 inputs (the fused kernel's bf16 path took 2-8x
-    as long, forward and backward, at MiniLM's shapes on the Zen 5 here; bench/attention_kernel.py).
-    In bf16 the softmax and FastDropout's mask run in one compiled pass (contrastkit/fast_softmax.py).
+    q, k, v [b, h, T, d]; key_lengths [b] the texts' real tokens (keys [key_lengths[i], T) of text i
+    are padding); `dropout` the layer's own module (an identity out of training or at p = 0). The math
+    of PyTorch's unfused path, for the two cases its fused CPU kernel does badly: dropout drawn by the
+    trainer's FastDropout (torch's `bernoulli_` on the [b, h, T, T] probabilities took 9 % of a
+    Cranfield batch-32 step, more than the attention's matrix multiplies, bench/profile_step.py), and
+    bf16 inputs (the fused kernel's bf16 path took 2-8x as long, forward and backward, at MiniLM's
+    shapes on the Zen 5 here; bench/attention_kernel.py). In bf16 the scale, the padding keys, the
+    softmax and FastDropout's mask are one compiled pass over q kᵀ (contrastkit/fast_softmax.py).
     """
+    b, h, width, d = q.shape
+    p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    fused_pass = (q.dtype == torch.bfloat16 and q.device.type == "cpu" and isinstance(dropout, nn.Dropout)
+                  and (p == 0.0 or isinstance(dropout, FastDropout)))
+    if fused_pass:
+        # a plain product: the pass scales it and skips the padding keys, where a baddbmm adding a
+        # -inf bias first copied the bias broadcast to the whole [b · h, T, T] block (7.5 ms of a
+        # Cranfield batch-32 step, docs/benchmarks.md)
+        scores = torch.bmm(q.reshape(b * h, width, d), k.reshape(b * h, width, d).transpose(1, 2))
+        return torch.matmul(softmax_dropout(scores.view(b, h, width, width), p, alpha=scale,
+                                            key_lengths=key_lengths), v)
     # padding keys get -inf added (every text has a real token, so no row is empty): an added
     # constant's backward passes the gradient as it is, where masked_fill's would mask it again
     # (softmax's gradient is already 0 there). One baddbmm scales q kᵀ and adds the bias: no pass of
     # its own over the [b, h, T, T] scores (fp32 Cranfield batch 32: 1.29 against 1.32 s a step)
-    b, h, width, d = q.shape
-    key_bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~key_mask, float("-inf"))
+    key_bias = torch.zeros(b, 1, 1, width, dtype=q.dtype, device=q.device).masked_fill_(
+        key_padding(key_lengths.to(q.device), width)[:, None, None, :], float("-inf"))
     scores = torch.baddbmm(key_bias.expand(b, h, 1, width).reshape(b * h, 1, width), q.reshape(b * h, width, d),
                            k.reshape(b * h, width, d).transpose(1, 2), alpha=scale)
-    scores = scores.view(b, h, width, width)
-    p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
-    if isinstance(dropout, nn.Dropout) and (p == 0.0 or isinstance(dropout, FastDropout)):
-        # FastDropout's masks, drawn in the softmax's own pass for bf16 on the CPU (fast_softmax.py)
-        return torch.matmul(softmax_dropout(scores, p), v)
-    return torch.matmul(dropout(torch.softmax(scores, dim=-1)), v)
+    return torch.matmul(dropout(torch.softmax(scores.view(b, h, width, width), dim=-1)), v)
 
 
 def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
@@ -208,7 +215,7 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     dropout = attention.dropout.p if attention.training else 0.0
     fast_masks = dropout > 0.0 and isinstance(attention.dropout, FastDropout)
     if x.device.type == "cpu" and (fast_masks or q.dtype == torch.bfloat16):
-        out = written_out_attention(q, k, v, slab.key_mask, attention.dropout, attention.scaling)
+        out = written_out_attention(q, k, v, slab.lengths, attention.dropout, attention.scaling)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=slab.key_mask, dropout_p=dropout,
                                              scale=attention.scaling)

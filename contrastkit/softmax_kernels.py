@@ -2,8 +2,11 @@
 
 bf16 tensors arrive as their uint16 bits: a value widens to fp32 by a 16-bit shift and rounds back
 to nearest even, as torch's own bf16 kernels compute (in fp32) and store. Rows are the last
-dimension, `width` long. Every loop indexes a row's slices with `range` indices, so that LLVM
-vectorises it (an index `base + j` carries numba's negative-index check and stays scalar: 6x slower).
+dimension, `width` long; the rows of text i (`rows_per_text` consecutive rows) read only their
+first lengths[i] entries (attention's real keys: padding keys get probability and gradient 0, whatever
+their scores hold), and the scores are scaled by alpha > 0 first (attention's 1/√d). Every loop
+indexes a row's slices with `range` indices, so that LLVM vectorises it (an index `base + j` carries
+numba's negative-index check and stays scalar: 6x slower).
 
 exp is written out for LLVM to vectorise (without Intel's SVML numba calls libm's scalar expf):
 e^v = 2^n · 2^f, n = round(v log2 e), |f| <= 1/2, 2^f = e^(f ln 2) by its Taylor polynomial of
@@ -32,7 +35,7 @@ from contrastkit.dropout_kernels import BLOCK, PARALLEL, splitmix_words
 
 # reassociation (the row sums), and no NaN or infinity assumptions: padding keys are -inf
 _FLAGS = dict(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc", "nsz", "arcp", "contract"})
-_SIGNATURE = "void(uint16[::1], uint16[::1], uint16[::1], int64, uint64, uint16, float32)"
+_SIGNATURE = "void(uint16[::1], uint16[::1], uint16[::1], int64, int64[::1], int64, float32, uint64, uint16, float32)"
 
 LOG2E, LN2 = np.float32(1.4426950408889634), np.float32(0.6931471805599453)
 C2, C3, C4, C5, C6 = (np.float32(1 / 2), np.float32(1 / 6), np.float32(1 / 24), np.float32(1 / 120),
@@ -69,24 +72,26 @@ def _block_lanes(width, r0, r1, seed, threshold):
 
 
 @numba.njit(**_FLAGS)
-def _forward_block(x, probs, out, width, r0, r1, seed, threshold, scale):
-    """Rows [r0, r1): probs = softmax(x), out = keep · probs · scale (not written at threshold 0)."""
+def _forward_block(x, probs, out, width, lengths, rows_per_text, alpha, r0, r1, seed, threshold, scale):
+    """Rows [r0, r1): probs = softmax(alpha · x) over the row's first `lengths[r // rows_per_text]`
+    entries (0 beyond), out = keep · probs · scale (not written at threshold 0)."""
     lanes, first_word = _block_lanes(width, r0, r1, seed, threshold)
     e = np.empty(width, dtype=np.float32)
     for r in range(r0, r1):
         base = r * width
-        xr, pr = x[base:base + width], probs[base:base + width]
+        valid = min(width, lengths[r // rows_per_text])
+        xr, pr = x[base:base + valid], probs[base:base + width]
         # the row's max on order-preserving integer keys of the bits (a float max reduction does
         # not vectorise without assuming no NaN)
         top = np.int32(-65536)
-        for j in range(width):
+        for j in range(valid):
             u = np.int32(xr[j])
             key = u if u < np.int32(32768) else np.int32(32768) - u
             top = key if key > top else top
         m = _widen(np.uint16(top) if top >= np.int32(0) else np.uint16(np.int32(32768) - top))
         total = np.float32(0.0)
-        for j in range(width):
-            v = _widen(xr[j]) - m
+        for j in range(valid):
+            v = (_widen(xr[j]) - m) * alpha
             t = v * LOG2E
             t = t if t > np.float32(-125.0) else np.float32(-125.0)
             n = np.floor(t + np.float32(0.5))
@@ -97,74 +102,86 @@ def _forward_block(x, probs, out, width, r0, r1, seed, threshold, scale):
             e[j] = w
             total += w
         inv = np.float32(1.0) / total
+        for j in range(valid, width):
+            pr[j] = np.uint16(0)
         if threshold > 0:
             lane0 = base - 4 * first_word
             lr, orow = lanes[lane0:lane0 + width], out[base:base + width]
-            for j in range(width):
+            for j in range(valid):
                 rounded = _round(e[j] * inv)
                 pr[j] = rounded
                 orow[j] = _round(_widen(rounded) * scale) if lr[j] >= threshold else np.uint16(0)
+            for j in range(valid, width):
+                orow[j] = np.uint16(0)
         else:
-            for j in range(width):
+            for j in range(valid):
                 pr[j] = _round(e[j] * inv)
 
 
 @numba.njit(**_FLAGS)
-def _backward_block(grad, probs, grad_x, width, r0, r1, seed, threshold, scale):
+def _backward_block(grad, probs, grad_x, width, lengths, rows_per_text, alpha, r0, r1, seed, threshold, scale):
     """Rows [r0, r1): g = keep · grad · scale (rounded to bf16 as dropout's backward stores it;
-    g = grad at threshold 0), then softmax's backward in fp32: grad_x = probs · (g - Σ g · probs)."""
+    g = grad at threshold 0), then softmax's backward in fp32, over the row's valid entries (0 beyond):
+    grad_x = alpha · probs · (g - Σ g · probs)."""
     lanes, first_word = _block_lanes(width, r0, r1, seed, threshold)
     g = np.empty(width, dtype=np.float32)
     for r in range(r0, r1):
         base = r * width
-        gr, pr, xr = grad[base:base + width], probs[base:base + width], grad_x[base:base + width]
+        valid = min(width, lengths[r // rows_per_text])
+        gr, pr, xr = grad[base:base + valid], probs[base:base + valid], grad_x[base:base + width]
         if threshold > 0:
             lane0 = base - 4 * first_word
-            lr = lanes[lane0:lane0 + width]
-            for j in range(width):
+            lr = lanes[lane0:lane0 + valid]
+            for j in range(valid):
                 kept = _widen(_round(_widen(gr[j]) * scale))
                 g[j] = kept if lr[j] >= threshold else np.float32(0.0)
         else:
-            for j in range(width):
+            for j in range(valid):
                 g[j] = _widen(gr[j])
         dot = np.float32(0.0)
-        for j in range(width):
+        for j in range(valid):
             dot += g[j] * _widen(pr[j])
-        for j in range(width):
-            xr[j] = _round(_widen(pr[j]) * (g[j] - dot))
+        for j in range(valid):
+            xr[j] = _round(alpha * _widen(pr[j]) * (g[j] - dot))
+        for j in range(valid, width):
+            xr[j] = np.uint16(0)
 
 
 @numba.njit(_SIGNATURE, parallel=PARALLEL, **_FLAGS)
-def softmax_dropout_bf16(x, probs, out, width, seed, threshold, scale):
+def softmax_dropout_bf16(x, probs, out, width, lengths, rows_per_text, alpha, seed, threshold, scale):
     """x [rows, width] flat: probs = softmax(x) by rows, out = keep · probs · scale (threshold 0: out untouched)."""
     rows = x.shape[0] // width
     step = _rows_per_block(width)
     for i in numba.prange((rows + step - 1) // step):
-        _forward_block(x, probs, out, width, i * step, min(i * step + step, rows), seed, threshold, scale)
+        _forward_block(x, probs, out, width, lengths, rows_per_text, alpha, i * step,
+                       min(i * step + step, rows), seed, threshold, scale)
 
 
 @numba.njit(_SIGNATURE, parallel=PARALLEL, **_FLAGS)
-def softmax_dropout_backward_bf16(grad, probs, grad_x, width, seed, threshold, scale):
+def softmax_dropout_backward_bf16(grad, probs, grad_x, width, lengths, rows_per_text, alpha, seed, threshold, scale):
     """grad_x, the gradient of x, from that of out and the forward's probs (see _backward_block)."""
     rows = grad.shape[0] // width
     step = _rows_per_block(width)
     for i in numba.prange((rows + step - 1) // step):
-        _backward_block(grad, probs, grad_x, width, i * step, min(i * step + step, rows), seed, threshold, scale)
+        _backward_block(grad, probs, grad_x, width, lengths, rows_per_text, alpha, i * step,
+                       min(i * step + step, rows), seed, threshold, scale)
 
 
 @numba.njit(**_FLAGS)
-def softmax_dropout_bf16_serial(x, probs, out, width, seed, threshold, scale):
+def softmax_dropout_bf16_serial(x, probs, out, width, lengths, rows_per_text, alpha, seed, threshold, scale):
     """softmax_dropout_bf16 on one thread (a forked child: dropout_kernels.kernel)."""
     step = _rows_per_block(width)
     rows = x.shape[0] // width
     for r0 in range(0, rows, step):
-        _forward_block(x, probs, out, width, r0, min(r0 + step, rows), seed, threshold, scale)
+        _forward_block(x, probs, out, width, lengths, rows_per_text, alpha, r0,
+                       min(r0 + step, rows), seed, threshold, scale)
 
 
 @numba.njit(**_FLAGS)
-def softmax_dropout_backward_bf16_serial(grad, probs, grad_x, width, seed, threshold, scale):
+def softmax_dropout_backward_bf16_serial(grad, probs, grad_x, width, lengths, rows_per_text, alpha, seed, threshold, scale):
     """softmax_dropout_backward_bf16 on one thread."""
     step = _rows_per_block(width)
     rows = grad.shape[0] // width
     for r0 in range(0, rows, step):
-        _backward_block(grad, probs, grad_x, width, r0, min(r0 + step, rows), seed, threshold, scale)
+        _backward_block(grad, probs, grad_x, width, lengths, rows_per_text, alpha, r0,
+                       min(r0 + step, rows), seed, threshold, scale)

@@ -108,6 +108,52 @@ def test_the_result_does_not_depend_on_the_thread_count():
         assert torch.equal(y, results[0][0]) and torch.equal(g, results[0][1])
 
 
+def masked_composition(s: torch.Tensor, lengths: list[int], alpha: float, p: float, seed: int) -> torch.Tensor:
+    padding = torch.arange(s.shape[-1])[None, :] >= torch.tensor(lengths)[:, None]
+    masked = (s * alpha).masked_fill(padding.view(len(lengths), *[1] * (s.dim() - 2), -1), float("-inf"))
+    return composition(masked, p, seed)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_key_lengths_and_alpha_are_the_masked_scaled_softmax(p):
+    """softmax(alpha · s) over each text's first key_lengths keys: what was -inf padding, without the pass
+    that writes it; the padding's own scores (here large, as a product of padded rows need not be 0) count
+    for nothing, forward and backward."""
+    lengths = [40, 17, 1, 33]
+    s = scores((4, 3, 40, 40), seed=7)
+    s[1, :, :, 17:], s[2, :, :, 1:] = 1e4, -3.0  # garbage in the padding keys
+    grad = torch.randn(s.shape, generator=torch.Generator().manual_seed(8)).bfloat16()
+    ours_s, reference_s = s.clone().requires_grad_(), s.clone().requires_grad_()
+    torch.manual_seed(5)
+    ours = softmax_dropout(ours_s, p, alpha=0.5, key_lengths=torch.tensor(lengths))
+    reference = masked_composition(reference_s, lengths, 0.5, p, 5)  # alpha 0.5: exact in bf16 too
+    torch.testing.assert_close(ours == 0, reference == 0, rtol=0, atol=0)
+    assert_bf16_close(ours.detach(), reference.detach())
+    assert (ours[1, ..., 17:] == 0).all() and (ours[2, ..., 1:] == 0).all()
+    assert p > 0 or torch.allclose(ours[2, ..., 0].float(), torch.ones(3, 40))  # one key: all of the weight
+    ours.backward(grad)
+    reference.backward(grad)
+    ours_g, reference_g = ours_s.grad.float(), reference_s.grad.float()
+    assert (ours_g[1, ..., 17:] == 0).all() and (ours_g[2] == 0).all()  # a lone key's softmax has no gradient
+    assert ((ours_g - reference_g).norm() / reference_g.norm()) < 2e-3
+    # any alpha: against fp64, as close as the bf16 composition (which rounds alpha · s to bf16 first)
+    alpha = 32 ** -0.5
+    exact = masked_composition(s.double(), lengths, alpha, 0.0, 0)
+    errors = [float((y.double() - exact).norm() / exact.norm()) for y in
+              (softmax_dropout(s, 0.0, alpha=alpha, key_lengths=torch.tensor(lengths)),
+               masked_composition(s, lengths, alpha, 0.0, 0))]
+    assert errors[0] < 1.5 * errors[1] + 1e-4, errors
+
+
+def test_key_lengths_must_give_each_text_a_key():
+    s = scores((2, 3, 5, 5))
+    for lengths in ([5], [5, 0], [5, 3, 2]):
+        with pytest.raises(ValueError, match="key_lengths"):
+            softmax_dropout(s, 0.1, key_lengths=torch.tensor(lengths))
+    with pytest.raises(ValueError, match="alpha"):
+        softmax_dropout(s, 0.1, alpha=0.0)
+
+
 def test_a_p_below_the_masks_resolution_drops_nothing():
     """p < 2^-17 rounds to a threshold of 0 (drop_threshold): the softmax itself, forward and backward."""
     s = scores((2, 3, 9, 9), padded_keys=2).requires_grad_()
@@ -131,7 +177,7 @@ def test_the_written_out_attention_draws_its_bf16_mask_in_the_softmax_pass():
     q, k, v = (torch.randn(2, 3, 6, 4, generator=generator).bfloat16().requires_grad_() for _ in range(3))
     key_mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])[:, None, None, :]
     torch.manual_seed(11)
-    ours = written_out_attention(q, k, v, key_mask, FastDropout(0.3).train(), 0.5)
+    ours = written_out_attention(q, k, v, torch.tensor([6, 4]), FastDropout(0.3).train(), 0.5)
     assert "_SoftmaxDropoutBackward" in graph_nodes(ours.grad_fn)  # the compiled pass fed the product
     bias = torch.zeros(key_mask.shape).masked_fill(~key_mask, float("-inf")).bfloat16()
     s = torch.baddbmm(bias.expand(2, 3, 1, 6).reshape(6, 1, 6), q.reshape(6, 6, 4),

@@ -256,26 +256,26 @@ def test_bf16_gradients_through_the_written_out_attention_stay_close_to_the_padd
 
 
 def attention_inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """q, k, v [3 texts, 2 heads, 5 positions, 4] in float64 and a key mask (lengths 5, 3, 1)."""
+    """q, k, v [3 texts, 2 heads, 5 positions, 4] in float64, the texts' lengths (5, 3, 1) and their key mask."""
     generator = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(3, 2, 5, 4, dtype=torch.float64, generator=generator, requires_grad=True)
                for _ in range(3))
-    key_mask = (torch.arange(5)[None, :] < torch.tensor([5, 3, 1])[:, None])[:, None, None, :]
-    return q, k, v, key_mask
+    lengths = torch.tensor([5, 3, 1])
+    return q, k, v, lengths, (torch.arange(5)[None, :] < lengths[:, None])[:, None, None, :]
 
 
 def test_attention_without_dropout_is_pytorchs_attention():
-    q, k, v, key_mask = attention_inputs()
-    ours = written_out_attention(q, k, v, key_mask, FastDropout(0.3).eval(), 0.7)
+    q, k, v, lengths, key_mask = attention_inputs()
+    ours = written_out_attention(q, k, v, lengths, FastDropout(0.3).eval(), 0.7)
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=0.7)
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
 def test_attention_dropout_drops_probabilities_with_the_fast_masks_and_their_gradient():
     """out = (softmax(masked s·qkᵀ) · keep / (1 - p')) v, keep drawn by keep_mask from the same seed."""
-    q, k, v, key_mask = attention_inputs()
+    q, k, v, lengths, key_mask = attention_inputs()
     torch.manual_seed(5)
-    ours = written_out_attention(q, k, v, key_mask, FastDropout(0.3).train(), 0.7)
+    ours = written_out_attention(q, k, v, lengths, FastDropout(0.3).train(), 0.7)
     torch.manual_seed(5)
     keep = keep_mask((3, 2, 5, 5), 0.3)
     scores = (0.7 * q @ k.transpose(-2, -1)).masked_fill(~key_mask, float("-inf"))
