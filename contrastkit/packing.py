@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from contrastkit.fast_dropout import FastDropout
+from contrastkit.fast_layer_norm import dropout_add_layer_norm
 from contrastkit.fast_linear import dense, linear
 from contrastkit.fast_softmax import key_padding, softmax_dropout
 
@@ -223,12 +224,17 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
 
 
 def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
-    """One BertLayer on a slab's packed rows [n, D]: attention block, then feed-forward block, post-norm."""
+    """One BertLayer on a slab's packed rows [n, D]: attention block, then feed-forward block, post-norm.
+
+    Each block's exit, LayerNorm(dropout(out) + x), is one compiled pass under bf16 autocast on the
+    CPU (contrastkit/fast_layer_norm.py), and exactly that composition otherwise.
+    """
     out = layer.attention.output
-    x = out.LayerNorm(out.dropout(dense(out.dense, _attention(layer, qkv_weights, x, slab))) + x)
+    x = dropout_add_layer_norm(dense(out.dense, _attention(layer, qkv_weights, x, slab)), x, out.LayerNorm,
+                               out.dropout)
     hidden = layer.intermediate.intermediate_act_fn(dense(layer.intermediate.dense, x))
     out = layer.output
-    return out.LayerNorm(out.dropout(dense(out.dense, hidden)) + x)
+    return dropout_add_layer_norm(dense(out.dense, hidden), x, out.LayerNorm, out.dropout)
 
 
 def embed_tokens(word: nn.Embedding, ids: Tensor) -> Tensor:
@@ -263,7 +269,11 @@ def packed_hidden_states(model: nn.Module, plan: PackPlan) -> Tensor:
     x = (embed_tokens(embeddings.word_embeddings, ids) + embeddings.token_type_embeddings(types)
          + embeddings.position_embeddings(positions))
     x = embeddings.dropout(embeddings.LayerNorm(x))
-    layers = [(layer, _fused_qkv(layer)) for layer in model.encoder.layer]  # stacked once per call, not per slab
+    # stacked once per call, not per slab; under autocast also cast once, as autocast casts the other
+    # (leaf) weights once per autocast region, where it would cast the stacked one again for every slab
+    cast = torch.get_autocast_dtype("cpu") if device.type == "cpu" and torch.is_autocast_enabled("cpu") else None
+    layers = [(layer, tuple(t.to(cast) for t in _fused_qkv(layer)) if cast else _fused_qkv(layer))
+              for layer in model.encoder.layer]
     outputs = []
     for slab in plan.slabs:
         if slab.slots.device != device:

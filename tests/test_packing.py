@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pytest
 import torch
 
@@ -236,12 +237,19 @@ def test_bf16_takes_the_written_out_attention_and_fp32_without_dropout_the_fused
     assert calls == [torch.bfloat16] * 2  # the tiny model's two layers, one slab
 
 
-def test_bf16_gradients_through_the_written_out_attention_stay_close_to_the_padded_forward(tiny_model_dir):
+@pytest.mark.parametrize("slab_tokens", [None, 30])
+def test_bf16_gradients_through_the_written_out_attention_stay_close_to_the_padded_forward(tiny_model_dir, slab_tokens,
+                                                                                         monkeypatch):
     """bf16 autocast, no dropout: every parameter's gradient within 2 % of the padded forward's (0.7 % seen).
 
     The key biases' true gradient is 0 (softmax ignores a constant added to all of a query's scores):
-    theirs is rounding, measured against the largest gradient instead.
+    theirs is rounding, measured against the largest gradient instead. Slabs of 30 tokens: the
+    batch's texts in several slabs, whose gradients meet at the layers' weights cast to bf16 once.
     """
+    if slab_tokens:
+        import contrastkit.encoder as encoder_module
+
+        monkeypatch.setattr(encoder_module, "plan_packing", functools.partial(plan_packing, slab_tokens=slab_tokens))
     grads = []
     for packing in (True, False):
         encoder = training_without_dropout(tiny_model_dir, packing)
@@ -336,3 +344,37 @@ def test_gradient_caching_through_the_packed_forward_equals_the_uncached_step(ti
         torch.testing.assert_close(cached[name], plain[name], atol=1e-10, rtol=0, msg=name)
     other_masks = grads(True, seed=4)
     assert any(not torch.allclose(other_masks[n], plain[n], atol=1e-6) for n in plain)
+
+
+def test_bf16_training_ends_each_sublayer_in_one_pass_with_the_compositions_masks(tiny_encoder, monkeypatch):
+    """bf16 autocast with FastDropout: dropout + residual + layer norm as one pass (fast_layer_norm), drawing
+    the seeds the composition draws, in the same order, so the same masks: the same embeddings and gradients."""
+    use_fast_dropout(tiny_encoder)
+    tiny_encoder.train()
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor], set[str]]:
+        tiny_encoder.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            embeddings = tiny_encoder.embed(TEXTS)
+        (embeddings.float() * torch.linspace(-1, 1, embeddings.shape[1])).sum().backward()
+        seen, stack = set(), [embeddings.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is not None and node not in seen:
+                seen.add(node)
+                stack.extend(n for n, _ in node.next_functions)
+        return embeddings.detach().float(), {n: p.grad.float().clone() for n, p in tiny_encoder.named_parameters()
+                                             if p.grad is not None}, {type(node).__name__ for node in seen}
+
+    fused, fused_grads, fused_nodes = run()
+    monkeypatch.setattr(packing_module, "dropout_add_layer_norm", lambda a, x, norm, dropout: norm(dropout(a) + x))
+    composed, composed_grads, composed_nodes = run()
+    assert "_DropoutAddNormBackward" in fused_nodes and "_DropoutAddNormBackward" not in composed_nodes
+    torch.testing.assert_close(fused, composed, rtol=0, atol=2e-2)
+    largest = max(g.norm() for g in composed_grads.values())
+    for name, theirs in composed_grads.items():
+        assert (fused_grads[name] - theirs).norm() <= 0.02 * theirs.norm() + 1e-5 * largest, name
+    torch.manual_seed(8)  # other seeds, other masks: the comparison above can tell masks apart
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert not torch.allclose(tiny_encoder.embed(TEXTS).float(), composed, atol=2e-2)
