@@ -4,8 +4,9 @@ A padded batch [B, T] runs every matrix multiply over B · T positions, padding 
 texts' tokens are laid end to end ([N, D], N = the real token count) for the embeddings, the
 feed-forward and projection layers, layer norms and dropout, the way unpadded BERT kernels do it
 (Zeng et al. 2022, "Boosting Distributed Training Performance of the Unpadded BERT Model"; FlashAttention's
-varlen path). Only attention needs texts side by side: each slab of similar-length texts is scattered
-into a padded [b, T, 3D] block for PyTorch's fused scaled-dot-product attention and gathered back.
+varlen path). Only attention needs texts side by side: each slab of similar-length texts is copied
+into zero-padded per-head blocks [b, h, T, d] for attention and its output back into rows (one compiled
+copy each way on the CPU, contrastkit/layout_kernels.py).
 On the CPU, attention is written out (`written_out_attention`) instead of PyTorch's fused kernel
 in two cases: with dropout on the attention probabilities and the trainer's CPU dropout
 (contrastkit.fast_dropout), where PyTorch's kernel would run its unfused path and draw the mask with
@@ -26,6 +27,7 @@ as all-MiniLM-L6-v2, bge-*-en-v1.5 and e5-*-v2; any other model takes its own pa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from contrastkit.fast_dropout import FastDropout
+from contrastkit.fast_dropout import FastDropout, compiled_loop
 from contrastkit.fast_layer_norm import dropout_add_layer_norm
 from contrastkit.fast_linear import dense, linear
 from contrastkit.fast_softmax import key_padding, softmax_dropout
@@ -75,6 +77,7 @@ class Slab:
     slots: Tensor     # [n] where each real token sits in the slab's flattened [b · T] padded block
     key_mask: Tensor  # [b, 1, 1, T] True at real tokens
     sizes: tuple[int, ...]  # the texts' token counts (`lengths`) as Python ints
+    starts: Tensor    # [b] where each text's rows begin among the slab's packed rows
 
 
 @dataclass
@@ -113,7 +116,8 @@ def plan_packing(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Se
         real = torch.arange(width)[None, :] < lengths_t[:, None]  # [b, T]
         slots = torch.arange(real.numel()).view(real.shape)[real]
         sizes = tuple(sorted_lengths[start:end])
-        slabs.append(Slab(first, first + sum(sizes), lengths_t, width, slots, real[:, None, None, :], sizes))
+        starts = torch.as_tensor(np.cumsum((0,) + sizes[:-1]), dtype=torch.int64)
+        slabs.append(Slab(first, first + sum(sizes), lengths_t, width, slots, real[:, None, None, :], sizes, starts))
         start, first = end, first + sum(sizes)
     return PackPlan(torch.tensor(flat_ids), torch.tensor(flat_types), torch.as_tensor(positions), slabs,
                     torch.as_tensor(order))
@@ -129,35 +133,105 @@ def _padded_block(rows: Tensor, sizes: Sequence[int]) -> Tensor:
     return pad_sequence(rows.split(list(sizes)), batch_first=True).view(-1, rows.shape[1])
 
 
-class _ToPadded(torch.autograd.Function):
-    """[n, C] real rows → zero-padded [b · T, C] block, row i at slots[i]; the gradient gathers them back."""
+@functools.cache
+def _layout_kernels():
+    """contrastkit.layout_kernels, imported on first use (numba loads only when this runs)."""
+    from contrastkit import layout_kernels
 
-    @staticmethod
-    def forward(ctx, x: Tensor, slots: Tensor, sizes: tuple[int, ...]) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(slots)
-        return _padded_block(x, sizes)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (slots,) = ctx.saved_tensors
-        return grad.index_select(0, slots), None, None
+    return layout_kernels
 
 
-class _ToPacked(torch.autograd.Function):
-    """[rows, C] padded block → its real rows [n, C]; the gradient scatters them back (zeros at padding).
+def _words(t: Tensor, unit: int) -> np.ndarray:
+    """A contiguous CPU tensor's memory as a flat numpy array of `unit`-byte unsigned integers."""
+    signed = {2: torch.int16, 4: torch.int32, 8: torch.int64}[unit]
+    return t.detach().reshape(-1).view(torch.uint8).view(signed).numpy().view(_layout_kernels().BITS[unit])
 
-    Written out because indexing's own backward accumulates (it must allow repeated indices): in a
-    profile of a prototype that used it, that accumulation took 9 % of the training step.
+
+def _unit(rows: Tensor, head_size: int, *others: Tensor) -> int:
+    """The widest word (8, 4 or 2 bytes) that a row, a head's columns and where each tensor starts are whole
+    numbers of (0: none, or not a CPU tensor)."""
+    size = rows.element_size()
+    starts = [t.storage_offset() * size for t in (rows, *others)]
+    for unit in (8, 4, 2):
+        if (head_size * size) % unit == 0 and (rows.shape[1] * size) % unit == 0 and all(s % unit == 0 for s in starts):
+            return unit if rows.device.type == "cpu" else 0
+    return 0
+
+
+def _to_heads(rows: Tensor, offset: int, slab: Slab, heads: int, head_size: int) -> Tensor:
+    """Columns [offset, offset + heads · head_size) of a slab's packed rows [n, C] → [b, heads, T, head_size],
+    zero-padded (contrastkit/layout_kernels.py; on other devices by pad_sequence and a strided copy)."""
+    b, width, columns, size = len(slab.sizes), slab.width, rows.shape[1], rows.element_size()
+    rows = rows.contiguous()
+    unit = _unit(rows, head_size)
+    if not unit:
+        part = rows[:, offset:offset + heads * head_size]
+        return _padded_block(part, slab.sizes).view(b, width, heads, head_size).transpose(1, 2).contiguous()
+    out = rows.new_empty(b, heads, width, head_size)
+    per = unit // size  # elements per word
+    compiled_loop(_layout_kernels(), "to_heads")(_words(rows, unit), columns // per, offset // per,
+                                                 slab.starts.numpy(), slab.lengths.numpy(), heads, width,
+                                                 head_size // per, _words(out, unit))
+    return out
+
+
+def _from_heads(blocks: Tensor, rows: Tensor, offset: int, slab: Slab) -> None:
+    """The inverse: blocks [b, heads, T, head_size]'s real positions into columns [offset, offset + heads ·
+    head_size) of the packed rows [n, C], in place (the padding is dropped)."""
+    b, heads, width, head_size = blocks.shape
+    columns, size = rows.shape[1], rows.element_size()
+    blocks = blocks.contiguous()
+    unit = _unit(rows, head_size, blocks) if rows.is_contiguous() else 0
+    if not unit:
+        rows[:, offset:offset + heads * head_size] = (
+            blocks.transpose(1, 2).reshape(b * width, heads * head_size).index_select(0, slab.slots))
+        return
+    per = unit // size
+    compiled_loop(_layout_kernels(), "from_heads")(_words(blocks, unit), columns // per, offset // per,
+                                                   slab.starts.numpy(), slab.lengths.numpy(), heads, width,
+                                                   head_size // per, _words(rows, unit))
+
+
+class _PackedToHeads(torch.autograd.Function):
+    """A fused projection's packed rows [n, parts · D] → `parts` tensors [b, heads, T, head_size] (q, k, v).
+
+    One copy each way (the backward writes each part's gradient into its columns of one [n, parts · D]
+    gradient), where the padded block, an unbind and three strided copies took four forward and the
+    stack of the three gradients and a gather two backward.
     """
 
     @staticmethod
-    def forward(ctx, y: Tensor, slots: Tensor, sizes: tuple[int, ...]) -> Tensor:  # type: ignore[override]
-        ctx.sizes = sizes
-        return y.index_select(0, slots)
+    def forward(ctx, rows: Tensor, slab: Slab, parts: int, heads: int,  # type: ignore[override]
+                head_size: int) -> tuple[Tensor, ...]:
+        ctx.slab, ctx.shape = slab, rows.shape
+        return tuple(_to_heads(rows, i * heads * head_size, slab, heads, head_size) for i in range(parts))
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+        grad_rows = grads[0].new_empty(ctx.shape) if all(g is not None for g in grads) else grads[0].new_zeros(
+            ctx.shape)
+        for i, grad in enumerate(grads):
+            if grad is not None:
+                _from_heads(grad, grad_rows, i * grad.shape[1] * grad.shape[3], ctx.slab)
+        return grad_rows, None, None, None, None
+
+
+class _HeadsToPacked(torch.autograd.Function):
+    """Attention's output [b, heads, T, head_size] → the slab's packed rows [n, heads · head_size]."""
+
+    @staticmethod
+    def forward(ctx, blocks: Tensor, slab: Slab) -> Tensor:  # type: ignore[override]
+        b, heads, width, head_size = blocks.shape
+        ctx.slab, ctx.heads, ctx.head_size = slab, heads, head_size
+        rows = blocks.new_empty(slab.last - slab.first, heads * head_size)
+        _from_heads(blocks, rows, 0, slab)
+        return rows
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return _padded_block(grad, ctx.sizes), None, None
+        return _to_heads(grad, 0, ctx.slab, ctx.heads, ctx.head_size), None
 
 
 def _fused_qkv(layer: nn.Module) -> tuple[Tensor, Tensor]:
@@ -208,11 +282,7 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     """BertAttention's self-attention on a slab's packed rows: [n, D] → [n, D] (before the output projection)."""
     attention = layer.attention.self
     heads, head_size = attention.num_attention_heads, attention.attention_head_size
-    b, width = len(slab.lengths), slab.width
-    qkv = _ToPadded.apply(linear(x, *qkv_weights), slab.slots, slab.sizes).view(b, width, 3, heads, head_size)
-    # unbind, not three selects: its backward stacks the three gradients in one copy, where each
-    # select's backward would zero a whole [b, T, 3D] block and the three would then be summed
-    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+    q, k, v = _PackedToHeads.apply(linear(x, *qkv_weights), slab, 3, heads, head_size)
     dropout = attention.dropout.p if attention.training else 0.0
     fast_masks = dropout > 0.0 and isinstance(attention.dropout, FastDropout)
     if x.device.type == "cpu" and (fast_masks or q.dtype == torch.bfloat16):
@@ -220,7 +290,7 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=slab.key_mask, dropout_p=dropout,
                                              scale=attention.scaling)
-    return _ToPacked.apply(out.transpose(1, 2).reshape(b * width, heads * head_size), slab.slots, slab.sizes)
+    return _HeadsToPacked.apply(out, slab)
 
 
 def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:

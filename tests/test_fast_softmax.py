@@ -1,6 +1,8 @@
 """softmax_dropout in bf16 must equal fast_dropout(torch.softmax(s)) (same mask, values to a bf16 rounding),
 back-propagate as that composition does, not depend on the thread count, and leave other dtypes to torch."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -198,8 +200,30 @@ s = torch.load(sys.argv[1], weights_only=True).requires_grad_()
 torch.manual_seed(3)
 y = softmax_dropout(s, 0.2)
 y.backward(torch.ones_like(y))
-torch.save({"y": y.detach(), "grad": s.grad, "kept": keep_and_scale(s.detach(), 0.3, 5)}, sys.argv[2])
+from tests_loops import other_loops
+torch.save({"y": y.detach(), "grad": s.grad, "kept": keep_and_scale(s.detach(), 0.3, 5), "other": other_loops()},
+           sys.argv[2])
 """
+
+
+def other_loops() -> tuple[torch.Tensor, ...]:
+    """The other compiled loops on small inputs (below torch's parallel grain): the sub-layer exit
+    (fast_layer_norm) forward and backward, and the attention layout copies (packing)."""
+    from torch import nn
+
+    from contrastkit.fast_layer_norm import dropout_add_layer_norm
+    from contrastkit.packing import _HeadsToPacked, _PackedToHeads, plan_packing
+
+    generator = torch.Generator().manual_seed(4)
+    a = torch.randn(20, 48, generator=generator).bfloat16().requires_grad_()
+    x = torch.randn(20, 48, generator=generator)
+    torch.manual_seed(2)
+    y = dropout_add_layer_norm(a, x, nn.LayerNorm(48), FastDropout(0.3).train())
+    y.backward(torch.ones_like(y))
+    (slab,) = plan_packing([[1] * n for n in (5, 3, 2)]).slabs
+    rows = torch.randn(10, 24, generator=generator)
+    q, k, v = _PackedToHeads.apply(rows, slab, 3, 2, 4)
+    return y.detach(), a.grad, q, k, v, _HeadsToPacked.apply(v, slab)
 
 
 def test_without_openmp_the_serial_loops_give_the_same_bits(tmp_path):
@@ -211,6 +235,9 @@ def test_without_openmp_the_serial_loops_give_the_same_bits(tmp_path):
     s = scores((4, 12, 40, 40), padded_keys=5, seed=8)
     torch.save(s, tmp_path / "s.pt")
     env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    (tmp_path / "tests_loops.py").write_text("import torch\nfrom contrastkit.fast_dropout import FastDropout\n\n\n"
+                                             + inspect.getsource(other_loops))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     subprocess.run([sys.executable, "-c", SERIAL_CHILD, str(tmp_path / "s.pt"), str(tmp_path / "out.pt")],
                    env=env, check=True, capture_output=True, timeout=300)
     child = torch.load(tmp_path / "out.pt", weights_only=True)
@@ -222,6 +249,7 @@ def test_without_openmp_the_serial_loops_give_the_same_bits(tmp_path):
 
     assert torch.equal(child["y"], y.detach()) and torch.equal(child["grad"], x.grad)
     assert torch.equal(child["kept"], keep_and_scale(s, 0.3, 5))
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(child["other"], other_loops(), strict=True))
 
 
 def test_a_forked_child_runs_the_serial_twins(tmp_path):
@@ -237,7 +265,7 @@ def test_a_forked_child_runs_the_serial_twins(tmp_path):
     s = scores((2, 12, 20, 20), padded_keys=4, seed=9)  # 9,600 elements
     s32 = s.float()
     torch.manual_seed(1)
-    parent = (softmax_dropout(s, 0.2), keep_and_scale(s, 0.3, 5), keep_and_scale(s32, 0.3, 5))
+    parent = (softmax_dropout(s, 0.2), keep_and_scale(s, 0.3, 5), keep_and_scale(s32, 0.3, 5), *other_loops())
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         code = 1
@@ -245,7 +273,8 @@ def test_a_forked_child_runs_the_serial_twins(tmp_path):
             from contrastkit import dropout_kernels
 
             torch.manual_seed(1)
-            child = (softmax_dropout(s, 0.2), keep_and_scale(s, 0.3, 5), keep_and_scale(s32, 0.3, 5))
+            child = (softmax_dropout(s, 0.2), keep_and_scale(s, 0.3, 5), keep_and_scale(s32, 0.3, 5),
+                     *other_loops())
             torch.save({"parallel": dropout_kernels.parallel_ok(), "results": child}, tmp_path / "child.pt")
             code = 0
         finally:
@@ -260,5 +289,5 @@ def test_a_forked_child_runs_the_serial_twins(tmp_path):
     assert os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0, done[1]  # not stopped by numba
     child = torch.load(tmp_path / "child.pt", weights_only=True)
     assert child["parallel"] is False
-    for ours, theirs in zip(child["results"], parent):
+    for ours, theirs in zip(child["results"], parent, strict=True):
         assert torch.equal(ours, theirs)

@@ -9,7 +9,7 @@ import torch
 import contrastkit.packing as packing_module
 from contrastkit.encoder import Encoder
 from contrastkit.fast_dropout import FastDropout, drop_threshold, keep_mask, use_fast_dropout
-from contrastkit.packing import _padded_block, can_pack, packed_hidden_states, plan_packing, written_out_attention
+from contrastkit.packing import _HeadsToPacked, _PackedToHeads, _padded_block, can_pack, packed_hidden_states, plan_packing, written_out_attention
 from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
 
 TEXTS = ["a", "shock waves in a supersonic nozzle with a long and winding description of the flow",
@@ -378,3 +378,47 @@ def test_bf16_training_ends_each_sublayer_in_one_pass_with_the_compositions_mask
     torch.manual_seed(8)  # other seeds, other masks: the comparison above can tell masks apart
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         assert not torch.allclose(tiny_encoder.embed(TEXTS).float(), composed, atol=2e-2)
+
+
+@pytest.mark.parametrize("path", ["compiled", "torch"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_the_head_layout_copies_each_texts_rows_and_zero_pads_and_back(dtype, path, monkeypatch):
+    """_PackedToHeads / _HeadsToPacked against a loop over texts, heads and positions, forward and backward,
+    with NaN left in the memory they allocate: none of it may reach a result. Both paths: the compiled
+    copies (the CPU), and torch's (other devices; here forced by finding no word size for the kernels)."""
+    if path == "torch":
+        monkeypatch.setattr(packing_module, "_unit", lambda *args: 0)
+    sizes, heads, d = [7, 5, 5, 2, 1], 3, 4
+    plan = plan_packing([[1] * n for n in sizes], slab_tokens=1000)
+    (slab,) = plan.slabs
+    n, width = sum(sizes), sizes[0]
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(n, 3 * heads * d, generator=generator).to(dtype).requires_grad_()
+    torch.empty(10_000, dtype=dtype).fill_(float("nan"))  # freed memory full of NaN, for new_empty to reuse
+    q, k, v = _PackedToHeads.apply(rows, slab, 3, heads, d)
+    for part, ours in enumerate((q, k, v)):
+        expected = torch.zeros(len(sizes), heads, width, d, dtype=dtype)
+        start = 0
+        for i, size in enumerate(sizes):
+            for j in range(heads):
+                columns = slice((part * heads + j) * d, (part * heads + j + 1) * d)
+                expected[i, j, :size] = rows.detach()[start:start + size, columns]
+            start += size
+        assert ours.shape == expected.shape and torch.equal(ours, expected), part
+    grads = [torch.randn(q.shape, generator=generator).to(dtype) for _ in range(3)]
+    (q * grads[0]).sum().add_((k * grads[1]).sum()).add_((v * grads[2]).sum()).backward()
+    reference = rows.detach().clone().requires_grad_()
+    theirs = [_padded_block(reference[:, p * heads * d:(p + 1) * heads * d], slab.sizes).view(
+        len(sizes), width, heads, d).transpose(1, 2) for p in range(3)]
+    sum((t * g).sum() for t, g in zip(theirs, grads)).backward()
+    assert torch.equal(rows.grad, reference.grad)  # the gradient gathers each part's real positions back
+    only_q = rows.detach().clone().requires_grad_()
+    (_PackedToHeads.apply(only_q, slab, 3, heads, d)[0] * grads[0]).sum().backward()
+    assert torch.equal(only_q.grad[:, heads * d:], torch.zeros(n, 2 * heads * d, dtype=dtype))  # k, v unused: 0
+    assert torch.equal(only_q.grad[:, :heads * d], reference.grad[:, :heads * d])
+    blocks = q.detach().clone().requires_grad_()
+    packed = _HeadsToPacked.apply(blocks, slab)
+    assert torch.equal(packed, rows.detach()[:, :heads * d])  # back to the packed rows: the inverse
+    weights = torch.randn(packed.shape, generator=generator).to(dtype)
+    (packed * weights).sum().backward()
+    assert torch.equal(blocks.grad, _PackedToHeads.apply(weights, slab, 1, heads, d)[0])
