@@ -28,64 +28,56 @@ from contrastkit.dropout_kernels import PARALLEL
 
 _FLAGS = dict(nogil=True, cache=True, boundscheck=False)
 _TYPES = ("uint16", "uint32", "uint64")
-_TO_HEADS = [f"void({t}[::1], int64, int64, int64[::1], int64[::1], int64, int64, int64, {t}[::1])" for t in _TYPES]
-_FROM_HEADS = _TO_HEADS
+_SIGNATURES = [f"void({t}[::1], int64, int64, int64[::1], int64[::1], int64, int64, int64, {t}[::1])" for t in _TYPES]
 
 
 @numba.njit(**_FLAGS)
-def _to_heads_text(rows, columns, offset, starts, lengths, heads, width, d, out, i):
+def _copy_text(rows, columns, offset, starts, lengths, heads, width, d, blocks, i, to_blocks):
+    """Text i's real positions, rows → blocks (to_blocks, then its padding zeroed) or blocks → rows."""
     length, start = lengths[i], starts[i]
     for t in range(length):
-        source = np.uint64((start + t) * columns + offset)
+        row = np.uint64((start + t) * columns + offset)
         for j in range(heads):
-            target = np.uint64(((i * heads + j) * width + t) * d)
-            first = source + np.uint64(j * d)
-            for e in range(d):
-                out[target + np.uint64(e)] = rows[first + np.uint64(e)]
-    for j in range(heads):
-        target = np.uint64(((i * heads + j) * width + length) * d)
-        for e in range((width - length) * d):
-            out[target + np.uint64(e)] = 0
-
-
-@numba.njit(**_FLAGS)
-def _from_heads_text(blocks, columns, offset, starts, lengths, heads, width, d, rows, i):
-    length, start = lengths[i], starts[i]
-    for t in range(length):
-        target = np.uint64((start + t) * columns + offset)
+            block = np.uint64(((i * heads + j) * width + t) * d)
+            column = row + np.uint64(j * d)
+            for e in range(d):  # the direction is the same all along: LLVM unswitches the branch
+                if to_blocks:
+                    blocks[block + np.uint64(e)] = rows[column + np.uint64(e)]
+                else:
+                    rows[column + np.uint64(e)] = blocks[block + np.uint64(e)]
+    if to_blocks:
         for j in range(heads):
-            source = np.uint64(((i * heads + j) * width + t) * d)
-            first = target + np.uint64(j * d)
-            for e in range(d):
-                rows[first + np.uint64(e)] = blocks[source + np.uint64(e)]
+            block = np.uint64(((i * heads + j) * width + length) * d)
+            for e in range((width - length) * d):
+                blocks[block + np.uint64(e)] = 0
 
 
-@numba.njit(_TO_HEADS, parallel=PARALLEL, **_FLAGS)
+@numba.njit(_SIGNATURES, parallel=PARALLEL, **_FLAGS)
 def to_heads(rows, columns, offset, starts, lengths, heads, width, d, out):
     """rows [n, columns] → out [b, heads, width, d], both flat, in units of d (see the module's docstring)."""
     for i in numba.prange(lengths.shape[0]):
-        _to_heads_text(rows, columns, offset, starts, lengths, heads, width, d, out, i)
+        _copy_text(rows, columns, offset, starts, lengths, heads, width, d, out, i, True)
 
 
-@numba.njit(_FROM_HEADS, parallel=PARALLEL, **_FLAGS)
+@numba.njit(_SIGNATURES, parallel=PARALLEL, **_FLAGS)
 def from_heads(blocks, columns, offset, starts, lengths, heads, width, d, rows):
     """blocks [b, heads, width, d] → their real positions into rows [n, columns] (the rest untouched)."""
     for i in numba.prange(lengths.shape[0]):
-        _from_heads_text(blocks, columns, offset, starts, lengths, heads, width, d, rows, i)
+        _copy_text(rows, columns, offset, starts, lengths, heads, width, d, blocks, i, False)
 
 
 @numba.njit(**_FLAGS)
 def to_heads_serial(rows, columns, offset, starts, lengths, heads, width, d, out):
     """to_heads on one thread (a forked child: dropout_kernels.kernel)."""
     for i in range(lengths.shape[0]):
-        _to_heads_text(rows, columns, offset, starts, lengths, heads, width, d, out, i)
+        _copy_text(rows, columns, offset, starts, lengths, heads, width, d, out, i, True)
 
 
 @numba.njit(**_FLAGS)
 def from_heads_serial(blocks, columns, offset, starts, lengths, heads, width, d, rows):
     """from_heads on one thread."""
     for i in range(lengths.shape[0]):
-        _from_heads_text(blocks, columns, offset, starts, lengths, heads, width, d, rows, i)
+        _copy_text(rows, columns, offset, starts, lengths, heads, width, d, blocks, i, False)
 
 
 BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}  # word size → its unsigned type
