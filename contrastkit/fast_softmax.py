@@ -95,20 +95,22 @@ def softmax_dropout(scores: Tensor, p: float = 0.0, training: bool = True, alpha
     """
     if alpha <= 0.0:
         raise ValueError(f"alpha must be positive, got {alpha}")
+    if key_lengths is not None and (scores.dim() < 2 or key_lengths.shape != (scores.shape[0],)):
+        raise ValueError(f"key_lengths needs one count per text (the first dimension) of scores "
+                         f"{tuple(scores.shape)}, got shape {tuple(key_lengths.shape)}")
     p = p if training else 0.0
     fused = scores.device.type == "cpu" and scores.dtype == torch.bfloat16 and scores.numel() > 0
     if not fused or not 0.0 <= p < 1.0 or drop_threshold(p)[1] == 0.0:
         if alpha != 1.0:
             scores = scores * alpha
         if key_lengths is not None:
-            padding = key_padding(key_lengths, scores.shape[-1])
+            padding = key_padding(key_lengths.to(scores.device), scores.shape[-1])
             scores = scores.masked_fill(padding.view(len(key_lengths), *[1] * (scores.dim() - 2), -1), float("-inf"))
         return fast_dropout(torch.softmax(scores, dim=-1), p, training)
     if key_lengths is None:
         lengths = torch.full((1,), scores.shape[-1], dtype=torch.int64)
     else:
         lengths = key_lengths.detach().to("cpu", torch.int64).contiguous()
-        if len(lengths) != scores.shape[0] or scores.dim() < 2 or int(lengths.min()) < 1:
-            raise ValueError(f"key_lengths needs one count >= 1 per text of scores {tuple(scores.shape)}, "
-                             f"got {tuple(lengths.tolist())}")
+        if int(lengths.min()) < 1:
+            raise ValueError(f"key_lengths needs a count >= 1 for every text, got {tuple(lengths.tolist())}")
     return _SoftmaxDropout.apply(scores.contiguous(), lengths, alpha, p, draw_seed() if p > 0.0 else 0)

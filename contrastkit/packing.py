@@ -209,8 +209,9 @@ class _PackedToHeads(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
-        grad_rows = grads[0].new_empty(ctx.shape) if all(g is not None for g in grads) else grads[0].new_zeros(
-            ctx.shape)
+        given = [g for g in grads if g is not None]  # autograd calls this only when one part has a gradient
+        # every column written when every part has its gradient; the columns of a part without one are 0
+        grad_rows = given[0].new_empty(ctx.shape) if len(given) == len(grads) else given[0].new_zeros(ctx.shape)
         for i, grad in enumerate(grads):
             if grad is not None:
                 _from_heads(grad, grad_rows, i * grad.shape[1] * grad.shape[3], ctx.slab)

@@ -178,7 +178,8 @@ def softmax_dropout_bf16_serial(x, probs, out, width, lengths, rows_per_text, al
 
 
 @numba.njit(**_FLAGS)
-def softmax_dropout_backward_bf16_serial(grad, probs, grad_x, width, lengths, rows_per_text, alpha, seed, threshold, scale):
+def softmax_dropout_backward_bf16_serial(grad, probs, grad_x, width, lengths, rows_per_text, alpha, seed, threshold,
+                                         scale):
     """softmax_dropout_backward_bf16 on one thread."""
     step = _rows_per_block(width)
     rows = grad.shape[0] // width

@@ -9,7 +9,8 @@ import torch
 import contrastkit.packing as packing_module
 from contrastkit.encoder import Encoder
 from contrastkit.fast_dropout import FastDropout, drop_threshold, keep_mask, use_fast_dropout
-from contrastkit.packing import _HeadsToPacked, _PackedToHeads, _padded_block, can_pack, packed_hidden_states, plan_packing, written_out_attention
+from contrastkit.packing import (_HeadsToPacked, _PackedToHeads, _padded_block, can_pack, packed_hidden_states,
+                                 plan_packing, written_out_attention)
 from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
 
 TEXTS = ["a", "shock waves in a supersonic nozzle with a long and winding description of the flow",
@@ -416,6 +417,10 @@ def test_the_head_layout_copies_each_texts_rows_and_zero_pads_and_back(dtype, pa
     (_PackedToHeads.apply(only_q, slab, 3, heads, d)[0] * grads[0]).sum().backward()
     assert torch.equal(only_q.grad[:, heads * d:], torch.zeros(n, 2 * heads * d, dtype=dtype))  # k, v unused: 0
     assert torch.equal(only_q.grad[:, :heads * d], reference.grad[:, :heads * d])
+    only_v = rows.detach().clone().requires_grad_()
+    (_PackedToHeads.apply(only_v, slab, 3, heads, d)[2] * grads[2]).sum().backward()  # q's gradient None
+    assert torch.equal(only_v.grad[:, 2 * heads * d:], reference.grad[:, 2 * heads * d:])
+    assert not only_v.grad[:, :2 * heads * d].any()
     blocks = q.detach().clone().requires_grad_()
     packed = _HeadsToPacked.apply(blocks, slab)
     assert torch.equal(packed, rows.detach()[:, :heads * d])  # back to the packed rows: the inverse
