@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from contrastkit.dropout_kernels import PARALLEL
-from contrastkit.softmax_kernels import _block_lanes, _round, _rows_per_block, _widen
+from contrastkit.softmax_kernels import _block_lanes, _round, _rows_per_block, _widen, row_blocks
 
 # reassociation for the row sums; no NaN or infinity assumptions
 _FLAGS = dict(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc", "nsz", "arcp", "contract"})
@@ -146,7 +146,4 @@ def dropout_add_norm_backward_bf16_serial(dy, s, gamma, means, rstds, dx, da, dg
                         min(r0 + step, rows), seed, threshold, scale)
 
 
-def blocks(rows: int, width: int) -> int:
-    """How many row blocks (and partial-sum rows) the loops use for a [rows, width] input."""
-    step = _rows_per_block(width)
-    return (rows + step - 1) // step
+blocks = row_blocks  # how many partial-sum rows a [rows, width] input needs (the callers allocate them)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from contrastkit.fast_dropout import FastDropout, compiled_loop
+from contrastkit.fast_gelu import linear_gelu
 from contrastkit.fast_layer_norm import dropout_add_layer_norm
 from contrastkit.fast_linear import dense, linear
 from contrastkit.fast_softmax import key_padding, softmax_dropout
@@ -297,13 +298,14 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
 def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
     """One BertLayer on a slab's packed rows [n, D]: attention block, then feed-forward block, post-norm.
 
-    Each block's exit, LayerNorm(dropout(out) + x), is one compiled pass under bf16 autocast on the
-    CPU (contrastkit/fast_layer_norm.py), and exactly that composition otherwise.
+    Each block's exit, LayerNorm(dropout(out) + x), and the feed-forward's bias + GELU are one
+    compiled pass each under bf16 autocast on the CPU (contrastkit/fast_layer_norm.py, fast_gelu.py),
+    and exactly those compositions otherwise.
     """
     out = layer.attention.output
     x = dropout_add_layer_norm(dense(out.dense, _attention(layer, qkv_weights, x, slab)), x, out.LayerNorm,
                                out.dropout)
-    hidden = layer.intermediate.intermediate_act_fn(dense(layer.intermediate.dense, x))
+    hidden = linear_gelu(x, layer.intermediate.dense, layer.intermediate.intermediate_act_fn)
     out = layer.output
     return dropout_add_layer_norm(dense(out.dense, hidden), x, out.LayerNorm, out.dropout)
 

@@ -56,8 +56,27 @@ def _round(value):
 
 
 @numba.njit(**_FLAGS)
+def exp_fp32(v):
+    """e^v in fp32 for v <= 0, written out for LLVM to vectorise (see the module's docstring); 0 below -87."""
+    t = v * LOG2E
+    t = t if t > np.float32(-125.0) else np.float32(-125.0)
+    n = np.floor(t + np.float32(0.5))
+    f = (t - n) * LN2
+    p = np.float32(1.0) + f * (np.float32(1.0) + f * (C2 + f * (C3 + f * (C4 + f * (C5 + f * C6)))))
+    w = p * np.uint32(np.uint32(np.int32(n) + np.int32(127)) << np.uint32(23)).view(np.float32)
+    return w if v > np.float32(-87.0) else np.float32(0.0)
+
+
+@numba.njit(**_FLAGS)
 def _rows_per_block(width):
     return max(1, (4 * BLOCK - 4) // width)
+
+
+def row_blocks(rows: int, width: int) -> int:
+    """How many blocks of whole rows (and partial-sum rows, for the loops that write them) these loops and
+    their kin (layer_norm_kernels, gelu_kernels) cut a [rows, width] input into."""
+    step = _rows_per_block(width)
+    return (rows + step - 1) // step
 
 
 @numba.njit(**_FLAGS)
@@ -91,14 +110,7 @@ def _forward_block(x, probs, out, width, lengths, rows_per_text, alpha, r0, r1, 
         m = _widen(np.uint16(top) if top >= np.int32(0) else np.uint16(np.int32(32768) - top))
         total = np.float32(0.0)
         for j in range(valid):
-            v = (_widen(xr[j]) - m) * alpha
-            t = v * LOG2E
-            t = t if t > np.float32(-125.0) else np.float32(-125.0)
-            n = np.floor(t + np.float32(0.5))
-            f = (t - n) * LN2
-            p = np.float32(1.0) + f * (np.float32(1.0) + f * (C2 + f * (C3 + f * (C4 + f * (C5 + f * C6)))))
-            w = p * np.uint32(np.uint32(np.int32(n) + np.int32(127)) << np.uint32(23)).view(np.float32)
-            w = w if v > np.float32(-87.0) else np.float32(0.0)
+            w = exp_fp32((_widen(xr[j]) - m) * alpha)
             e[j] = w
             total += w
         inv = np.float32(1.0) / total

@@ -208,9 +208,11 @@ torch.save({"y": y.detach(), "grad": s.grad, "kept": keep_and_scale(s.detach(), 
 
 def other_loops() -> tuple[torch.Tensor, ...]:
     """The other compiled loops on small inputs (below torch's parallel grain): the sub-layer exit
-    (fast_layer_norm) forward and backward, and the attention layout copies (packing)."""
+    (fast_layer_norm) and the feed-forward's bias + GELU (fast_gelu), forward and backward, and the
+    attention layout copies (packing)."""
     from torch import nn
 
+    from contrastkit.fast_gelu import _BiasGelu
     from contrastkit.fast_layer_norm import dropout_add_layer_norm
     from contrastkit.packing import _HeadsToPacked, _PackedToHeads, plan_packing
 
@@ -223,7 +225,10 @@ def other_loops() -> tuple[torch.Tensor, ...]:
     (slab,) = plan_packing([[1] * n for n in (5, 3, 2)]).slabs
     rows = torch.randn(10, 24, generator=generator)
     q, k, v = _PackedToHeads.apply(rows, slab, 3, 2, 4)
-    return y.detach(), a.grad, q, k, v, _HeadsToPacked.apply(v, slab)
+    h, bias = torch.randn(20, 48, generator=generator).bfloat16().requires_grad_(), torch.randn(48).requires_grad_()
+    gelu = _BiasGelu.apply(h, bias)
+    gelu.backward(torch.ones_like(gelu))
+    return y.detach(), a.grad, q, k, v, _HeadsToPacked.apply(v, slab), gelu.detach(), h.grad, bias.grad
 
 
 def test_without_openmp_the_serial_loops_give_the_same_bits(tmp_path):

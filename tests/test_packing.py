@@ -372,6 +372,7 @@ def test_bf16_training_ends_each_sublayer_in_one_pass_with_the_compositions_mask
     monkeypatch.setattr(packing_module, "dropout_add_layer_norm", lambda a, x, norm, dropout: norm(dropout(a) + x))
     composed, composed_grads, composed_nodes = run()
     assert "_DropoutAddNormBackward" in fused_nodes and "_DropoutAddNormBackward" not in composed_nodes
+    assert "_BiasGeluBackward" in fused_nodes  # the feed-forward's bias + GELU pass (fast_gelu) as well
     torch.testing.assert_close(fused, composed, rtol=0, atol=2e-2)
     largest = max(g.norm() for g in composed_grads.values())
     for name, theirs in composed_grads.items():
