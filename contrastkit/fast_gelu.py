@@ -2,9 +2,9 @@
 
 Under bf16 autocast on the CPU, torch's `addmm` first copies the bias broadcast over the whole
 [tokens, 4D] output and then accumulates the product onto it; GELU reads that block and writes
-another; its backward reads two and writes one (torch's bf16 `gelu_backward` took 1.35x its own
-forward's time per element here), and `addmm`'s backward sums the rows once more for the bias
-gradient. Here the product runs without the bias and one loop per block of rows
+another; its backward reads two and writes one (torch's bf16 `gelu_backward` took 660 µs on
+[2,048 × 1,536] here, twice its forward; this pass's backward 490), and `addmm`'s backward sums the
+rows once more for the bias gradient. Here the product runs without the bias and one loop per block of rows
 (contrastkit/gelu_kernels.py) adds the bias in fp32 and applies the exact GELU; the backward loop
 computes GELU' at the same points and sums the bias gradient as it goes. Same math as the
 composition up to bf16 rounding (the composition rounds h + b to bf16 before the GELU; this pass
