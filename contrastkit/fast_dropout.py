@@ -35,6 +35,7 @@ runs as is.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 
 import numpy as np
@@ -64,15 +65,14 @@ def _unsigned(seed: int) -> np.uint64:
 
 
 @functools.cache
-def _kernels():
-    """contrastkit.dropout_kernels, imported on first use: numba loads only when dropout runs on the CPU."""
-    from contrastkit import dropout_kernels
+def kernels(module: str = "dropout_kernels"):
+    """contrastkit's compiled-loop module `module` (dropout_kernels, softmax_kernels, layer_norm_kernels,
+    gelu_kernels, layout_kernels), imported on first use: numba loads only when a loop runs."""
+    return importlib.import_module(f"contrastkit.{module}")
 
-    return dropout_kernels
 
-
-def compiled_loop(module, name: str):
-    """`module`'s compiled loop `name` (dropout_kernels, softmax_kernels), ready to call.
+def compiled_loop(module: str, name: str):
+    """The compiled loop `name` of kernel module `module` (see `kernels`), ready to call.
 
     The parallel loop on as many threads as torch's intra-op pool (`torch.set_num_threads`), or its
     serial twin where the parallel one may not run (no OpenMP layer for numba, or a forked child;
@@ -81,12 +81,12 @@ def compiled_loop(module, name: str):
     """
     import numba
 
-    kernels = _kernels()
-    if kernels.parallel_ok():
+    dropout_kernels = kernels()
+    if dropout_kernels.parallel_ok():
         threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
         if numba.get_num_threads() != threads:
             numba.set_num_threads(threads)
-    return kernels.kernel(module, name)
+    return dropout_kernels.kernel(kernels(module), name)
 
 
 def _flat_numpy(t: Tensor) -> np.ndarray:
@@ -106,7 +106,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int | None = 
     seed = draw_seed(generator) if seed is None else seed
     threshold, _ = drop_threshold(p)
     out = np.empty(math.prod(shape), dtype=np.uint8)
-    compiled_loop(_kernels(), "keep_lanes")(out, _unsigned(seed), np.uint16(threshold))
+    compiled_loop("dropout_kernels", "keep_lanes")(out, _unsigned(seed), np.uint16(threshold))
     return torch.from_numpy(out).view(torch.bool).view(shape)
 
 
@@ -122,8 +122,8 @@ def keep_and_scale(x: Tensor, p: float, seed: int) -> Tensor:
         return torch.where(keep_mask(x.shape, p, seed), x, 0).mul_(scale)
     x = x.contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    compiled_loop(_kernels(), name)(_flat_numpy(x), _flat_numpy(out), _unsigned(seed), np.uint16(threshold),
-                                    scalar(scale))
+    compiled_loop("dropout_kernels", name)(_flat_numpy(x), _flat_numpy(out), _unsigned(seed), np.uint16(threshold),
+                                           scalar(scale))
     return out
 
 
@@ -179,5 +179,5 @@ def use_fast_dropout(model: nn.Module) -> int:
                 setattr(parent, name, FastDropout(child.p).train(child.training))
                 replaced += 1
     if replaced:
-        _kernels()
+        kernels()
     return replaced

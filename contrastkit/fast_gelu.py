@@ -13,22 +13,12 @@ does not): tests/test_fast_gelu.py.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastkit.fast_dropout import _flat_numpy, compiled_loop
+from contrastkit.fast_dropout import _flat_numpy, compiled_loop, kernels
 from contrastkit.fast_linear import FastLinear, dense, linear
-
-
-@functools.cache
-def _kernels():
-    """contrastkit.gelu_kernels, imported on first use (numba loads only when this runs)."""
-    from contrastkit import gelu_kernels
-
-    return gelu_kernels
 
 
 class _BiasGelu(torch.autograd.Function):
@@ -37,7 +27,7 @@ class _BiasGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
         y = torch.empty_like(h)
-        compiled_loop(_kernels(), "bias_gelu_bf16")(_flat_numpy(h), _flat_numpy(bias), _flat_numpy(y), h.shape[1])
+        compiled_loop("gelu_kernels", "bias_gelu_bf16")(_flat_numpy(h), _flat_numpy(bias), _flat_numpy(y), h.shape[1])
         ctx.save_for_backward(h, bias)
         return y
 
@@ -47,9 +37,9 @@ class _BiasGelu(torch.autograd.Function):
         h, bias = ctx.saved_tensors
         grad = grad.to(torch.bfloat16).contiguous()
         grad_h = torch.empty_like(h)
-        partial = bias.new_empty(_kernels().blocks(*h.shape), h.shape[1])
-        compiled_loop(_kernels(), "bias_gelu_backward_bf16")(_flat_numpy(grad), _flat_numpy(h), _flat_numpy(bias),
-                                                             _flat_numpy(grad_h), partial.numpy(), h.shape[1])
+        partial = bias.new_empty(kernels("gelu_kernels").blocks(*h.shape), h.shape[1])
+        compiled_loop("gelu_kernels", "bias_gelu_backward_bf16")(
+            _flat_numpy(grad), _flat_numpy(h), _flat_numpy(bias), _flat_numpy(grad_h), partial.numpy(), h.shape[1])
         return grad_h, partial.sum(0)
 
 

@@ -21,21 +21,13 @@ composition; the result equals `norm(fast_dropout(a) + x)` up to the order of fp
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from contrastkit.fast_dropout import FastDropout, _flat_numpy, _unsigned, compiled_loop, draw_seed, drop_threshold
-
-
-@functools.cache
-def _kernels():
-    """contrastkit.layer_norm_kernels, imported on first use (numba loads only when this runs)."""
-    from contrastkit import layer_norm_kernels
-
-    return layer_norm_kernels
+from contrastkit.fast_dropout import (FastDropout, _flat_numpy, _unsigned, compiled_loop, draw_seed, drop_threshold,
+                                      kernels)
 
 
 class _DropoutAddNorm(torch.autograd.Function):
@@ -48,7 +40,7 @@ class _DropoutAddNorm(torch.autograd.Function):
         s, y = torch.empty_like(x), torch.empty_like(x)
         means, rstds = x.new_empty(rows), x.new_empty(rows)
         threshold, keep_probability = drop_threshold(p)
-        compiled_loop(_kernels(), "dropout_add_norm_bf16")(
+        compiled_loop("layer_norm_kernels", "dropout_add_norm_bf16")(
             _flat_numpy(a), _flat_numpy(x), _flat_numpy(gamma), _flat_numpy(beta), np.float32(eps), _flat_numpy(s),
             _flat_numpy(y), means.numpy(), rstds.numpy(), width, _unsigned(seed), np.uint16(threshold),
             np.float32(1.0 / keep_probability))
@@ -63,10 +55,10 @@ class _DropoutAddNorm(torch.autograd.Function):
         rows, width = s.shape
         grad = grad.to(torch.float32).contiguous()
         grad_x, grad_a = torch.empty_like(s), torch.empty(s.shape, dtype=torch.bfloat16)
-        blocks = _kernels().blocks(rows, width)
+        blocks = kernels("layer_norm_kernels").blocks(rows, width)
         partial_gamma, partial_beta = s.new_empty(blocks, width), s.new_empty(blocks, width)
         threshold, keep_probability = drop_threshold(ctx.p)
-        compiled_loop(_kernels(), "dropout_add_norm_backward_bf16")(
+        compiled_loop("layer_norm_kernels", "dropout_add_norm_backward_bf16")(
             _flat_numpy(grad), _flat_numpy(s), _flat_numpy(gamma), means.numpy(), rstds.numpy(), _flat_numpy(grad_x),
             _flat_numpy(grad_a), partial_gamma.numpy(), partial_beta.numpy(), width, _unsigned(ctx.seed),
             np.uint16(threshold), np.float32(1.0 / keep_probability))

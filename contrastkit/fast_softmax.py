@@ -26,21 +26,12 @@ the seed. The loops share the rows among numba's OpenMP threads, as many as torc
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from contrastkit.fast_dropout import _flat_numpy, _unsigned, compiled_loop, draw_seed, drop_threshold, fast_dropout
-
-
-@functools.cache
-def _kernels():
-    """contrastkit.softmax_kernels, imported on first use (numba loads only when this runs)."""
-    from contrastkit import softmax_kernels
-
-    return softmax_kernels
 
 
 def _launch(name: str, tensors: tuple[Tensor, Tensor, Tensor], lengths: Tensor, alpha: float, p: float,
@@ -50,9 +41,9 @@ def _launch(name: str, tensors: tuple[Tensor, Tensor, Tensor], lengths: Tensor, 
     threshold, keep_probability = drop_threshold(p)
     arrays = [_flat_numpy(t) for t in tensors]
     rows_per_text = tensors[0].numel() // (tensors[0].shape[-1] * len(lengths))
-    compiled_loop(_kernels(), name)(*arrays, tensors[0].shape[-1], lengths.numpy(), rows_per_text,
-                                    np.float32(alpha), _unsigned(seed), np.uint16(threshold),
-                                    np.float32(1.0 / keep_probability))
+    compiled_loop("softmax_kernels", name)(*arrays, tensors[0].shape[-1], lengths.numpy(), rows_per_text,
+                                           np.float32(alpha), _unsigned(seed), np.uint16(threshold),
+                                           np.float32(1.0 / keep_probability))
 
 
 class _SoftmaxDropout(torch.autograd.Function):

@@ -27,7 +27,6 @@ as all-MiniLM-L6-v2, bge-*-en-v1.5 and e5-*-v2; any other model takes its own pa
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from contrastkit.fast_dropout import FastDropout, compiled_loop
+from contrastkit.fast_dropout import FastDropout, compiled_loop, kernels
 from contrastkit.fast_gelu import linear_gelu
 from contrastkit.fast_layer_norm import dropout_add_layer_norm
 from contrastkit.fast_linear import dense, linear
@@ -134,18 +133,10 @@ def _padded_block(rows: Tensor, sizes: Sequence[int]) -> Tensor:
     return pad_sequence(rows.split(list(sizes)), batch_first=True).view(-1, rows.shape[1])
 
 
-@functools.cache
-def _layout_kernels():
-    """contrastkit.layout_kernels, imported on first use (numba loads only when this runs)."""
-    from contrastkit import layout_kernels
-
-    return layout_kernels
-
-
 def _words(t: Tensor, unit: int) -> np.ndarray:
     """A contiguous CPU tensor's memory as a flat numpy array of `unit`-byte unsigned integers."""
     signed = {2: torch.int16, 4: torch.int32, 8: torch.int64}[unit]
-    return t.detach().reshape(-1).view(torch.uint8).view(signed).numpy().view(_layout_kernels().BITS[unit])
+    return t.detach().reshape(-1).view(torch.uint8).view(signed).numpy().view(kernels("layout_kernels").BITS[unit])
 
 
 def _unit(rows: Tensor, head_size: int, *others: Tensor) -> int:
@@ -170,9 +161,9 @@ def _to_heads(rows: Tensor, offset: int, slab: Slab, heads: int, head_size: int)
         return _padded_block(part, slab.sizes).view(b, width, heads, head_size).transpose(1, 2).contiguous()
     out = rows.new_empty(b, heads, width, head_size)
     per = unit // size  # elements per word
-    compiled_loop(_layout_kernels(), "to_heads")(_words(rows, unit), columns // per, offset // per,
-                                                 slab.starts.numpy(), slab.lengths.numpy(), heads, width,
-                                                 head_size // per, _words(out, unit))
+    compiled_loop("layout_kernels", "to_heads")(
+        _words(rows, unit), columns // per, offset // per, slab.starts.numpy(), slab.lengths.numpy(), heads, width,
+        head_size // per, _words(out, unit))
     return out
 
 
@@ -188,9 +179,9 @@ def _from_heads(blocks: Tensor, rows: Tensor, offset: int, slab: Slab) -> None:
             blocks.transpose(1, 2).reshape(b * width, heads * head_size).index_select(0, slab.slots))
         return
     per = unit // size
-    compiled_loop(_layout_kernels(), "from_heads")(_words(blocks, unit), columns // per, offset // per,
-                                                   slab.starts.numpy(), slab.lengths.numpy(), heads, width,
-                                                   head_size // per, _words(rows, unit))
+    compiled_loop("layout_kernels", "from_heads")(
+        _words(blocks, unit), columns // per, offset // per, slab.starts.numpy(), slab.lengths.numpy(), heads, width,
+        head_size // per, _words(rows, unit))
 
 
 class _PackedToHeads(torch.autograd.Function):
