@@ -98,3 +98,40 @@ def record_chunk_sizes(monkeypatch, module) -> list:
         return real(count, per_forward, lengths)
     monkeypatch.setattr(module, "forward_chunks", spy)
     return seen
+
+
+def graph_nodes(node) -> set[str]:
+    """The class names of every node of the autograd graph behind `node` (an output's grad_fn)."""
+    seen, stack = set(), [node]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+def other_loops() -> tuple[torch.Tensor, ...]:
+    """The other compiled loops on small inputs (below torch's parallel grain): the sub-layer exit
+    (fast_layer_norm) and the feed-forward's bias + GELU (fast_gelu), forward and backward, and the
+    attention layout copies (packing)."""
+    from torch import nn
+
+    from contrastkit.fast_dropout import FastDropout
+    from contrastkit.fast_gelu import _BiasGelu
+    from contrastkit.fast_layer_norm import dropout_add_layer_norm
+    from contrastkit.packing import _HeadsToPacked, _PackedToHeads, plan_packing
+
+    generator = torch.Generator().manual_seed(4)
+    a = torch.randn(20, 48, generator=generator).bfloat16().requires_grad_()
+    x = torch.randn(20, 48, generator=generator)
+    torch.manual_seed(2)
+    y = dropout_add_layer_norm(a, x, nn.LayerNorm(48), FastDropout(0.3).train())
+    y.backward(torch.ones_like(y))
+    (slab,) = plan_packing([[1] * n for n in (5, 3, 2)]).slabs
+    rows = torch.randn(10, 24, generator=generator)
+    q, k, v = _PackedToHeads.apply(rows, slab, 3, 2, 4)
+    h, bias = torch.randn(20, 48, generator=generator).bfloat16().requires_grad_(), torch.randn(48).requires_grad_()
+    gelu = _BiasGelu.apply(h, bias)
+    gelu.backward(torch.ones_like(gelu))
+    return y.detach(), a.grad, q, k, v, _HeadsToPacked.apply(v, slab), gelu.detach(), h.grad, bias.grad

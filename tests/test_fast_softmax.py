@@ -1,10 +1,12 @@
 """softmax_dropout in bf16 must equal fast_dropout(torch.softmax(s)) (same mask, values to a bf16 rounding),
 back-propagate as that composition does, not depend on the thread count, and leave other dtypes to torch."""
 
-import inspect
+from pathlib import Path
 
 import pytest
 import torch
+
+from _support import graph_nodes, other_loops
 
 from contrastkit.fast_dropout import FastDropout, fast_dropout
 from contrastkit.fast_softmax import softmax_dropout
@@ -27,16 +29,6 @@ def composition(s: torch.Tensor, p: float, seed: int) -> torch.Tensor:
 def fused(s: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     torch.manual_seed(seed)
     return softmax_dropout(s, p)
-
-
-def graph_nodes(node) -> set[str]:
-    seen, stack = set(), [node]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    return {type(node).__name__ for node in seen}
 
 
 def assert_bf16_close(ours: torch.Tensor, reference: torch.Tensor) -> None:
@@ -200,35 +192,10 @@ s = torch.load(sys.argv[1], weights_only=True).requires_grad_()
 torch.manual_seed(3)
 y = softmax_dropout(s, 0.2)
 y.backward(torch.ones_like(y))
-from tests_loops import other_loops
+from _support import other_loops
 torch.save({"y": y.detach(), "grad": s.grad, "kept": keep_and_scale(s.detach(), 0.3, 5), "other": other_loops()},
            sys.argv[2])
 """
-
-
-def other_loops() -> tuple[torch.Tensor, ...]:
-    """The other compiled loops on small inputs (below torch's parallel grain): the sub-layer exit
-    (fast_layer_norm) and the feed-forward's bias + GELU (fast_gelu), forward and backward, and the
-    attention layout copies (packing)."""
-    from torch import nn
-
-    from contrastkit.fast_gelu import _BiasGelu
-    from contrastkit.fast_layer_norm import dropout_add_layer_norm
-    from contrastkit.packing import _HeadsToPacked, _PackedToHeads, plan_packing
-
-    generator = torch.Generator().manual_seed(4)
-    a = torch.randn(20, 48, generator=generator).bfloat16().requires_grad_()
-    x = torch.randn(20, 48, generator=generator)
-    torch.manual_seed(2)
-    y = dropout_add_layer_norm(a, x, nn.LayerNorm(48), FastDropout(0.3).train())
-    y.backward(torch.ones_like(y))
-    (slab,) = plan_packing([[1] * n for n in (5, 3, 2)]).slabs
-    rows = torch.randn(10, 24, generator=generator)
-    q, k, v = _PackedToHeads.apply(rows, slab, 3, 2, 4)
-    h, bias = torch.randn(20, 48, generator=generator).bfloat16().requires_grad_(), torch.randn(48).requires_grad_()
-    gelu = _BiasGelu.apply(h, bias)
-    gelu.backward(torch.ones_like(gelu))
-    return y.detach(), a.grad, q, k, v, _HeadsToPacked.apply(v, slab), gelu.detach(), h.grad, bias.grad
 
 
 def test_without_openmp_the_serial_loops_give_the_same_bits(tmp_path):
@@ -240,9 +207,7 @@ def test_without_openmp_the_serial_loops_give_the_same_bits(tmp_path):
     s = scores((4, 12, 40, 40), padded_keys=5, seed=8)
     torch.save(s, tmp_path / "s.pt")
     env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
-    (tmp_path / "tests_loops.py").write_text("import torch\nfrom contrastkit.fast_dropout import FastDropout\n\n\n"
-                                             + inspect.getsource(other_loops))
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])  # _support
     subprocess.run([sys.executable, "-c", SERIAL_CHILD, str(tmp_path / "s.pt"), str(tmp_path / "out.pt")],
                    env=env, check=True, capture_output=True, timeout=300)
     child = torch.load(tmp_path / "out.pt", weights_only=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+
 import pytest
 import torch
+from _support import graph_nodes
 
 import contrastkit.packing as packing_module
 from contrastkit.encoder import Encoder
@@ -359,14 +361,8 @@ def test_bf16_training_ends_each_sublayer_in_one_pass_with_the_compositions_mask
         with torch.autocast("cpu", dtype=torch.bfloat16):
             embeddings = tiny_encoder.embed(TEXTS)
         (embeddings.float() * torch.linspace(-1, 1, embeddings.shape[1])).sum().backward()
-        seen, stack = set(), [embeddings.grad_fn]
-        while stack:
-            node = stack.pop()
-            if node is not None and node not in seen:
-                seen.add(node)
-                stack.extend(n for n, _ in node.next_functions)
         return embeddings.detach().float(), {n: p.grad.float().clone() for n, p in tiny_encoder.named_parameters()
-                                             if p.grad is not None}, {type(node).__name__ for node in seen}
+                                             if p.grad is not None}, graph_nodes(embeddings.grad_fn)
 
     fused, fused_grads, fused_nodes = run()
     monkeypatch.setattr(packing_module, "dropout_add_layer_norm", lambda a, x, norm, dropout: norm(dropout(a) + x))
