@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from contrastkit import fused_attention
 from contrastkit.fast_dropout import FastDropout, compiled_loop, kernels
 from contrastkit.fast_gelu import linear_gelu
 from contrastkit.fast_layer_norm import dropout_add_layer_norm
@@ -275,7 +276,11 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     """BertAttention's self-attention on a slab's packed rows: [n, D] → [n, D] (before the output projection)."""
     attention = layer.attention.self
     heads, head_size = attention.num_attention_heads, attention.attention_head_size
-    q, k, v = _PackedToHeads.apply(linear(x, *qkv_weights), slab, 3, heads, head_size)
+    qkv = linear(x, *qkv_weights)
+    if fused_attention.applies(qkv, heads, slab.width, attention.dropout):
+        return fused_attention.packed_attention(qkv, slab.starts, slab.lengths, slab.width, heads, attention.scaling,
+                                                attention.dropout)
+    q, k, v = _PackedToHeads.apply(qkv, slab, 3, heads, head_size)
     dropout = attention.dropout.p if attention.training else 0.0
     fast_masks = dropout > 0.0 and isinstance(attention.dropout, FastDropout)
     if x.device.type == "cpu" and (fast_masks or q.dtype == torch.bfloat16):

@@ -100,6 +100,32 @@ def record_chunk_sizes(monkeypatch, module) -> list:
     return seen
 
 
+def run_in_forked_child(work, path) -> None:
+    """Fork; the child runs work() and torch.saves its result to `path`, then exits without returning into
+    pytest. Fails the test where the child hangs (60 s) or does not exit cleanly."""
+    import os
+    import time
+
+    import pytest
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            torch.save(work(), path)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0, done[1]
+
+
 def graph_nodes(node) -> set[str]:
     """The class names of every node of the autograd graph behind `node` (an output's grad_fn)."""
     seen, stack = set(), [node]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _support import graph_nodes, other_loops
+from _support import graph_nodes, other_loops, run_in_forked_child
 
 from contrastkit.fast_dropout import FastDropout, fast_dropout
 from contrastkit.fast_softmax import softmax_dropout
@@ -227,36 +227,21 @@ def test_a_forked_child_runs_the_serial_twins(tmp_path):
     parent ran one. The child takes the serial loops instead, with the same results. (torch's own
     OpenMP work hangs in such a child too, so the child here only runs torch ops below torch's
     parallel grain, 32,768 elements.)"""
-    import os
-    import time
-
     from contrastkit.fast_dropout import keep_and_scale
 
     s = scores((2, 12, 20, 20), padded_keys=4, seed=9)  # 9,600 elements
     s32 = s.float()
     torch.manual_seed(1)
     parent = (softmax_dropout(s, 0.2), keep_and_scale(s, 0.3, 5), keep_and_scale(s32, 0.3, 5), *other_loops())
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 1
-        try:
-            from contrastkit import dropout_kernels
 
-            torch.manual_seed(1)
-            child = (softmax_dropout(s, 0.2), keep_and_scale(s, 0.3, 5), keep_and_scale(s32, 0.3, 5),
-                     *other_loops())
-            torch.save({"parallel": dropout_kernels.parallel_ok(), "results": child}, tmp_path / "child.pt")
-            code = 0
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 120
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if done[0] == 0:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung")
-    assert os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0, done[1]  # not stopped by numba
+    def child_work():
+        from contrastkit import dropout_kernels
+
+        torch.manual_seed(1)
+        child = (softmax_dropout(s, 0.2), keep_and_scale(s, 0.3, 5), keep_and_scale(s32, 0.3, 5), *other_loops())
+        return {"parallel": dropout_kernels.parallel_ok(), "results": child}
+
+    run_in_forked_child(child_work, tmp_path / "child.pt")  # not stopped by numba, not hung
     child = torch.load(tmp_path / "child.pt", weights_only=True)
     assert child["parallel"] is False
     for ours, theirs in zip(child["results"], parent, strict=True):

@@ -1,0 +1,440 @@
+// Packed multi-head attention with dropout on the probabilities, forward and backward, in bf16 with
+// AVX-512 BF16 dot products (vdpbf16ps): contrastkit/fused_attention.py builds and loads this file.
+//
+// One task per (text, head): the text's q, k, v rows are read straight from the packed projection
+// [n, 3D] (no padded per-head copies), its [L, L] scores stay in the core's cache (never written to
+// memory), and the context goes straight into the packed rows [n, D]. The backward recomputes the
+// probabilities from each row's log-sum-exp (FlashAttention's recomputation, Dao et al. 2022) and
+// redraws the dropout mask from the seed, so nothing of size [L, L] is kept between the passes.
+//
+// The dropout mask is FastDropout's (contrastkit/fast_dropout.py): element (t, h, i, j) of the
+// padded [b, H, W, W] block has index e = ((t H + h) W + i) W + j and is kept when 16-bit lane e of
+// the SplitMix64 stream from the seed is >= threshold, the mask softmax_kernels draws for the same
+// seed and block.
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <vector>
+
+namespace {
+
+const uint64_t GAMMA = 0x9E3779B97F4A7C15ULL, MIX1 = 0xBF58476D1CE4E5B9ULL, MIX2 = 0x94D049BB133111EBULL;
+
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// lanes j .. j + 15 that are real keys (< L)
+inline __mmask16 real_lanes(int L, int j) {
+  return j + 16 <= L ? (__mmask16)0xFFFF : (__mmask16)((1u << (L > j ? L - j : 0)) - 1);
+}
+
+// words[k] = SplitMix64 word first + k of the stream from seed, k < n (n rounded up to 8 are written)
+void splitmix_words(uint64_t* words, uint64_t seed, uint64_t first, int n) {
+  const __m512i gamma = _mm512_set1_epi64((long long)GAMMA), mix1 = _mm512_set1_epi64((long long)MIX1),
+                mix2 = _mm512_set1_epi64((long long)MIX2), eight = _mm512_set1_epi64(8);
+  const __m512i base = _mm512_set1_epi64((long long)(seed + first * GAMMA));
+  __m512i k = _mm512_set_epi64(8, 7, 6, 5, 4, 3, 2, 1);
+  for (int w = 0; w < n; w += 8, k = _mm512_add_epi64(k, eight)) {
+    __m512i z = _mm512_add_epi64(base, _mm512_mullo_epi64(k, gamma));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), mix1);
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), mix2);
+    _mm512_storeu_si512(words + w, _mm512_xor_si512(z, _mm512_srli_epi64(z, 31)));
+  }
+}
+
+// e^x for x <= 0 (Cephes' expf: x = k ln 2 + r, a degree-6 polynomial in r, times 2^k built in the
+// exponent bits); e^-87 for x below -87
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i exponent = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(exponent));
+}
+
+// C[M, N] = A B in fp32: A's row m holds K2 pairs of bf16 (uint32 A[m lda + k]), B's row k holds N
+// pairs (uint32 B[k ldb + n], the two bf16 of the pair are consecutive values of the reduction index):
+// C[m, n] = sum_k A[m, k].lo B[k, n].lo + A[m, k].hi B[k, n].hi. N a multiple of 16.
+template <int MR, int NV>
+inline void tile(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int K2) {
+  __m512 acc[MR][NV];
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+  for (int k = 0; k < K2; k++) {
+    __m512i b[NV];
+    for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_si512(B + (size_t)k * ldb + 16 * v);
+    for (int r = 0; r < MR; r++) {
+      const __m512i a = _mm512_set1_epi32((int)A[(size_t)r * lda + k]);
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)a, (__m512bh)b[v]);
+    }
+  }
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) _mm512_storeu_ps(C + (size_t)r * ldc + 16 * v, acc[r][v]);
+}
+
+template <int NV>
+void rows(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int M, int K2) {
+  constexpr int MR = NV <= 2 ? 8 : 4;
+  int m = 0;
+  for (; m + MR <= M; m += MR) tile<MR, NV>(A + (size_t)m * lda, lda, B, ldb, C + (size_t)m * ldc, ldc, K2);
+  for (; m + 2 <= M; m += 2) tile<2, NV>(A + (size_t)m * lda, lda, B, ldb, C + (size_t)m * ldc, ldc, K2);
+  for (; m < M; m++) tile<1, NV>(A + (size_t)m * lda, lda, B, ldb, C + (size_t)m * ldc, ldc, K2);
+}
+
+void gemm(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int M, int N, int K2) {
+  for (int n = 0; n < N; n += 64) {
+    const int nv = (N - n) >= 64 ? 4 : (N - n) / 16;
+    const uint32_t* b = B + n;
+    float* c = C + n;
+    switch (nv) {
+      case 4: rows<4>(A, lda, b, ldb, c, ldc, M, K2); break;
+      case 3: rows<3>(A, lda, b, ldb, c, ldc, M, K2); break;
+      case 2: rows<2>(A, lda, b, ldb, c, ldc, M, K2); break;
+      default: rows<1>(A, lda, b, ldb, c, ldc, M, K2); break;
+    }
+  }
+}
+
+// r[0..15] (16 rows of 16 32-bit words) → their transpose, in place
+inline void transpose16(__m512i* r) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; i++) {
+      t[h + i] = _mm512_shuffle_i32x4(u[h + i], u[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_i32x4(u[h + i], u[h + i + 4], 0xdd);
+    }
+  for (int i = 0; i < 8; i++) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+// out[c][j] = x[j][c] for j < rows (0 for rows <= j < rows_out, a multiple of 16), c < cols (a multiple
+// of 16): a transpose of 32-bit words, row strides ld and ld_out words
+void transpose_words(const uint32_t* x, int ld, int rows, int rows_out, int cols, uint32_t* out, int ld_out) {
+  __m512i r[16];
+  for (int j = 0; j < rows_out; j += 16)
+    for (int c = 0; c < cols; c += 16) {
+      for (int i = 0; i < 16; i++)
+        r[i] = j + i < rows ? _mm512_loadu_si512(x + (size_t)(j + i) * ld + c) : _mm512_setzero_si512();
+      transpose16(r);
+      for (int i = 0; i < 16; i++) _mm512_storeu_si512(out + (size_t)(c + i) * ld_out + j, r[i]);
+    }
+}
+
+// out[c][j] = the pair (x[j][2c], x[j][2c + 1]) for j < L (0 for L <= j < Lp), c < d / 2: a [L, d] bf16
+// block (row stride ld elements) as the B operand of a product over its columns
+inline void column_pairs(const uint16_t* x, int ld, int L, int Lp, int d, uint32_t* out) {
+  transpose_words((const uint32_t*)x, ld / 2, L, Lp, d / 2, out, Lp);
+}
+
+// 16 pairs (lo[c], hi[c]) as 32-bit words
+inline __m512i pair_words(const uint16_t* lo, const uint16_t* hi) {
+  const __m512i low = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)lo));
+  if (hi == nullptr) return low;
+  return _mm512_or_si512(low, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)hi)), 16));
+}
+
+// out[m][c] = the pair (x[2m][c], x[2m + 1][c]) (a row >= L reads 0), m < K2: a [L, d] bf16 block as
+// the B operand of a product over its rows (row stride ld_out words)
+void row_pairs(const uint16_t* x, int ld, int L, int K2, int d, uint32_t* out, int ld_out) {
+  for (int m = 0; m < K2; m++) {
+    uint32_t* o = out + (size_t)m * ld_out;
+    if (2 * m >= L) {
+      memset(o, 0, (size_t)d * 4);
+      continue;
+    }
+    const uint16_t* lo = x + (size_t)(2 * m) * ld;
+    const uint16_t* hi = 2 * m + 1 < L ? lo + ld : nullptr;
+    for (int c = 0; c < d; c += 16) _mm512_storeu_si512(o + c, pair_words(lo + c, hi == nullptr ? nullptr : hi + c));
+  }
+}
+
+// out[c][m] = the pair (x[2m][c], x[2m + 1][c]) for c < d, m < R2 (row stride R16 = R2 rounded up to 16;
+// a row >= L reads 0): the transpose of a [L, d] bf16 block as the A operand of a product over its rows
+void transposed_pairs(const uint16_t* x, int ld, int L, int R2, int d, uint32_t* pairs, uint32_t* out) {
+  row_pairs(x, ld, L, R2, d, pairs, d);
+  transpose_words(pairs, d, R2, round_up(R2, 16), d, out, round_up(R2, 16));
+}
+
+// x [d, ld] fp32 → rows j < L of out (row stride ld_out), columns c < d: out[j][c] = bf16(x[c][j])
+void store_transposed(const float* x, int ld, int L, int d, uint16_t* out, int ld_out) {
+  __m512i r[16];
+  for (int j = 0; j < L; j += 16)
+    for (int c = 0; c < d; c += 16) {
+      for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(x + (size_t)(c + i) * ld + j);
+      transpose16(r);
+      for (int i = 0; i < 16 && j + i < L; i++)
+        _mm256_storeu_si256((__m256i*)(out + (size_t)(j + i) * ld_out + c),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(r[i])));
+    }
+}
+
+// out[c] = bf16(factor x[c]), c < n (a multiple of 16)
+void store_bf16(const float* x, int n, float factor, uint16_t* out) {
+  const __m512 f = _mm512_set1_ps(factor);
+  for (int c = 0; c < n; c += 16)
+    _mm256_storeu_si256((__m256i*)(out + c), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(x + c), f)));
+}
+
+// a thread's buffers for one (text, head), grown to the largest text seen
+struct Scratch {
+  std::vector<float> s, g;           // [L, Lp] scores / probabilities and their gradients
+  std::vector<uint32_t> a, b, c;     // [L, Lp] bf16 blocks; [L, L / 2] transposed pairs
+  std::vector<uint32_t> kp, vp, rp;  // operands in pairs: [d / 2, Lp] or [Lp / 2, d]
+  std::vector<float> out;            // [L, d]
+  std::vector<float> factor;         // [L] each output row's scale
+  std::vector<uint64_t> words;       // a row's dropout stream
+  void fit(int Lp, int d) {
+    const size_t block = (size_t)Lp * Lp, pairs = (size_t)Lp * d;
+    if (s.size() < block) {
+      s.resize(block); g.resize(block); a.resize(block); b.resize(block); c.resize(block);
+    }
+    if (kp.size() < pairs) {
+      kp.resize(pairs); vp.resize(pairs); rp.resize(pairs); out.resize(pairs);
+    }
+    if (words.size() < (size_t)Lp / 4 + 24) words.resize(Lp / 4 + 24);
+    if (factor.size() < (size_t)Lp) factor.resize(Lp);
+  }
+};
+
+// keep bits of row i's first Lp keys: bit j of keep[j / 16] (all kept at threshold 0)
+void keep_bits(Scratch& sc, uint64_t seed, uint16_t threshold, int64_t row_index, int Lp, uint16_t* keep) {
+  const int groups = Lp / 16;
+  if (threshold == 0) {
+    for (int q = 0; q < groups; q++) keep[q] = 0xFFFF;
+    return;
+  }
+  const uint64_t first = (uint64_t)row_index >> 2;
+  const int offset = (int)(row_index & 3);
+  splitmix_words(sc.words.data(), seed, first, (offset + Lp + 3) / 4);
+  const uint16_t* lanes = (const uint16_t*)sc.words.data() + offset;
+  const __m256i t = _mm256_set1_epi16((short)threshold);
+  for (int q = 0; q < groups; q++)
+    keep[q] = _mm256_cmpge_epu16_mask(_mm256_loadu_si256((const __m256i*)(lanes + 16 * q)), t);
+}
+
+thread_local Scratch scratch;
+
+// what both passes read: a slab of texts packed as rows, its heads and its dropout
+struct Slab {
+  const uint16_t* qkv;    // [n, 3D] bf16: q, k, v of every head side by side, D = heads d
+  int64_t n, texts;
+  const int64_t* starts;  // [texts] text t's first row
+  const int64_t* lengths; // [texts] its rows (tokens)
+  int heads, d, width;    // width: the slab's padded length W, which indexes the dropout mask
+  float scale;            // of the scores, 1 / sqrt(d) in BERT
+  uint64_t seed;
+  uint16_t threshold;     // drop where the 16-bit lane < threshold (0: no dropout)
+  float keep_scale;       // 1 / the keep probability
+};
+
+// run(task) for task < count: over `threads` OpenMP threads, or in this thread alone (no OpenMP call:
+// a forked child must not touch its parent's OpenMP pool)
+template <typename Run>
+void for_tasks(int64_t count, int threads, Run run) {
+  if (threads <= 1) {
+    for (int64_t task = 0; task < count; task++) run(task);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t task = 0; task < count; task++) run(task);
+}
+
+// the row index of query i of text t, head h in the padded [texts, heads, W, W] block, times W
+inline int64_t mask_row(const Slab& a, int64_t t, int h, int i) {
+  return ((t * a.heads + h) * (int64_t)a.width + i) * (int64_t)a.width;
+}
+
+// task = t · heads + h: text t's rows and sizes, head h's columns of q, k and v
+struct Head {
+  int64_t t;
+  int h, L, Lp, K2;  // L tokens, Lp = L rounded up to 16 (score columns), K2 = Lp / 2
+  size_t row0;       // the text's first row
+  const uint16_t *q, *k, *v;
+};
+
+inline Head head_of(const Slab& a, int64_t task) {
+  const int64_t t = task / a.heads;
+  const int h = (int)(task % a.heads), L = (int)a.lengths[t], Lp = round_up(L, 16), D = a.heads * a.d;
+  const size_t row0 = (size_t)a.starts[t];
+  const uint16_t* q = a.qkv + row0 * 3 * D + h * a.d;
+  scratch.fit(Lp, a.d);
+  return Head{t, h, L, Lp, Lp / 2, row0, q, q + D, q + 2 * D};
+}
+
+void forward_task(const Slab& a, int64_t task, uint16_t* context, float* stats) {
+  const Head hd = head_of(a, task);
+  const int64_t t = hd.t;
+  const int h = hd.h, L = hd.L, Lp = hd.Lp, K2 = hd.K2, D = a.heads * a.d, ld = 3 * D, d = a.d;
+  const size_t row0 = hd.row0;
+  const uint16_t *q = hd.q, *k = hd.k, *v = hd.v;
+  const float scale = a.scale;
+  Scratch& sc = scratch;
+  column_pairs(k, ld, L, Lp, d, sc.kp.data());
+  row_pairs(v, ld, L, K2, d, sc.vp.data(), d);
+  float* s = sc.s.data();
+  gemm((const uint32_t*)q, ld / 2, sc.kp.data(), Lp, s, Lp, L, Lp, d / 2);
+  uint16_t* probs = (uint16_t*)sc.a.data();  // [L, Lp] bf16, dropped and scaled
+  uint16_t keep[64];
+  for (int i = 0; i < L; i++) {
+    float* row = s + (size_t)i * Lp;
+    __m512 top = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < Lp; j += 16) {
+      const __mmask16 real = real_lanes(L, j);
+      top = _mm512_mask_max_ps(top, real, top, _mm512_loadu_ps(row + j));
+    }
+    const float m = scale * _mm512_reduce_max_ps(top);  // scale > 0: the max of the scaled scores
+    const __m512 alpha = _mm512_set1_ps(scale), shift = _mm512_set1_ps(m);
+    const int64_t index = mask_row(a, t, h, i);
+    keep_bits(sc, a.seed, a.threshold, index, Lp, keep);
+    // the kept exponentials in bf16; the row's 1 / sum (and dropout's scale) multiplies its output
+    __m512 total = _mm512_setzero_ps();
+    for (int j = 0; j < Lp; j += 16) {
+      const __m512 e = _mm512_maskz_mov_ps(real_lanes(L, j),
+                                           exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), alpha, shift)));
+      total = _mm512_add_ps(total, e);
+      _mm256_storeu_si256((__m256i*)(probs + (size_t)i * Lp + j),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(keep[j / 16], e)));
+    }
+    const float inverse = 1.0f / _mm512_reduce_add_ps(total);
+    stats[(size_t)h * a.n + row0 + i] = m;
+    stats[(size_t)(a.heads + h) * a.n + row0 + i] = inverse;
+    sc.factor[i] = a.keep_scale * inverse;
+  }
+  float* out = sc.out.data();
+  gemm((const uint32_t*)probs, Lp / 2, sc.vp.data(), d, out, d, L, d, K2);
+  for (int i = 0; i < L; i++)
+    store_bf16(out + (size_t)i * d, d, sc.factor[i], context + (row0 + i) * D + h * d);
+}
+
+void backward_task(const Slab& a, int64_t task, const uint16_t* grad, const float* stats, uint16_t* grad_qkv) {
+  const Head hd = head_of(a, task);
+  const int64_t t = hd.t;
+  const int h = hd.h, L = hd.L, Lp = hd.Lp, K2 = hd.K2, R2 = (L + 1) / 2, D = a.heads * a.d, ld = 3 * D, d = a.d;
+  const size_t row0 = hd.row0;
+  const uint16_t *q = hd.q, *k = hd.k, *v = hd.v;
+  Scratch& sc = scratch;
+  const uint16_t* go = grad + row0 * D + h * d;
+  float* s = sc.s.data();  // scores
+  float* g = sc.g.data();  // gradient of the dropped probabilities
+  column_pairs(k, ld, L, Lp, d, sc.kp.data());
+  gemm((const uint32_t*)q, ld / 2, sc.kp.data(), Lp, s, Lp, L, Lp, d / 2);
+  column_pairs(v, ld, L, Lp, d, sc.vp.data());
+  gemm((const uint32_t*)go, D / 2, sc.vp.data(), Lp, g, Lp, L, Lp, d / 2);
+  // bf16 blocks: dS by rows ([L, Lp], the A operand of dq = dS k), and the dropped probabilities Y and
+  // dS with rows 2m and 2m + 1 interleaved into pair row m ([R2, Lp] pairs, the B operands of
+  // dvᵀ = doutᵀ Y and dkᵀ = qᵀ dS)
+  uint16_t* dscores = (uint16_t*)sc.a.data();
+  uint16_t* dropped_pairs = (uint16_t*)sc.b.data();
+  uint16_t* dscore_pairs = (uint16_t*)sc.c.data();
+  if (L % 2) {  // the last pair row has no second row: its upper halves stay 0
+    memset(dropped_pairs + (size_t)(R2 - 1) * 2 * Lp, 0, (size_t)Lp * 4);
+    memset(dscore_pairs + (size_t)(R2 - 1) * 2 * Lp, 0, (size_t)Lp * 4);
+  }
+  uint16_t keep[64];
+  const __m512 ks = _mm512_set1_ps(a.keep_scale), alpha = _mm512_set1_ps(a.scale);
+  for (int i = 0; i < L; i++) {
+    float* srow = s + (size_t)i * Lp;
+    float* grow = g + (size_t)i * Lp;
+    const __m512 shift = _mm512_set1_ps(stats[(size_t)h * a.n + row0 + i]);
+    const __m512 inverse = _mm512_set1_ps(stats[(size_t)(a.heads + h) * a.n + row0 + i]);
+    const int64_t index = mask_row(a, t, h, i);
+    keep_bits(sc, a.seed, a.threshold, index, Lp, keep);
+    const int odd = i & 1;
+    const __mmask32 half = odd ? 0xAAAAAAAAu : 0x55555555u;
+    uint16_t* ypair = dropped_pairs + (size_t)(i / 2) * 2 * Lp + odd;
+    uint16_t* dpair = dscore_pairs + (size_t)(i / 2) * 2 * Lp + odd;
+    __m512 dot = _mm512_setzero_ps();
+    for (int j = 0; j < Lp; j += 16) {
+      const __mmask16 real = real_lanes(L, j);
+      const __m512 p = _mm512_maskz_mul_ps(real, exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(srow + j), alpha, shift)),
+                                           inverse);
+      const __m512 dp = _mm512_maskz_mul_ps(keep[j / 16], _mm512_loadu_ps(grow + j), ks);
+      _mm512_storeu_ps(srow + j, p);
+      _mm512_storeu_ps(grow + j, dp);
+      dot = _mm512_fmadd_ps(p, dp, dot);
+      const __m512i y = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mul_ps(keep[j / 16], p, ks)));
+      _mm512_mask_storeu_epi16(ypair - odd + 2 * j, half, odd ? _mm512_slli_epi32(y, 16) : y);
+    }
+    const __m512 total = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
+    for (int j = 0; j < Lp; j += 16) {
+      const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(srow + j), alpha),
+                                      _mm512_sub_ps(_mm512_loadu_ps(grow + j), total));
+      const __m256i b = (__m256i)_mm512_cvtneps_pbh(ds);
+      _mm256_storeu_si256((__m256i*)(dscores + (size_t)i * Lp + j), b);
+      const __m512i w = _mm512_cvtepu16_epi32(b);
+      _mm512_mask_storeu_epi16(dpair - odd + 2 * j, half, odd ? _mm512_slli_epi32(w, 16) : w);
+    }
+  }
+  float* out = sc.out.data();
+  uint16_t* gq = grad_qkv + row0 * ld + h * d;
+  uint32_t* at = sc.kp.data();  // [d, R16]: a block's transpose in pairs of rows
+  const int R16 = round_up(R2, 16);
+  // dvᵀ = doutᵀ Y
+  transposed_pairs(go, D, L, R2, d, sc.rp.data(), at);
+  gemm(at, R16, (const uint32_t*)dropped_pairs, Lp, out, Lp, d, Lp, R2);
+  store_transposed(out, Lp, L, d, gq + 2 * D, ld);
+  // dq = dS k
+  row_pairs(k, ld, L, K2, d, sc.rp.data(), d);
+  gemm((const uint32_t*)dscores, Lp / 2, sc.rp.data(), d, out, d, L, d, K2);
+  for (int i = 0; i < L; i++) store_bf16(out + (size_t)i * d, d, 1.0f, gq + (size_t)i * ld);
+  // dkᵀ = qᵀ dS
+  transposed_pairs(q, ld, L, R2, d, sc.rp.data(), at);
+  gemm(at, R16, (const uint32_t*)dscore_pairs, Lp, out, Lp, d, Lp, R2);
+  store_transposed(out, Lp, L, d, gq + D, ld);
+}
+
+}  // namespace
+
+extern "C" {
+
+// context [n, D] bf16: every text's attention over its own tokens, each head in its columns; stats
+// [2, heads, n] fp32: each query row's max scaled score and 1 / the sum of its exponentials, for the
+// backward
+void attention_forward(const uint16_t* qkv, int64_t texts, const int64_t* starts, const int64_t* lengths,
+                       int heads, int d, int width, float scale, uint64_t seed, uint16_t threshold,
+                       float keep_scale, int threads, uint16_t* context, float* stats, int64_t n) {
+  const Slab a{qkv, n, texts, starts, lengths, heads, d, width, scale, seed, threshold, keep_scale};
+  for_tasks(texts * heads, threads, [&](int64_t task) { forward_task(a, task, context, stats); });
+}
+
+// grad [n, D] bf16 (of the context) → grad_qkv [n, 3D] bf16, every column of every text's rows written
+void attention_backward(const uint16_t* qkv, const uint16_t* grad, const float* stats, int64_t texts,
+                        const int64_t* starts, const int64_t* lengths, int heads, int d, int width, float scale,
+                        uint64_t seed, uint16_t threshold, float keep_scale, int threads, uint16_t* grad_qkv,
+                        int64_t n) {
+  const Slab a{qkv, n, texts, starts, lengths, heads, d, width, scale, seed, threshold, keep_scale};
+  for_tasks(texts * heads, threads, [&](int64_t task) { backward_task(a, task, grad, stats, grad_qkv); });
+}
+
+// keep[e] = 1 where element e of the padded [texts, heads, width, width] block is kept: the mask the
+// passes above draw (for tests)
+void attention_keep_mask(int64_t elements, uint64_t seed, uint16_t threshold, uint8_t* keep) {
+  std::vector<uint64_t> words((elements + 3) / 4 + 8);
+  splitmix_words(words.data(), seed, 0, (int)((elements + 3) / 4));
+  const uint16_t* lanes = (const uint16_t*)words.data();
+  for (int64_t e = 0; e < elements; e++) keep[e] = lanes[e] >= threshold;
+}
+
+}  // extern "C"

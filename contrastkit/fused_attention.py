@@ -1,0 +1,209 @@
+"""Packed bf16 attention on the CPU in one compiled kernel per pass (contrastkit/attention_kernel.cpp).
+
+The packed forward's attention (contrastkit/packing.py) otherwise runs as five steps: copy a slab's
+q, k, v rows into zero-padded per-head blocks [b, h, T, d], q kᵀ (a batched product), softmax and
+dropout (one compiled pass), the product with v, and a copy of the context back into rows; its
+backward again writes every [b, h, T, T] block to memory. Here one C++ kernel does each pass per
+(text, head), with the text's own length L instead of the slab's width:
+
+    S = scale · q kᵀ          P = softmax(S) by rows          Y = keep · P / (1 - p')          out = Y v
+    dY = dout vᵀ     dP = keep · dY / (1 - p')     dS = P ∘ (dP − Σ_row dP ∘ P)
+    dv = Yᵀ dout     dq = scale · dS k             dk = scale · dSᵀ q
+
+The products run on AVX-512 BF16 dot-product instructions (bf16 inputs, fp32 sums), the [L, L]
+scores stay in the core's cache, q, k, v are read from the packed projection [n, 3D] and the
+context written into packed rows [n, D]. As in FlashAttention (Dao et al. 2022) nothing of size
+[L, L] is kept for the backward: it recomputes P from each query row's log-sum-exp, and the dropout
+mask (`keep`, FastDropout's, the very mask `softmax_dropout` draws for the slab's padded block from
+the same seed) from the seed.
+
+The kernel is compiled on first use with the system's C++ compiler (about a second) into a cache
+folder, `$CONTRASTKIT_CACHE` or `~/.cache/contrastkit`, and loaded with ctypes: no Python headers,
+no build tool. Where there is no compiler, the CPU lacks AVX-512 BF16, or
+`CONTRASTKIT_FUSED_ATTENTION=0` is set, the packed forward keeps its written-out attention (same
+mask, same results to bf16 rounding).
+
+@inproceedings{dao2022flashattention,
+  title={FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness},
+  author={Tri Dao and Daniel Y. Fu and Stefano Ermon and Atri Rudra and Christopher R{\'e}},
+  booktitle={NeurIPS}, year={2022}
+}
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from contrastkit.devices import cpu_flags
+from contrastkit.dropout_kernels import parallel_ok
+from contrastkit.fast_dropout import FastDropout, _unsigned, draw_seed, drop_threshold
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("attention_kernel.cpp")
+FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
+         "-fopenmp", "-shared", "-fPIC")
+CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"})
+MAX_WIDTH = 1024  # the kernel keeps a row's keep bits in 64 groups of 16
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: $CONTRASTKIT_CACHE, else $XDG_CACHE_HOME/contrastkit, else ~/.cache/contrastkit."""
+    if os.environ.get("CONTRASTKIT_CACHE"):
+        return Path(os.environ["CONTRASTKIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "contrastkit"
+
+
+def build(source: Path = SOURCE, folder: Path | None = None) -> Path:
+    """Compile `source` into a shared library named by the hash of its text and flags; return its path.
+
+    A library already there is reused; a new one replaces the builds of earlier versions. It is
+    written under a temporary name and renamed into place, so that a process never loads a
+    half-written file. Raises RuntimeError where there is no compiler or it fails.
+    """
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler (c++ or g++) on PATH")
+    text = source.read_bytes()
+    key = hashlib.sha256(text + " ".join(FLAGS).encode() + compiler.encode()).hexdigest()[:16]
+    folder = folder or cache_dir()
+    target = folder / f"{source.stem}-{key}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=folder, suffix=".so.partial")
+    os.close(handle)
+    try:
+        done = subprocess.run([compiler, *FLAGS, "-o", partial, str(source)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed on {source.name}: {done.stderr.strip()[-2000:]}")
+        os.replace(partial, target)
+        for stale in folder.glob(f"{source.stem}-*.so"):  # builds of earlier versions of the source
+            if stale != target:
+                stale.unlink(missing_ok=True)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
+    pointer, i64, i32, f32, u64, u16 = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float,
+                                        ctypes.c_uint64, ctypes.c_uint16)
+    library.attention_forward.argtypes = [pointer, i64, pointer, pointer, i32, i32, i32, f32, u64, u16, f32, i32,
+                                          pointer, pointer, i64]
+    library.attention_backward.argtypes = [pointer, pointer, pointer, i64, pointer, pointer, i32, i32, i32, f32,
+                                           u64, u16, f32, i32, pointer, i64]
+    library.attention_keep_mask.argtypes = [i64, u64, u16, pointer]
+    for function in (library.attention_forward, library.attention_backward, library.attention_keep_mask):
+        function.restype = None
+    return library
+
+
+def enabled() -> bool:
+    """False where CONTRASTKIT_FUSED_ATTENTION is 0 / false / no (read at every call)."""
+    return os.environ.get("CONTRASTKIT_FUSED_ATTENTION", "1").strip().lower() not in ("0", "false", "no")
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None where this CPU lacks AVX-512 BF16 or it does not build; built once."""
+    if not CPU_FLAGS <= cpu_flags():
+        return None
+    try:
+        return _declare(ctypes.CDLL(str(build())))
+    except (RuntimeError, OSError) as exc:
+        log.warning("fused CPU attention not available, using the written-out one: %s", exc)
+        return None
+
+
+def _address(t: Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _threads() -> int:
+    # one thread in a forked child: OpenMP's pool from the parent does not survive a fork
+    return torch.get_num_threads() if parallel_ok() else 1
+
+
+def keep_mask(shape: tuple[int, int, int, int], p: float, seed: int) -> Tensor:
+    """The kernel's dropout mask for a slab's padded [b, h, W, W] block (True = kept), for tests."""
+    keep = torch.empty(shape, dtype=torch.uint8)
+    library().attention_keep_mask(keep.numel(), _unsigned(seed), drop_threshold(p)[0], _address(keep))
+    return keep.bool()
+
+
+class _PackedAttention(torch.autograd.Function):
+    """qkv [n, 3D] bf16 (packed rows of texts laid end to end) → context [n, D] bf16."""
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, starts: Tensor, lengths: Tensor, width: int, heads: int,  # type: ignore[override]
+                scale: float, p: float, seed: int) -> Tensor:
+        n, head_size = qkv.shape[0], qkv.shape[1] // (3 * heads)
+        threshold, keep_probability = drop_threshold(p)
+        context = qkv.new_empty(n, heads * head_size)
+        stats = torch.empty(2, heads, n, dtype=torch.float32)
+        library().attention_forward(
+            _address(qkv), len(lengths), _address(starts), _address(lengths), heads, head_size, width, scale,
+            _unsigned(seed), threshold, 1.0 / keep_probability, _threads(), _address(context), _address(stats), n)
+        ctx.save_for_backward(qkv, stats)
+        ctx.starts, ctx.lengths, ctx.width, ctx.heads, ctx.scale, ctx.p, ctx.seed = (
+            starts, lengths, width, heads, scale, p, seed)
+        return context
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        qkv, stats = ctx.saved_tensors
+        grad = grad.to(torch.bfloat16).contiguous()
+        threshold, keep_probability = drop_threshold(ctx.p)
+        grad_qkv = torch.empty_like(qkv)
+        library().attention_backward(
+            _address(qkv), _address(grad), _address(stats), len(ctx.lengths), _address(ctx.starts),
+            _address(ctx.lengths), ctx.heads, qkv.shape[1] // (3 * ctx.heads), ctx.width, ctx.scale,
+            _unsigned(ctx.seed), threshold, 1.0 / keep_probability, _threads(), _address(grad_qkv), qkv.shape[0])
+        return grad_qkv, None, None, None, None, None, None, None
+
+
+def dropout_probability(dropout: nn.Module) -> float | None:
+    """The probability the kernel drops with for this dropout module, or None where it cannot stand in
+    for it: a FastDropout in training (its mask), or a dropout that drops nothing."""
+    if isinstance(dropout, nn.Dropout):
+        if not dropout.training or dropout.p == 0.0:
+            return 0.0
+        return dropout.p if isinstance(dropout, FastDropout) and drop_threshold(dropout.p)[1] > 0.0 else None
+    return None
+
+
+def applies(qkv: Tensor, heads: int, width: int, dropout: nn.Module) -> bool:
+    """Whether `packed_attention` runs for these inputs (else the caller keeps its own attention)."""
+    return (qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu" and qkv.dim() == 2
+            and qkv.shape[1] % (3 * heads) == 0 and (qkv.shape[1] // (3 * heads)) % 32 == 0
+            and width <= MAX_WIDTH and dropout_probability(dropout) is not None and enabled()
+            and library() is not None)
+
+
+def packed_attention(qkv: Tensor, starts: Tensor, lengths: Tensor, width: int, heads: int, scale: float,
+                     dropout: nn.Module) -> Tensor:
+    """Multi-head attention of each text over its own tokens, with `dropout` on the probabilities.
+
+    qkv [n, 3D] bf16: the fused q, k, v projection of n packed rows (text i's rows start at
+    starts[i] and number lengths[i], int64 tensors); width: the slab's padded width W, which indexes
+    the dropout mask as the padded block [b, heads, W, W]; returns the context [n, D] bf16. Check
+    `applies` first.
+    """
+    p = dropout_probability(dropout)
+    seed = draw_seed() if p > 0.0 else 0
+    return _PackedAttention.apply(qkv.contiguous(), starts.to(torch.int64).contiguous(),
+                                  lengths.to(torch.int64).contiguous(), width, heads, float(scale), p, seed)

@@ -1,0 +1,220 @@
+"""The fused bf16 attention kernel (contrastkit/fused_attention.py) against float64 attention with the same mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _support import graph_nodes, run_in_forked_child
+
+from contrastkit import fused_attention
+from contrastkit.fast_dropout import FastDropout, drop_threshold, keep_mask, use_fast_dropout
+from contrastkit.packing import (_HeadsToPacked, _PackedToHeads, packed_hidden_states, plan_packing,
+                                 written_out_attention)
+
+needs_kernel = pytest.mark.skipif(fused_attention.library() is None,
+                                  reason="the kernel needs AVX-512 BF16 and a C++ compiler")
+
+# width 37: rows of the mask's padded block start at offsets that are not whole 64-bit words; lengths
+# 1, odd, even, multiples of 16 and not
+LENGTHS = [37, 30, 17, 16, 5, 1]
+
+
+def slab_inputs(lengths: list[int], heads: int, head_size: int, seed: int = 0):
+    plan = plan_packing([[1] * n for n in lengths], slab_tokens=100_000)
+    assert len(plan.slabs) == 1
+    slab = plan.slabs[0]
+    generator = torch.Generator().manual_seed(seed)
+    qkv = (2 * torch.randn(slab.last, 3 * heads * head_size, generator=generator)).bfloat16()
+    grad = torch.randn(slab.last, heads * head_size, generator=generator).bfloat16()
+    return slab, qkv, grad
+
+
+def fused(qkv: torch.Tensor, grad: torch.Tensor, slab, heads: int, p: float, seed: int):
+    """(context, gradient of qkv) from the kernel, its dropout drawn from `seed`."""
+    x = qkv.clone().requires_grad_()
+    torch.manual_seed(seed)
+    out = fused_attention.packed_attention(x, slab.starts, slab.lengths, slab.width, heads,
+                                           (qkv.shape[1] // (3 * heads)) ** -0.5, FastDropout(p).train())
+    out.backward(grad)
+    return out.detach(), x.grad
+
+
+def written_out(qkv: torch.Tensor, grad: torch.Tensor, slab, heads: int, p: float, seed: int):
+    """The same through the packed forward's written-out bf16 attention (layout copies, bmm, softmax pass)."""
+    x = qkv.clone().requires_grad_()
+    head_size = qkv.shape[1] // (3 * heads)
+    torch.manual_seed(seed)
+    q, k, v = _PackedToHeads.apply(x, slab, 3, heads, head_size)
+    out = _HeadsToPacked.apply(written_out_attention(q, k, v, slab.lengths, FastDropout(p).train(),
+                                                     head_size ** -0.5), slab)
+    out.backward(grad)
+    return out.detach(), x.grad
+
+
+def exact(qkv: torch.Tensor, grad: torch.Tensor, slab, heads: int, p: float, seed: int):
+    """float64 attention of each text over its own tokens, with FastDropout's mask for the slab's padded
+    [b, heads, W, W] block (what `softmax_dropout` draws for that block and seed)."""
+    x = qkv.double().requires_grad_()
+    D = qkv.shape[1] // 3
+    d, width = D // heads, slab.width
+    torch.manual_seed(seed)
+    mask_seed = int(torch.empty((), dtype=torch.int64).random_(-(1 << 63), None)) if p > 0 else 0
+    keep = (keep_mask((len(slab.sizes), heads, width, width), p, mask_seed).double() / drop_threshold(p)[1]
+            if p > 0 else torch.ones(len(slab.sizes), heads, width, width, dtype=torch.float64))
+    outs = []
+    for t, (start, n) in enumerate(zip(slab.starts.tolist(), slab.sizes)):
+        rows = x[start:start + n]
+        q, k, v = (rows[:, i * D:(i + 1) * D].view(n, heads, d).transpose(0, 1) for i in range(3))
+        probs = torch.softmax(d ** -0.5 * q @ k.transpose(1, 2), -1)
+        outs.append(((probs * keep[t, :, :n, :n]) @ v).transpose(0, 1).reshape(n, D))
+    out = torch.cat(outs)
+    out.backward(grad.double())
+    return out.detach(), x.grad
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((ours.double() - reference).norm() / reference.norm())
+
+
+@needs_kernel
+@pytest.mark.parametrize("head_size", [32, 64])
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_forward_and_backward_are_float64_attention_with_fast_dropouts_mask(head_size, p):
+    """Within bf16 rounding of the exact result, and no further from it than the written-out bf16 path."""
+    heads = 3
+    slab, qkv, grad = slab_inputs(LENGTHS, heads, head_size)
+    out, grad_qkv = fused(qkv, grad, slab, heads, p, seed=5)
+    reference, reference_grad = exact(qkv, grad, slab, heads, p, seed=5)
+    baseline, baseline_grad = written_out(qkv, grad, slab, heads, p, seed=5)
+    D = heads * head_size
+    assert relative_error(out, reference) < 0.01
+    assert relative_error(out, reference) <= 1.5 * relative_error(baseline, reference) + 1e-3
+    for part in range(3):  # q, k, v each against the exact gradient
+        columns = slice(part * D, (part + 1) * D)
+        ours_error = relative_error(grad_qkv[:, columns], reference_grad[:, columns])
+        assert ours_error < 0.02, (part, ours_error)
+        assert ours_error <= 1.5 * relative_error(baseline_grad[:, columns], reference_grad[:, columns]) + 1e-3
+
+
+@needs_kernel
+def test_the_kernels_mask_is_fast_dropouts():
+    for shape, p, seed in (((2, 3, 37, 37), 0.1, 7), ((1, 12, 5, 5), 0.5, -3), ((3, 2, 16, 16), 0.3, 2**62)):
+        assert torch.equal(fused_attention.keep_mask(shape, p, seed), keep_mask(shape, p, seed))
+
+
+@needs_kernel
+def test_dropout_follows_the_seed_and_p_zero_drops_nothing():
+    slab, qkv, grad = slab_inputs(LENGTHS, 2, 32)
+    first, second, other = (fused(qkv, grad, slab, 2, 0.1, seed)[0] for seed in (1, 1, 2))
+    assert torch.equal(first, second) and not torch.equal(first, other)
+    no_dropout = fused(qkv, grad, slab, 2, 0.0, 1)[0]
+    assert relative_error(no_dropout, exact(qkv, grad, slab, 2, 0.0, 1)[0]) < 0.01
+    assert relative_error(first, no_dropout.double()) > 0.05  # the mask changed the output
+
+
+@needs_kernel
+def test_the_result_does_not_depend_on_the_thread_count():
+    slab, qkv, grad = slab_inputs(LENGTHS * 3, 4, 32)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(fused(qkv, grad, slab, 4, 0.1, seed=3))
+    finally:
+        torch.set_num_threads(threads)
+    for out, grad_qkv in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(grad_qkv, results[0][1])
+
+
+@needs_kernel
+def test_a_forked_child_runs_the_tasks_in_one_thread(tmp_path):
+    """GNU OpenMP's pool does not survive fork(): a child runs the kernel without OpenMP, same results."""
+    slab, qkv, grad = slab_inputs(LENGTHS, 2, 32)
+    parent = fused(qkv, grad, slab, 2, 0.1, seed=4)  # the parent's OpenMP pool is up
+    run_in_forked_child(lambda: fused(qkv, grad, slab, 2, 0.1, seed=4), tmp_path / "child.pt")
+    child = torch.load(tmp_path / "child.pt", weights_only=True)
+    assert torch.equal(child[0], parent[0]) and torch.equal(child[1], parent[1])
+
+
+def tiny_bert(head_size: int):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=2 * head_size, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=48, max_position_embeddings=64, attn_implementation="eager")
+    model = BertModel(config, add_pooling_layer=False).train()
+    use_fast_dropout(model)
+    return model
+
+
+def packed_bf16_step(model, plan, seed: int):
+    model.zero_grad()
+    torch.manual_seed(seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = packed_hidden_states(model, plan)
+    # a fixed random direction (a layer-normed output's squares would sum to a constant: no gradient)
+    direction = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(0))
+    (hidden.float() * direction).sum().backward()
+    return hidden.detach().float(), {name: p.grad.clone() for name, p in model.named_parameters()}, hidden.grad_fn
+
+
+@needs_kernel
+def test_the_packed_bf16_forward_takes_the_kernel_with_the_written_out_attentions_masks(monkeypatch):
+    """Under bf16 autocast, training, FastDropout: the kernel stands in for layout copies + bmm + softmax
+    pass + bmm, with the same masks (so the same outputs and gradients to bf16 rounding)."""
+    model = tiny_bert(32)
+    generator = torch.Generator().manual_seed(1)
+    ids = [torch.randint(1, 100, (n,), generator=generator).tolist() for n in (40, 33, 21, 9, 2)]
+    plan = plan_packing(ids, slab_tokens=64)
+    assert len(plan.slabs) > 1
+    hidden, grads, node = packed_bf16_step(model, plan, seed=8)
+    assert "_PackedAttentionBackward" in graph_nodes(node)
+    monkeypatch.setenv("CONTRASTKIT_FUSED_ATTENTION", "0")
+    other_hidden, other_grads, other_node = packed_bf16_step(model, plan, seed=8)
+    assert "_PackedAttentionBackward" not in graph_nodes(other_node)
+    assert "_SoftmaxDropoutBackward" in graph_nodes(other_node)
+    assert relative_error(hidden, other_hidden.double()) < 0.02
+    for name, grad in grads.items():
+        if name.endswith("key.bias"):  # exactly 0: softmax ignores a shift shared by every key of a row
+            query_bias = grads[name.replace("key", "query")].norm()
+            assert grad.norm() < 0.01 * query_bias and other_grads[name].norm() < 0.01 * query_bias
+        else:
+            assert relative_error(grad, other_grads[name].double()) < 0.02, name
+
+
+def test_where_the_kernel_applies(monkeypatch):
+    qkv = torch.zeros(10, 3 * 2 * 32, dtype=torch.bfloat16)
+    kept = FastDropout(0.1).train()
+    expected = fused_attention.library() is not None
+    assert fused_attention.applies(qkv, 2, 10, kept) is expected
+    assert fused_attention.applies(qkv, 2, 10, torch.nn.Dropout(0.1).eval()) is expected  # drops nothing
+    assert not fused_attention.applies(qkv.float(), 2, 10, kept)  # fp32: torch's attention
+    assert not fused_attention.applies(qkv, 2, 10, torch.nn.Dropout(0.1).train())  # torch's own mask
+    assert not fused_attention.applies(torch.zeros(10, 3 * 4 * 16, dtype=torch.bfloat16), 4, 10, kept)  # d = 16
+    assert not fused_attention.applies(qkv, 2, fused_attention.MAX_WIDTH + 1, kept)
+    monkeypatch.setenv("CONTRASTKIT_FUSED_ATTENTION", "0")
+    assert not fused_attention.applies(qkv, 2, 10, kept)
+
+
+@pytest.mark.skipif(fused_attention.library() is None, reason="needs a C++ compiler")
+def test_a_build_is_kept_and_reused_by_the_hash_of_its_source(tmp_path):
+    target = fused_attention.build(folder=tmp_path)
+    assert target.parent == tmp_path and target.stat().st_size > 0
+    stamp = target.stat().st_mtime_ns
+    assert fused_attention.build(folder=tmp_path) == target and target.stat().st_mtime_ns == stamp
+    changed = tmp_path / "attention_kernel.cpp"
+    changed.write_text(fused_attention.SOURCE.read_text() + "\n// changed\n")
+    rebuilt = fused_attention.build(changed, folder=tmp_path)
+    assert rebuilt != target and rebuilt.exists()
+    assert not target.exists()  # the build of the earlier version is removed
+    assert not list(tmp_path.glob("*.partial"))  # written under a temporary name, renamed into place
+
+
+def test_a_failing_compiler_is_an_error_that_names_it_and_leaves_nothing(tmp_path, monkeypatch):
+    source = tmp_path / "broken.cpp"
+    source.write_text("this is not C++\n")
+    monkeypatch.setenv("CXX", "/bin/false")
+    with pytest.raises(RuntimeError, match="/bin/false failed on broken.cpp"):
+        fused_attention.build(source, folder=tmp_path / "cache")
+    assert not list((tmp_path / "cache").iterdir())
