@@ -221,6 +221,7 @@ def main() -> None:
     import os
 
     import torch
+    from contrastkit import fused_attention
     from contrastkit.fast_linear import onednn_linear_enabled
     from flops import matmul_peak
 
@@ -239,6 +240,10 @@ def main() -> None:
     extra += ["--torch-dropout"] if args.torch_dropout else []
     extra += ["--st-bf16"] if args.st_bf16 else []
     extra += ["--ours-bf16"] if args.ours_bf16 else []
+    # bf16: the fused C++ kernel where it builds and runs here (contrastkit.fused_attention), else the
+    # written-out products and softmax pass; fp32: torch's attention, or the written-out one with FastDropout
+    attention_kernel = ("fused (contrastkit/attention_kernel.cpp)" if args.ours_bf16 and fused_attention.enabled()
+                        and fused_attention.library() is not None else "written out / torch")
     for i in args.settings:
         gflop = gflop_per_pair(SETTINGS[i], counter)
         runs: dict[str, list[dict]] = {"ours": [], "st": []}
@@ -263,6 +268,7 @@ def main() -> None:
                      "ours_checkpoints": False,
                      "ours_precision": "bf16" if args.ours_bf16 else "fp32", "st_precision": precision["st"],
                      "ours_linear_kernel": "bf16 autocast" if args.ours_bf16 else "oneDNN" if onednn else "torch",
+                     "ours_attention_kernel": attention_kernel,
                      "date": datetime.date.today().isoformat(), "repeats": args.repeats,
                      "ours_pairs_per_s_runs": ours["runs"], "st_pairs_per_s_runs": st["runs"],
                      "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],

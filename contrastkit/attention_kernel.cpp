@@ -190,6 +190,18 @@ void store_transposed(const float* x, int ld, int L, int d, uint16_t* out, int l
     }
 }
 
+// 16 bf16 values widened to fp32
+inline __m512 widen(const uint16_t* x) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)x)), 16));
+}
+
+// Σ_c x[c] y[c] in fp32 for bf16 x, y, c < n (a multiple of 16)
+inline float row_dot(const uint16_t* x, const uint16_t* y, int n) {
+  __m512 sum = _mm512_setzero_ps();
+  for (int c = 0; c < n; c += 16) sum = _mm512_fmadd_ps(widen(x + c), widen(y + c), sum);
+  return _mm512_reduce_add_ps(sum);
+}
+
 // out[c] = bf16(factor x[c]), c < n (a multiple of 16)
 void store_bf16(const float* x, int n, float factor, uint16_t* out) {
   const __m512 f = _mm512_set1_ps(factor);
@@ -328,7 +340,8 @@ void forward_task(const Slab& a, int64_t task, uint16_t* context, float* stats) 
     store_bf16(out + (size_t)i * d, d, sc.factor[i], context + (row0 + i) * D + h * d);
 }
 
-void backward_task(const Slab& a, int64_t task, const uint16_t* grad, const float* stats, uint16_t* grad_qkv) {
+void backward_task(const Slab& a, int64_t task, const uint16_t* context, const uint16_t* grad, const float* stats,
+                   uint16_t* grad_qkv) {
   const Head hd = head_of(a, task);
   const int64_t t = hd.t;
   const int h = hd.h, L = hd.L, Lp = hd.Lp, K2 = hd.K2, R2 = (L + 1) / 2, D = a.heads * a.d, ld = 3 * D, d = a.d;
@@ -336,6 +349,7 @@ void backward_task(const Slab& a, int64_t task, const uint16_t* grad, const floa
   const uint16_t *q = hd.q, *k = hd.k, *v = hd.v;
   Scratch& sc = scratch;
   const uint16_t* go = grad + row0 * D + h * d;
+  const uint16_t* o = context + row0 * D + h * d;
   float* s = sc.s.data();  // scores
   float* g = sc.g.data();  // gradient of the dropped probabilities
   column_pairs(k, ld, L, Lp, d, sc.kp.data());
@@ -355,36 +369,27 @@ void backward_task(const Slab& a, int64_t task, const uint16_t* grad, const floa
   uint16_t keep[64];
   const __m512 ks = _mm512_set1_ps(a.keep_scale), alpha = _mm512_set1_ps(a.scale);
   for (int i = 0; i < L; i++) {
-    float* srow = s + (size_t)i * Lp;
-    float* grow = g + (size_t)i * Lp;
+    const float* srow = s + (size_t)i * Lp;
+    const float* grow = g + (size_t)i * Lp;
     const __m512 shift = _mm512_set1_ps(stats[(size_t)h * a.n + row0 + i]);
     const __m512 inverse = _mm512_set1_ps(stats[(size_t)(a.heads + h) * a.n + row0 + i]);
-    const int64_t index = mask_row(a, t, h, i);
-    keep_bits(sc, a.seed, a.threshold, index, Lp, keep);
+    // Σ_j P_ij dP_ij = dout_i · out_i (FlashAttention's D_i: out_i = Σ_j Y_ij v_j)
+    const __m512 total = _mm512_set1_ps(row_dot(go + (size_t)i * D, o + (size_t)i * D, d));
+    keep_bits(sc, a.seed, a.threshold, mask_row(a, t, h, i), Lp, keep);
     const int odd = i & 1;
     const __mmask32 half = odd ? 0xAAAAAAAAu : 0x55555555u;
-    uint16_t* ypair = dropped_pairs + (size_t)(i / 2) * 2 * Lp + odd;
-    uint16_t* dpair = dscore_pairs + (size_t)(i / 2) * 2 * Lp + odd;
-    __m512 dot = _mm512_setzero_ps();
+    uint16_t* ypair = dropped_pairs + (size_t)(i / 2) * 2 * Lp;
+    uint16_t* dpair = dscore_pairs + (size_t)(i / 2) * 2 * Lp;
     for (int j = 0; j < Lp; j += 16) {
-      const __mmask16 real = real_lanes(L, j);
-      const __m512 p = _mm512_maskz_mul_ps(real, exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(srow + j), alpha, shift)),
-                                           inverse);
+      const __m512 p = _mm512_maskz_mul_ps(real_lanes(L, j),
+                                           exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(srow + j), alpha, shift)), inverse);
       const __m512 dp = _mm512_maskz_mul_ps(keep[j / 16], _mm512_loadu_ps(grow + j), ks);
-      _mm512_storeu_ps(srow + j, p);
-      _mm512_storeu_ps(grow + j, dp);
-      dot = _mm512_fmadd_ps(p, dp, dot);
       const __m512i y = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mul_ps(keep[j / 16], p, ks)));
-      _mm512_mask_storeu_epi16(ypair - odd + 2 * j, half, odd ? _mm512_slli_epi32(y, 16) : y);
-    }
-    const __m512 total = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
-    for (int j = 0; j < Lp; j += 16) {
-      const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(srow + j), alpha),
-                                      _mm512_sub_ps(_mm512_loadu_ps(grow + j), total));
-      const __m256i b = (__m256i)_mm512_cvtneps_pbh(ds);
-      _mm256_storeu_si256((__m256i*)(dscores + (size_t)i * Lp + j), b);
-      const __m512i w = _mm512_cvtepu16_epi32(b);
-      _mm512_mask_storeu_epi16(dpair - odd + 2 * j, half, odd ? _mm512_slli_epi32(w, 16) : w);
+      _mm512_mask_storeu_epi16(ypair + 2 * j, half, odd ? _mm512_slli_epi32(y, 16) : y);
+      const __m256i ds = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_mul_ps(p, alpha), _mm512_sub_ps(dp, total)));
+      _mm256_storeu_si256((__m256i*)(dscores + (size_t)i * Lp + j), ds);
+      const __m512i w = _mm512_cvtepu16_epi32(ds);
+      _mm512_mask_storeu_epi16(dpair + 2 * j, half, odd ? _mm512_slli_epi32(w, 16) : w);
     }
   }
   float* out = sc.out.data();
@@ -419,13 +424,15 @@ void attention_forward(const uint16_t* qkv, int64_t texts, const int64_t* starts
   for_tasks(texts * heads, threads, [&](int64_t task) { forward_task(a, task, context, stats); });
 }
 
-// grad [n, D] bf16 (of the context) → grad_qkv [n, 3D] bf16, every column of every text's rows written
-void attention_backward(const uint16_t* qkv, const uint16_t* grad, const float* stats, int64_t texts,
+// grad [n, D] bf16 (of the context, the forward's output) → grad_qkv [n, 3D] bf16, every column of every
+// text's rows written
+void attention_backward(const uint16_t* qkv, const uint16_t* context, const uint16_t* grad, const float* stats,
+                        int64_t texts,
                         const int64_t* starts, const int64_t* lengths, int heads, int d, int width, float scale,
                         uint64_t seed, uint16_t threshold, float keep_scale, int threads, uint16_t* grad_qkv,
                         int64_t n) {
   const Slab a{qkv, n, texts, starts, lengths, heads, d, width, scale, seed, threshold, keep_scale};
-  for_tasks(texts * heads, threads, [&](int64_t task) { backward_task(a, task, grad, stats, grad_qkv); });
+  for_tasks(texts * heads, threads, [&](int64_t task) { backward_task(a, task, context, grad, stats, grad_qkv); });
 }
 
 // keep[e] = 1 where element e of the padded [texts, heads, width, width] block is kept: the mask the

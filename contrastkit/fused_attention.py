@@ -103,8 +103,8 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
                                         ctypes.c_uint64, ctypes.c_uint16)
     library.attention_forward.argtypes = [pointer, i64, pointer, pointer, i32, i32, i32, f32, u64, u16, f32, i32,
                                           pointer, pointer, i64]
-    library.attention_backward.argtypes = [pointer, pointer, pointer, i64, pointer, pointer, i32, i32, i32, f32,
-                                           u64, u16, f32, i32, pointer, i64]
+    library.attention_backward.argtypes = [pointer, pointer, pointer, pointer, i64, pointer, pointer, i32, i32, i32,
+                                           f32, u64, u16, f32, i32, pointer, i64]
     library.attention_keep_mask.argtypes = [i64, u64, u16, pointer]
     for function in (library.attention_forward, library.attention_backward, library.attention_keep_mask):
         function.restype = None
@@ -157,7 +157,7 @@ class _PackedAttention(torch.autograd.Function):
         library().attention_forward(
             _address(qkv), len(lengths), _address(starts), _address(lengths), heads, head_size, width, scale,
             _unsigned(seed), threshold, 1.0 / keep_probability, _threads(), _address(context), _address(stats), n)
-        ctx.save_for_backward(qkv, stats)
+        ctx.save_for_backward(qkv, stats, context)
         ctx.starts, ctx.lengths, ctx.width, ctx.heads, ctx.scale, ctx.p, ctx.seed = (
             starts, lengths, width, heads, scale, p, seed)
         return context
@@ -165,12 +165,12 @@ class _PackedAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        qkv, stats = ctx.saved_tensors
+        qkv, stats, context = ctx.saved_tensors
         grad = grad.to(torch.bfloat16).contiguous()
         threshold, keep_probability = drop_threshold(ctx.p)
         grad_qkv = torch.empty_like(qkv)
         library().attention_backward(
-            _address(qkv), _address(grad), _address(stats), len(ctx.lengths), _address(ctx.starts),
+            _address(qkv), _address(context), _address(grad), _address(stats), len(ctx.lengths), _address(ctx.starts),
             _address(ctx.lengths), ctx.heads, qkv.shape[1] // (3 * ctx.heads), ctx.width, ctx.scale,
             _unsigned(ctx.seed), threshold, 1.0 / keep_probability, _threads(), _address(grad_qkv), qkv.shape[0])
         return grad_qkv, None, None, None, None, None, None, None

@@ -1,0 +1,129 @@
+"""The fused bf16 attention kernel (contrastkit/fused_attention.py) against the written-out attention it replaces.
+
+Part 1: one slab's attention with FastDropout (p = 0.1) at MiniLM's shape (12 heads of 32), forward and
+forward + backward, best of three rounds of ten calls: the kernel (q, k, v read from the packed
+projection, context written into packed rows) against the written-out path (layout copy into padded
+per-head blocks, q kᵀ, the softmax + dropout pass, the product with v, the copy back). Slabs: 16 × 128
+tokens (Cranfield's documents), 32 × 64, 64 × 32, and 40 texts of 8-40 tokens (queries). Part 2: whole
+bf16 training steps of the default model with the model's attention dropout (Cranfield batch 32, debian
+batch 64), the kernel on or off (CONTRASTKIT_FUSED_ATTENTION), each run its own process, taking turns.
+
+    .venv/bin/python bench/fused_attention.py [--steps 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from _common import REPO, best_rate, print_table, write_results
+
+SLABS = {"16 x 128": [128] * 16, "32 x 64": [64] * 32, "64 x 32": [32] * 64,
+         "40 x 8-40": sorted(((i * 37) % 33 + 8 for i in range(40)), reverse=True)}
+
+
+def call_ms(fn) -> float:
+    return 1e3 / best_rate(fn, 1.0)
+
+
+def kernel_rows() -> list[dict]:
+    import torch
+
+    from contrastkit import fused_attention
+    from contrastkit.fast_dropout import FastDropout
+    from contrastkit.packing import _HeadsToPacked, _PackedToHeads, plan_packing, written_out_attention
+
+    if fused_attention.library() is None:
+        raise SystemExit("the fused kernel does not run here (it needs AVX-512 BF16 and a C++ compiler)")
+    heads, d, rows = 12, 32, []
+    dropout = FastDropout(0.1).train()
+    for name, lengths in SLABS.items():
+        slab = plan_packing([[1] * n for n in lengths], slab_tokens=100_000).slabs[0]
+        generator = torch.Generator().manual_seed(0)
+        qkv = torch.randn(slab.last, 3 * heads * d, generator=generator).bfloat16()
+        grad = torch.randn(slab.last, heads * d, generator=generator).bfloat16()
+
+        def fused():
+            return fused_attention.packed_attention(qkv_in, slab.starts, slab.lengths, slab.width, heads,
+                                                    d ** -0.5, dropout)
+
+        def written():
+            q, k, v = _PackedToHeads.apply(qkv_in, slab, 3, heads, d)
+            return _HeadsToPacked.apply(written_out_attention(q, k, v, slab.lengths, dropout, d ** -0.5), slab)
+
+        for backward in (False, True):
+            qkv_in = qkv.clone().requires_grad_(backward)
+
+            def timed(attend):
+                def go():
+                    out = attend()
+                    if backward:
+                        out.backward(grad)
+                return call_ms(go)
+
+            with torch.set_grad_enabled(backward):
+                ours, theirs = timed(fused), timed(written)
+            flop = (7 if backward else 2) * 2 * heads * d * sum(n * n for n in lengths)
+            rows.append({"part": "kernel", "slab": name, "pass": "forward + backward" if backward else "forward",
+                         "fused_ms": ours, "written_out_ms": theirs, "speedup": theirs / ours,
+                         "fused_gflops": flop / ours / 1e6})
+    return rows
+
+
+def step_child(setting: int, steps: int) -> dict:
+    from throughput import make_trainer, timed_step
+    from vs_sentence_transformers import SETTINGS, training_pairs
+
+    s = SETTINGS[setting]
+    trainer = make_trainer(training_pairs(s), s["batch"], 16, True, None, steps + 2, 128)
+    batches = trainer._batches(0)
+    for batch in batches[:2]:  # warm-up: oneDNN's primitives, the kernel's first build or load
+        timed_step(trainer, batch)
+    seconds = [timed_step(trainer, b) for b in batches[2:steps + 2]]
+    return {"mean_step_s": statistics.mean(seconds), "steps": len(seconds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each whole-step configuration")
+    parser.add_argument("--child", nargs=1, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(step_child(args.child[0], args.steps)))
+        return
+    rows = kernel_rows()
+    print_table(rows, ["slab", "pass", "fused_ms", "written_out_ms", "speedup", "fused_gflops"])
+    from vs_sentence_transformers import SETTINGS
+
+    times: dict[tuple[int, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for setting in (0, 3):
+            for kernel in ("1", "0"):
+                env = {**os.environ, "CONTRASTKIT_FUSED_ATTENTION": kernel}
+                t0 = time.perf_counter()
+                out = subprocess.run([sys.executable, __file__, "--child", str(setting), "--steps", str(args.steps)],
+                                     cwd=REPO, capture_output=True, text=True, env=env)
+                if out.returncode != 0:
+                    raise SystemExit(out.stderr[-3000:])
+                step = json.loads(out.stdout.strip().splitlines()[-1])["mean_step_s"]
+                times.setdefault((setting, kernel), []).append(step)
+                print(SETTINGS[setting]["setting"], "fused" if kernel == "1" else "written out", round(step, 4),
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    for setting in (0, 3):
+        fused, written = (statistics.mean(times[(setting, k)]) for k in ("1", "0"))
+        rows.append({"part": "training step", "slab": f"{SETTINGS[setting]['data']}: {SETTINGS[setting]['setting']}",
+                     "pass": "bf16 step, model's attention dropout", "fused_ms": 1e3 * fused,
+                     "written_out_ms": 1e3 * written, "speedup": written / fused,
+                     "runs_s": {"fused": times[(setting, "1")], "written out": times[(setting, "0")]}})
+    print_table(rows[-2:], ["slab", "pass", "fused_ms", "written_out_ms", "speedup"])
+    print(f"wrote {write_results('fused_attention', rows, {'steps': args.steps, 'rounds': args.rounds})}")
+
+
+if __name__ == "__main__":
+    main()
