@@ -4,14 +4,16 @@ A padded batch [B, T] runs every matrix multiply over B · T positions, padding 
 texts' tokens are laid end to end ([N, D], N = the real token count) for the embeddings, the
 feed-forward and projection layers, layer norms and dropout, the way unpadded BERT kernels do it
 (Zeng et al. 2022, "Boosting Distributed Training Performance of the Unpadded BERT Model"; FlashAttention's
-varlen path). Only attention needs texts side by side: each slab of similar-length texts is copied
-into zero-padded per-head blocks [b, h, T, d] for attention and its output back into rows (one compiled
-copy each way on the CPU, contrastkit/layout_kernels.py).
-On the CPU, attention is written out (`written_out_attention`) instead of PyTorch's fused kernel
-in two cases: with dropout on the attention probabilities and the trainer's CPU dropout
-(contrastkit.fast_dropout), where PyTorch's kernel would run its unfused path and draw the mask with
-its slower `bernoulli_`; and in bf16 (bf16 autocast included), where PyTorch's fused CPU kernel ran
-2-8x slower than the written-out products (forward and backward, contrastkit/eager_attention.py).
+varlen path). Only attention works text by text, a slab of similar-length texts at a time. In bf16 on a
+CPU with AVX-512 BF16 one C++ kernel per pass does a slab's attention straight from the packed q, k, v
+rows into packed context rows, each text over its own tokens (contrastkit/fused_attention.py). Elsewhere
+each slab is copied into zero-padded per-head blocks [b, h, T, d] for attention and its output back
+into rows (one compiled copy each way on the CPU, contrastkit/layout_kernels.py), and on the CPU the
+attention is written out (`written_out_attention`) instead of PyTorch's fused kernel in two cases:
+with dropout on the attention probabilities and the trainer's CPU dropout (contrastkit.fast_dropout),
+where PyTorch's kernel would run its unfused path and draw the mask with its slower `bernoulli_`; and
+in bf16 (bf16 autocast included), where PyTorch's fused CPU kernel ran 2-8x slower than the
+written-out products (forward and backward, contrastkit/eager_attention.py).
 
 Texts are sorted longest first and cut into slabs of at most `slab_tokens` padded positions
 (b · T ≤ slab_tokens), so a slab's activations stay small enough for the CPU's caches between one
