@@ -2,9 +2,10 @@
 // AVX-512 BF16 dot products (vdpbf16ps): contrastkit/fused_attention.py builds and loads this file.
 //
 // One task per (text, head): the text's q, k, v rows are read straight from the packed projection
-// [n, 3D] (no padded per-head copies), its [L, L] scores stay in the core's cache (never written to
-// memory), and the context goes straight into the packed rows [n, D]. The backward recomputes the
-// probabilities from each row's log-sum-exp (FlashAttention's recomputation, Dao et al. 2022) and
+// [n, 3D] (no padded per-head copies), its [L, L] scores stay in a per-thread scratch block that
+// fits the core's cache (no [b, h, T, T] tensor), and the context goes straight into the packed rows
+// [n, D]. The backward recomputes the
+// probabilities from each row's max and 1 / sum (FlashAttention's recomputation, Dao et al. 2022) and
 // redraws the dropout mask from the seed, so nothing of size [L, L] is kept between the passes.
 //
 // The dropout mask is FastDropout's (contrastkit/fast_dropout.py): element (t, h, i, j) of the

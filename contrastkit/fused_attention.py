@@ -13,9 +13,9 @@ backward again writes every [b, h, T, T] block to memory. Here one C++ kernel do
 The products run on AVX-512 BF16 dot-product instructions (bf16 inputs, fp32 sums), the [L, L]
 scores stay in the core's cache, q, k, v are read from the packed projection [n, 3D] and the
 context written into packed rows [n, D]. As in FlashAttention (Dao et al. 2022) nothing of size
-[L, L] is kept for the backward: it recomputes P from each query row's log-sum-exp, and the dropout
-mask (`keep`, FastDropout's, the very mask `softmax_dropout` draws for the slab's padded block from
-the same seed) from the seed.
+[L, L] is kept for the backward: it recomputes P from each query row's max and 1 / sum, takes
+Σ_row dP ∘ P as dout · out (FlashAttention's D), and redraws the dropout mask (`keep`, FastDropout's,
+the very mask `softmax_dropout` draws for the slab's padded block from the same seed) from the seed.
 
 The kernel is compiled on first use with the system's C++ compiler (about a second) into a cache
 folder, `$CONTRASTKIT_CACHE` or `~/.cache/contrastkit`, and loaded with ctypes: no Python headers,
