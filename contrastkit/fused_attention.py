@@ -201,9 +201,19 @@ def packed_attention(qkv: Tensor, starts: Tensor, lengths: Tensor, width: int, h
     qkv [n, 3D] bf16: the fused q, k, v projection of n packed rows (text i's rows start at
     starts[i] and number lengths[i], int64 tensors); width: the slab's padded width W, which indexes
     the dropout mask as the padded block [b, heads, W, W]; returns the context [n, D] bf16. Check
-    `applies` first.
+    `applies` first; texts that leave the rows or the width are refused here, before the C++ code
+    could read or write past them.
     """
+    if not applies(qkv, heads, width, dropout):
+        raise ValueError("packed_attention does not apply to these inputs (see fused_attention.applies)")
+    starts, lengths = starts.to("cpu", torch.int64).contiguous(), lengths.to("cpu", torch.int64).contiguous()
+    if starts.shape != lengths.shape or starts.dim() != 1 or len(lengths) == 0:
+        raise ValueError(f"starts and lengths need one entry per text, got {tuple(starts.shape)} and "
+                         f"{tuple(lengths.shape)}")
+    first, count = starts.numpy(), lengths.numpy()  # a few numbers: numpy, not torch ops, for the checks
+    if count.min() < 1 or count.max() > width or first.min() < 0 or (first + count).max() > qkv.shape[0]:
+        raise ValueError(f"texts must have 1 to width = {width} tokens inside the {qkv.shape[0]} rows, got "
+                         f"starts {starts.tolist()[:8]}, lengths {lengths.tolist()[:8]}")
     p = dropout_probability(dropout)
     seed = draw_seed() if p > 0.0 else 0
-    return _PackedAttention.apply(qkv.contiguous(), starts.to(torch.int64).contiguous(),
-                                  lengths.to(torch.int64).contiguous(), width, heads, float(scale), p, seed)
+    return _PackedAttention.apply(qkv.contiguous(), starts, lengths, width, heads, float(scale), p, seed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from _support import graph_nodes, run_in_forked_child
@@ -195,6 +197,24 @@ def test_where_the_kernel_applies(monkeypatch):
     assert not fused_attention.applies(qkv, 2, fused_attention.MAX_WIDTH + 1, kept)
     monkeypatch.setenv("CONTRASTKIT_FUSED_ATTENTION", "0")
     assert not fused_attention.applies(qkv, 2, 10, kept)
+
+
+@needs_kernel
+def test_texts_outside_the_rows_or_the_width_are_refused_before_the_kernel_runs():
+    slab, qkv, _ = slab_inputs([5, 3], 2, 32)
+    kept = FastDropout(0.1).train()
+    run = functools.partial(fused_attention.packed_attention, qkv, heads=2, scale=0.2, dropout=kept)
+    assert run(slab.starts, slab.lengths, width=5).shape == (8, 64)
+    with pytest.raises(ValueError, match="1 to width = 4"):
+        run(slab.starts, slab.lengths, width=4)  # a text longer than the width
+    with pytest.raises(ValueError, match="inside the 8 rows"):
+        run(torch.tensor([0, 6]), slab.lengths, width=5)  # past the last row
+    with pytest.raises(ValueError, match="1 to width"):
+        run(slab.starts, torch.tensor([5, 0]), width=5)
+    with pytest.raises(ValueError, match="one entry per text"):
+        run(slab.starts[:1], slab.lengths, width=5)
+    with pytest.raises(ValueError, match="does not apply"):
+        run(slab.starts, slab.lengths, width=5, heads=4)  # heads of 16
 
 
 @pytest.mark.skipif(fused_attention.library() is None, reason="needs a C++ compiler")
