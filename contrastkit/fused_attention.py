@@ -186,6 +186,21 @@ def dropout_probability(dropout: nn.Module) -> float | None:
     return None
 
 
+def runs_in(model: nn.Module) -> bool:
+    """Whether the packed bf16 forward of `model` takes the kernel here: a BERT encoder the packed forward
+    takes (contrastkit.packing.can_pack), heads of a multiple of 32 dimensions, attention dropout the
+    kernel draws (FastDropout, or none), and the kernel built for this CPU."""
+    from contrastkit.packing import can_pack  # packing imports this module
+
+    if not can_pack(model):
+        return False
+    config = model.config
+    droppers = [layer.attention.self.dropout for layer in model.encoder.layer]
+    return ((config.hidden_size // config.num_attention_heads) % 32 == 0
+            and all(isinstance(d, FastDropout) or (isinstance(d, nn.Dropout) and d.p == 0.0) for d in droppers)
+            and enabled() and library() is not None)
+
+
 def applies(qkv: Tensor, heads: int, width: int, dropout: nn.Module) -> bool:
     """Whether `packed_attention` runs for these inputs (else the caller keeps its own attention)."""
     return (qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu" and qkv.dim() == 2

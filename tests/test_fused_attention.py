@@ -185,6 +185,26 @@ def test_the_packed_bf16_forward_takes_the_kernel_with_the_written_out_attention
             assert relative_error(grad, other_grads[name].double()) < 0.02, name
 
 
+def test_the_trainer_says_when_its_bf16_steps_take_the_kernel(monkeypatch):
+    from types import SimpleNamespace
+
+    from contrastkit.train.trainer import Trainer
+
+    def precision(model, bf16=True):
+        trainer = SimpleNamespace(bf16=bf16, device=torch.device("cpu"), encoder=SimpleNamespace(packs=True, model=model))
+        return Trainer.precision.fget(trainer)
+
+    model = tiny_bert(32)
+    available = fused_attention.library() is not None
+    assert fused_attention.runs_in(model) is available
+    assert precision(model) == ("bf16 autocast, attention by the fused CPU kernel" if available else "bf16 autocast")
+    assert not fused_attention.runs_in(tiny_bert(16))  # heads of 16: the written-out attention
+    model.encoder.layer[1].attention.self.dropout = torch.nn.Dropout(0.1)  # torch's mask: not the kernel's
+    assert not fused_attention.runs_in(model) and precision(model) == "bf16 autocast"
+    monkeypatch.setenv("CONTRASTKIT_FUSED_ATTENTION", "0")
+    assert not fused_attention.runs_in(tiny_bert(32))
+
+
 def test_where_the_kernel_applies(monkeypatch):
     qkv = torch.zeros(10, 3 * 2 * 32, dtype=torch.bfloat16)
     kept = FastDropout(0.1).train()

@@ -20,6 +20,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from contrastkit import fused_attention
 from contrastkit.data import Pair, load_beir, pairs_from_beir, read_pairs
 from contrastkit.data.subset import sample_indices
 from contrastkit.devices import to_device, use_bf16
@@ -208,9 +209,11 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     @property
     def precision(self) -> str:
-        """How the step computes, in words: "bf16 autocast", or fp32 (with oneDNN's dense layers where used)."""
+        """How the step computes, in words: "bf16 autocast" (with the fused attention kernel where it runs),
+        or fp32 (with oneDNN's dense layers where used)."""
         if self.bf16:
-            return "bf16 autocast"
+            kernel = self.device.type == "cpu" and self.encoder.packs and fused_attention.runs_in(self.encoder.model)
+            return "bf16 autocast, attention by the fused CPU kernel" if kernel else "bf16 autocast"
         onednn = self.device.type == "cpu" and onednn_linear_enabled()
         return "fp32, dense layers by oneDNN" if onednn else "fp32"
 
