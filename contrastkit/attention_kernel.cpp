@@ -212,9 +212,9 @@ void store_bf16(const float* x, int n, float factor, uint16_t* out) {
 
 // a thread's buffers for one (text, head), grown to the largest text seen
 struct Scratch {
-  std::vector<float> s, g;           // [L, Lp] scores / probabilities and their gradients
-  std::vector<uint32_t> a, b, c;     // [L, Lp] bf16 blocks; [L, L / 2] transposed pairs
-  std::vector<uint32_t> kp, vp, rp;  // operands in pairs: [d / 2, Lp] or [Lp / 2, d]
+  std::vector<float> s, g;           // [L, Lp] fp32: the scores; the dropped probabilities' gradient
+  std::vector<uint32_t> a, b, c;     // bf16 blocks: probabilities or dS by rows; Y and dS in pairs of rows
+  std::vector<uint32_t> kp, vp, rp;  // operands in pairs: [d / 2, Lp], [Lp / 2, d] or [d, R2 rounded to 16]
   std::vector<float> out;            // [L, d]
   std::vector<float> factor;         // [L] each output row's scale
   std::vector<uint64_t> words;       // a row's dropout stream
@@ -428,10 +428,9 @@ void attention_forward(const uint16_t* qkv, int64_t texts, const int64_t* starts
 // grad [n, D] bf16 (of the context, the forward's output) → grad_qkv [n, 3D] bf16, every column of every
 // text's rows written
 void attention_backward(const uint16_t* qkv, const uint16_t* context, const uint16_t* grad, const float* stats,
-                        int64_t texts,
-                        const int64_t* starts, const int64_t* lengths, int heads, int d, int width, float scale,
-                        uint64_t seed, uint16_t threshold, float keep_scale, int threads, uint16_t* grad_qkv,
-                        int64_t n) {
+                        int64_t texts, const int64_t* starts, const int64_t* lengths, int heads, int d, int width,
+                        float scale, uint64_t seed, uint16_t threshold, float keep_scale, int threads,
+                        uint16_t* grad_qkv, int64_t n) {
   const Slab a{qkv, n, texts, starts, lengths, heads, d, width, scale, seed, threshold, keep_scale};
   for_tasks(texts * heads, threads, [&](int64_t task) { backward_task(a, task, context, grad, stats, grad_qkv); });
 }

@@ -11,14 +11,15 @@ import torch
 from contrastkit.data import Pair
 
 
-def build_tiny_bert_folder(path: Path, *, seed: int = 0, dropout: float = 0.1) -> Path:
-    """Save a 2-layer, 32-wide randomly initialised BERT with the default model's tokenizer."""
+def build_tiny_bert_folder(path: Path, *, seed: int = 0, dropout: float = 0.1, hidden_size: int = 32) -> Path:
+    """Save a 2-layer, 32-wide (or `hidden_size`), 2-head randomly initialised BERT with the default model's
+    tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from contrastkit.encoder import default_model_path
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    config = BertConfig(vocab_size=30522, hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=37, max_position_embeddings=128,
                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(path, safe_serialization=True)

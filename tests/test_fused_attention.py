@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from _support import graph_nodes, run_in_forked_child
+from _support import build_tiny_bert_folder, graph_nodes, run_in_forked_child
 
 from contrastkit import fused_attention
 from contrastkit.fast_dropout import FastDropout, drop_threshold, keep_mask, use_fast_dropout
@@ -203,6 +203,45 @@ def test_the_trainer_says_when_its_bf16_steps_take_the_kernel(monkeypatch):
     assert not fused_attention.runs_in(model) and precision(model) == "bf16 autocast"
     monkeypatch.setenv("CONTRASTKIT_FUSED_ATTENTION", "0")
     assert not fused_attention.runs_in(tiny_bert(32))
+
+
+@needs_kernel
+def test_the_gradient_cache_replays_the_kernels_masks(tmp_path):
+    """bf16 training with the kernel (heads of 32): the cached step's no-graph pass draws the same seeds as
+    its replay, so its gradients are the uncached step's up to bf16 rounding (autocast's weight copies
+    sum the chunks' gradients in bf16 in one backward, in fp32 across the replays' backwards)."""
+    from contrastkit.encoder import Encoder
+    from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
+
+    encoder = Encoder.from_pretrained(build_tiny_bert_folder(tmp_path / "bert", hidden_size=64), max_seq_length=64)
+    use_fast_dropout(encoder)
+    encoder.train()
+    assert fused_attention.runs_in(encoder.model)
+    texts = ["shock waves in a supersonic nozzle", "boundary layer", "heat transfer at hypersonic speeds", "lift",
+             "panel flutter of thin plates in supersonic flow", "x y", "vortex sheet roll up", "a"]
+    groups = [texts[:4], texts[4:]]
+    chunks = [length_sorted_chunks(encoder.token_lengths(g), 2) for g in groups]
+
+    def loss(anchors, positives):
+        return torch.nn.functional.cross_entropy(anchors.float() @ positives.float().T * 20, torch.arange(4))
+
+    def grads(cached: bool, seed: int = 3) -> dict[str, torch.Tensor]:
+        encoder.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if cached:
+                grad_cache_backward(encoder.embed, groups, chunks, loss)
+            else:
+                loss(*(embed_in_chunks(encoder.embed, g, c) for g, c in zip(groups, chunks))).backward()
+        return {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    plain, cached, other_masks = grads(False), grads(True), grads(True, seed=4)
+    assert plain.keys() == cached.keys() and len(plain) > 10
+    for name in plain:
+        if not name.endswith("key.bias"):  # exactly 0 (softmax ignores a shift shared by a row's keys)
+            assert relative_error(cached[name], plain[name].double()) < 0.01, name
+    other = [relative_error(other_masks[n], plain[n].double()) for n in plain if not n.endswith("key.bias")]
+    assert min(other) > 0.02, min(other)  # other masks move every gradient by far more
 
 
 def test_where_the_kernel_applies(monkeypatch):
