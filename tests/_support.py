@@ -101,9 +101,10 @@ def record_chunk_sizes(monkeypatch, module) -> list:
     return seen
 
 
-def run_in_forked_child(work, path) -> None:
+def run_in_forked_child(work, path, seconds: float = 120) -> None:
     """Fork; the child runs work() and torch.saves its result to `path`, then exits without returning into
-    pytest. Fails the test where the child hangs (60 s) or does not exit cleanly."""
+    pytest. Fails the test where the child hangs (`seconds`: a cold cache compiles numba's serial loops in
+    the child) or does not exit cleanly."""
     import os
     import time
 
@@ -117,7 +118,7 @@ def run_in_forked_child(work, path) -> None:
             code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + seconds
     while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     if done[0] == 0:

@@ -9,7 +9,7 @@ import torch
 from _support import build_tiny_bert_folder, graph_nodes, run_in_forked_child
 
 from contrastkit import fused_attention
-from contrastkit.fast_dropout import FastDropout, drop_threshold, keep_mask, use_fast_dropout
+from contrastkit.fast_dropout import FastDropout, draw_seed, drop_threshold, keep_mask, use_fast_dropout
 from contrastkit.packing import (_HeadsToPacked, _PackedToHeads, packed_hidden_states, plan_packing,
                                  written_out_attention)
 
@@ -60,7 +60,7 @@ def exact(qkv: torch.Tensor, grad: torch.Tensor, slab, heads: int, p: float, see
     D = qkv.shape[1] // 3
     d, width = D // heads, slab.width
     torch.manual_seed(seed)
-    mask_seed = int(torch.empty((), dtype=torch.int64).random_(-(1 << 63), None)) if p > 0 else 0
+    mask_seed = draw_seed() if p > 0 else 0  # the draw both paths make first
     keep = (keep_mask((len(slab.sizes), heads, width, width), p, mask_seed).double() / drop_threshold(p)[1]
             if p > 0 else torch.ones(len(slab.sizes), heads, width, width, dtype=torch.float64))
     outs = []
