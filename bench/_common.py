@@ -72,6 +72,11 @@ def best_rate(fn, work: float, repeats: int = 10, rounds: int = 3) -> float:
     return best
 
 
+def call_ms(fn) -> float:
+    """Milliseconds a call of fn: `best_rate`'s best of three rounds of ten calls, as a time."""
+    return 1e3 / best_rate(fn, 1.0)
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     print("  ".join(c.rjust(widths[c]) for c in columns))

@@ -25,15 +25,10 @@ import subprocess
 import sys
 import time
 
-from _common import REPO, best_rate, print_table, write_results
+from _common import REPO, call_ms, print_table, write_results
 
 SHAPES = [(16, 128), (32, 64), (64, 32)]  # (texts b, tokens T): slabs of about 2,048 positions
 ENCODE_TEXTS = 1500  # debian-packages documents encoded at 256 tokens (part 3)
-
-
-def call_ms(fn) -> float:
-    """Milliseconds a call of fn: `best_rate`'s best of three rounds of ten calls, as a time."""
-    return 1e3 / best_rate(fn, 1.0)
 
 
 def kernel_rows() -> list[dict]:

@@ -21,14 +21,10 @@ import subprocess
 import sys
 import time
 
-from _common import REPO, best_rate, print_table, write_results
+from _common import REPO, call_ms, print_table, write_results
 
 SLABS = {"16 x 128": [128] * 16, "32 x 64": [64] * 32, "64 x 32": [32] * 64,
          "40 x 8-40": sorted(((i * 37) % 33 + 8 for i in range(40)), reverse=True)}
-
-
-def call_ms(fn) -> float:
-    return 1e3 / best_rate(fn, 1.0)
 
 
 def kernel_rows() -> list[dict]:
