@@ -141,6 +141,17 @@ class _KeepAndScale(torch.autograd.Function):
         return _KeepAndScale.apply(grad, ctx.p, ctx.seed), None, None
 
 
+def fused_dropout_p(dropout: nn.Module) -> float | None:
+    """The probability a fused pass that draws FastDropout's masks drops with in place of `dropout`: its p
+    for a FastDropout in training, 0 for a dropout that drops nothing (nn.Dropout out of training or at
+    p = 0, nn.Identity), None where the pass cannot stand in (torch's own mask, p that drops everything)."""
+    if not isinstance(dropout, nn.Dropout) or not dropout.training or dropout.p == 0.0:
+        return 0.0 if isinstance(dropout, (nn.Dropout, nn.Identity)) else None
+    if not isinstance(dropout, FastDropout) or not 0.0 < dropout.p < 1.0 or drop_threshold(dropout.p)[1] == 0.0:
+        return None
+    return dropout.p
+
+
 def fast_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """Dropout of x with probability p (inverted: kept elements scaled by 1 / (1 - p')).
 

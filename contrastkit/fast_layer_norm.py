@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from contrastkit.fast_dropout import (FastDropout, _flat_numpy, _unsigned, compiled_loop, draw_seed, drop_threshold,
+from contrastkit.fast_dropout import (_flat_numpy, _unsigned, compiled_loop, draw_seed, drop_threshold, fused_dropout_p,
                                       kernels)
 
 
@@ -65,15 +65,6 @@ class _DropoutAddNorm(torch.autograd.Function):
         return grad_a, grad_x, partial_gamma.sum(0), partial_beta.sum(0), None, None, None
 
 
-def _dropout_p(dropout: nn.Module) -> float | None:
-    """The module's dropout probability as the fused pass draws it (0 when inactive), or None if it cannot."""
-    if not isinstance(dropout, nn.Dropout) or not dropout.training or dropout.p == 0.0:
-        return 0.0 if isinstance(dropout, (nn.Dropout, nn.Identity)) else None
-    if not isinstance(dropout, FastDropout) or not 0.0 < dropout.p < 1.0 or drop_threshold(dropout.p)[1] == 0.0:
-        return None
-    return dropout.p
-
-
 def dropout_add_layer_norm(a: Tensor, x: Tensor, norm: nn.LayerNorm, dropout: nn.Module) -> Tensor:
     """norm(dropout(a) + x), in one compiled pass where it applies (see the module's docstring).
 
@@ -82,7 +73,7 @@ def dropout_add_layer_norm(a: Tensor, x: Tensor, norm: nn.LayerNorm, dropout: nn
     that drops nothing: nn.Dropout out of training or at p = 0, nn.Identity). Anything else runs the
     composition as written.
     """
-    p = _dropout_p(dropout)
+    p = fused_dropout_p(dropout)
     fused = (p is not None and a.dtype == torch.bfloat16 and x.dtype == torch.float32 and a.device.type == "cpu"
              and x.device.type == "cpu" and a.dim() == 2 and a.shape == x.shape and x.numel() > 0
              and isinstance(norm, nn.LayerNorm) and tuple(norm.normalized_shape) == (x.shape[1],)

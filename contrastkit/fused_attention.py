@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from contrastkit.devices import cpu_flags
 from contrastkit.dropout_kernels import parallel_ok
-from contrastkit.fast_dropout import FastDropout, _unsigned, draw_seed, drop_threshold
+from contrastkit.fast_dropout import FastDropout, _unsigned, draw_seed, drop_threshold, fused_dropout_p
 
 log = logging.getLogger(__name__)
 
@@ -176,16 +176,6 @@ class _PackedAttention(torch.autograd.Function):
         return grad_qkv, None, None, None, None, None, None, None
 
 
-def dropout_probability(dropout: nn.Module) -> float | None:
-    """The probability the kernel drops with for this dropout module, or None where it cannot stand in
-    for it: a FastDropout in training (its mask), or a dropout that drops nothing."""
-    if isinstance(dropout, nn.Dropout):
-        if not dropout.training or dropout.p == 0.0:
-            return 0.0
-        return dropout.p if isinstance(dropout, FastDropout) and drop_threshold(dropout.p)[1] > 0.0 else None
-    return None
-
-
 def runs_in(model: nn.Module) -> bool:
     """Whether the packed bf16 forward of `model` takes the kernel here: a BERT encoder the packed forward
     takes (contrastkit.packing.can_pack), heads of a multiple of 32 dimensions, attention dropout the
@@ -205,7 +195,7 @@ def applies(qkv: Tensor, heads: int, width: int, dropout: nn.Module) -> bool:
     """Whether `packed_attention` runs for these inputs (else the caller keeps its own attention)."""
     return (qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu" and qkv.dim() == 2
             and qkv.shape[1] % (3 * heads) == 0 and (qkv.shape[1] // (3 * heads)) % 32 == 0
-            and width <= MAX_WIDTH and dropout_probability(dropout) is not None and enabled()
+            and width <= MAX_WIDTH and fused_dropout_p(dropout) is not None and enabled()
             and library() is not None)
 
 
@@ -229,6 +219,6 @@ def packed_attention(qkv: Tensor, starts: Tensor, lengths: Tensor, width: int, h
     if count.min() < 1 or count.max() > width or first.min() < 0 or (first + count).max() > qkv.shape[0]:
         raise ValueError(f"texts must have 1 to width = {width} tokens inside the {qkv.shape[0]} rows, got "
                          f"starts {starts.tolist()[:8]}, lengths {lengths.tolist()[:8]}")
-    p = dropout_probability(dropout)
+    p = fused_dropout_p(dropout)
     seed = draw_seed() if p > 0.0 else 0
     return _PackedAttention.apply(qkv.contiguous(), starts, lengths, width, heads, float(scale), p, seed)
