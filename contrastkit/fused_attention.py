@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from contrastkit.cache import cache_root
 from contrastkit.devices import cpu_flags
 from contrastkit.dropout_kernels import parallel_ok
 from contrastkit.fast_dropout import FastDropout, _unsigned, draw_seed, drop_threshold, fused_dropout_p
@@ -56,13 +57,6 @@ FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512
          "-fopenmp", "-shared", "-fPIC")
 CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"})
 MAX_WIDTH = 1024  # the kernel keeps a row's keep bits in 64 groups of 16
-
-
-def cache_dir() -> Path:
-    """Where compiled kernels are kept: $CONTRASTKIT_CACHE, else $XDG_CACHE_HOME/contrastkit, else ~/.cache/contrastkit."""
-    if os.environ.get("CONTRASTKIT_CACHE"):
-        return Path(os.environ["CONTRASTKIT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "contrastkit"
 
 
 def build(source: Path = SOURCE, folder: Path | None = None) -> Path:
@@ -77,7 +71,7 @@ def build(source: Path = SOURCE, folder: Path | None = None) -> Path:
         raise RuntimeError("no C++ compiler (c++ or g++) on PATH")
     text = source.read_bytes()
     key = hashlib.sha256(text + " ".join(FLAGS).encode() + compiler.encode()).hexdigest()[:16]
-    folder = folder or cache_dir()
+    folder = folder or cache_root()
     target = folder / f"{source.stem}-{key}.so"
     if target.exists():
         return target

@@ -37,6 +37,7 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from contrastkit.cache import cache_root
 from contrastkit.data.beir import BeirDataset, doc_text, pairs_from_beir
 from contrastkit.data.pairs import Pair
 from contrastkit.errors import ConfigError, DataError
@@ -194,8 +195,7 @@ def filter_candidates(scores: np.ndarray, ids: np.ndarray, positive_ids: np.ndar
 # ---------------------------------------------------------------------- embedding cache
 def default_cache_dir() -> Path:
     """$CONTRASTKIT_CACHE/embeddings, else ~/.cache/contrastkit/embeddings."""
-    root = os.environ.get("CONTRASTKIT_CACHE") or Path.home() / ".cache" / "contrastkit"
-    return Path(root) / "embeddings"
+    return cache_root() / "embeddings"
 
 
 def _model_key(encoder: TextEncoder) -> str:
