@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from contrastkit.devices import to_device
 from contrastkit.errors import ModelLoadError
-from contrastkit.packing import can_pack, packed_hidden_states, packed_pool, plan_packing
+from contrastkit.packing import PackPlan, can_pack, packed_hidden_states, packed_pool, plan_packing
 from contrastkit.pooling import POOLING_MODES, pool
 from contrastkit.st_layout import is_st_folder, quiet_hf_progress, read_st_layout, write_st_layout
 
@@ -206,8 +206,19 @@ class Encoder(nn.Module):
         """
         if not self.packs:
             return self(self.tokenize(texts))
+        ids, types = self.token_ids(texts)
+        return self.embed_packed(plan_packing(ids, types))
+
+    def token_ids(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        """(input ids, token type ids or None) of each text, truncated to max_seq_length, unpadded."""
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
-        plan = plan_packing(encoded["input_ids"], encoded.get("token_type_ids"))
+        return encoded["input_ids"], encoded.get("token_type_ids")
+
+    def embed_packed(self, plan: PackPlan) -> Tensor:
+        """The packed forward of texts already tokenized and planned (`packing.plan_packing`): [B, D].
+
+        Touches no tokenizer, so that threads may run it at once (contrastkit/train/streams.py).
+        """
         embeddings = packed_pool(packed_hidden_states(self.model, plan), plan, self.pooling)
         return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
 

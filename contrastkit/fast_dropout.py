@@ -19,7 +19,9 @@ kernel (a mask from torch's generator, then `where` and `mul`), forward and back
 16-60x torch's.
 
 `torch.manual_seed` makes runs repeat, and restoring the generator's state (the gradient cache's
-second pass) redraws the same seeds, so the same masks. The loop runs on as many threads as torch
+second pass) redraws the same seeds, so the same masks. A thread can draw from a generator of its
+own instead (`seeds_from`: the trainer's parallel streams, contrastkit/train/streams.py), so that
+threads running at once do not take each other's seeds in an order that changes from run to run. The loop runs on as many threads as torch
 (numba's OpenMP layer, where it loads); its result does not depend on the number of threads.
 bf16, fp32 and fp64 tensors take the compiled loop; other dtypes get the same mask applied by
 torch. On other devices (CUDA's fused dropout is already fast) and outside training, `nn.Dropout`
@@ -34,9 +36,12 @@ runs as is.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import math
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -51,12 +56,32 @@ def drop_threshold(p: float) -> tuple[int, float]:
     return threshold, 1.0 - threshold / _LEVELS
 
 
+_this_thread = threading.local()
+
+
+@contextlib.contextmanager
+def seeds_from(seed: int) -> Iterator[None]:
+    """Within the block, this thread's `draw_seed()` reads a generator of its own, seeded with `seed`.
+
+    Other threads, and this one after the block, draw from torch's default generator as before.
+    """
+    previous = getattr(_this_thread, "generator", None)
+    _this_thread.generator = torch.Generator().manual_seed(seed % (1 << 64))
+    try:
+        yield
+    finally:
+        _this_thread.generator = previous
+
+
 def draw_seed(generator: torch.Generator | None = None) -> int:
-    """One 64-bit seed from `generator` (torch's default CPU generator when None), as a signed int64.
+    """One 64-bit seed from `generator` (when None: this thread's `seeds_from` generator, else torch's
+    default CPU generator), as a signed int64.
 
     Signed, so that it passes wherever torch takes an int64 (torch.profiler records the arguments
     of autograd functions); the loops read its two's-complement bits as unsigned.
     """
+    if generator is None:
+        generator = getattr(_this_thread, "generator", None)
     return int(torch.empty((), dtype=torch.int64).random_(-(1 << 63), None, generator=generator))
 
 

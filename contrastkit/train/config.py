@@ -48,6 +48,10 @@ class TrainConfig:
     chunk_size: int | None = 16         # on the CPU, without caching, for models that do not pack
                                         # (contrastkit/packing.py): forward in length-sorted chunks (None: one
                                         # pass). A GPU takes each group in one pass (train/grad_cache.py)
+    cpu_streams: int | None = None      # CPU, packing models, without caching: the step's texts in this many
+                                        # parts, each embedded and back-propagated by its own thread on its
+                                        # share of the cores (train/streams.py); None: 2 where torch has 2
+                                        # threads or more; 1: one pass on all threads
     drop_last: bool = True
     refill_epochs: bool = False         # epochs of len // batch_size batches even when no-duplicate batching
                                         # leaves pairs that cannot fill one (reshuffled passes, as
@@ -108,7 +112,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 bad(f"{name} must be at least 1; got {getattr(self, name)}")
         for name in ("mini_batch_size", "chunk_size", "max_steps", "eval_every", "checkpoint_every", "max_seq_length",
-                     "health_every"):
+                     "health_every", "cpu_streams"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 bad(f"{name} must be at least 1 (or null); got {value}")

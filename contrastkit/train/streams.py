@@ -1,0 +1,127 @@
+"""A CPU training step as parallel streams: each core embeds and back-propagates its own part of the batch.
+
+On a CPU every operator of a step spreads its work over torch's threads and joins them at its end:
+thousands of joins a step, and between two operators the Python and dispatch work of the next one
+runs on one core while the others wait. On the 2-core machine here the second core waited for 18 %
+of a Cranfield batch-32 bf16 step (perf: torch's OpenMP worker spinning; docs/training.md).
+
+Here the step's texts are cut into `streams` contiguous parts of about equal token counts, and each
+part is embedded and back-propagated by a thread of its own holding its share of the cores
+(`torch.set_num_threads` is per thread; the operators release the GIL), so one stream's Python
+overlaps the other's arithmetic. The loss still sees the whole batch, as gradient caching does
+(Gao et al. 2021): the parts' embeddings are joined, the loss and its gradient with respect to every
+embedding computed once on the main thread, and each stream then pushes its embeddings' gradient
+through its own graph. Every in-batch negative stays; the gradients are those of one pass.
+
+Repeatable to the bit: the main thread draws one seed per stream from torch's generator, in order,
+and each stream draws its dropout seeds from a generator of its own (`fast_dropout.seeds_from`);
+every parameter receives one gradient per stream, and as two additions onto a zeroed or empty
+`.grad` commute, the order in which the streams finish changes nothing. The word embeddings'
+gradient arrives as sparse rows (packing.embed_tokens), summed into `.grad` row by row: each
+stream's rows are coalesced first (`coalesce_sparse_gradients`), so that each row too receives one
+addition per stream.
+
+@inproceedings{gao2021scaling,
+  title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
+  author={Luyu Gao and Yunyi Zhang and Jiawei Han and Jamie Callan},
+  booktitle={RepL4NLP}, year={2021}
+}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from contrastkit.fast_dropout import FastDropout, draw_seed, seeds_from
+
+
+def stream_count(requested: int | None, device: torch.device, packs: bool, model: nn.Module) -> int:
+    """How many streams a step runs as: `requested` (None: 2 where there are 2 threads or more), or 1.
+
+    One stream where the streams cannot run or repeat: off the CPU, for models that do not pack, with
+    a single thread, or while some dropout of the model draws from torch's shared generator (torch's
+    own nn.Dropout, `fast_dropout: false`), whose draws the threads would take in a varying order.
+    """
+    if requested is not None and requested < 1:
+        raise ValueError(f"cpu_streams must be at least 1, got {requested}")
+    threads = torch.get_num_threads()
+    wanted = (2 if threads >= 2 else 1) if requested is None else min(requested, threads)
+    if wanted < 2 or device.type != "cpu" or not packs:
+        return 1
+    shared_draws = any(isinstance(m, nn.Dropout) and not isinstance(m, FastDropout) and m.p > 0
+                       for m in model.modules())
+    return 1 if shared_draws else wanted
+
+
+def balanced_cuts(lengths: Sequence[int], parts: int) -> list[int]:
+    """Cut points 0 = c₀ ≤ c₁ ≤ … ≤ c_parts = len(lengths) giving contiguous parts of about equal total
+    length (each cut where the running total first reaches k/parts of it), every part non-empty when
+    there are at least `parts` items."""
+    n = len(lengths)
+    if n < parts:
+        raise ValueError(f"cannot cut {n} texts into {parts} non-empty parts")
+    totals = np.cumsum(lengths)
+    cuts = [0]
+    for k in range(1, parts):
+        cut = int(np.searchsorted(totals, totals[-1] * k / parts)) + 1
+        cuts.append(min(max(cut, cuts[-1] + 1), n - (parts - k)))  # at least one text each side
+    return cuts + [n]
+
+
+def coalesce_sparse_gradients(parameters: Sequence[nn.Parameter]) -> list:
+    """Hooks that coalesce each sparse gradient of `parameters` (one row per index) before autograd
+    adds it into `.grad`; returns the hook handles (`.remove()` them to undo)."""
+    return [p.register_hook(lambda grad: grad.coalesce() if grad.is_sparse else grad) for p in parameters]
+
+
+class StreamPool:
+    """`streams` threads, each running torch's operators on its share of the process's threads."""
+
+    def __init__(self, streams: int) -> None:
+        self.streams = streams
+        per_stream = max(1, torch.get_num_threads() // streams)
+        self._pool = ThreadPoolExecutor(streams, thread_name_prefix="contrastkit-stream",
+                                        initializer=torch.set_num_threads, initargs=(per_stream,))
+
+    def map(self, fn: Callable, items: Sequence) -> list:
+        """[fn(item) for item in items], one item per thread at once; re-raises the first failure."""
+        return list(self._pool.map(fn, items))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def stream_backward(pool: StreamPool, parts: Sequence[Sequence], embed: Callable[[Sequence], list[Tensor]],
+                    loss_on: Callable[..., Tensor]) -> Tensor:
+    """Forward and backward of one step as parallel streams, one per entry of `parts`; returns the loss.
+
+    parts[s][g]: stream s's share of group g (anchors, positives, ...), in the form `embed` takes
+    (the trainer's: packing plans, tokenized on the calling thread); embed(parts[s]) → their
+    embeddings, run on the stream's thread (autocast and grad mode are per thread: `embed` sets
+    them); loss_on(*embeddings of each whole group). Each stream embeds its shares under its own
+    dropout seeds, the loss runs here on the joined embeddings, and each stream back-propagates its
+    part of the loss's gradient.
+    """
+    seeds = [draw_seed() for _ in parts]  # in order, on this thread: the run repeats
+
+    def forward(s: int) -> list[Tensor]:
+        with seeds_from(seeds[s]):
+            return embed(parts[s])
+
+    embeddings = pool.map(forward, range(len(parts)))
+    leaves = [[e.detach().requires_grad_() for e in stream] for stream in embeddings]
+    groups = len(parts[0])
+    loss = loss_on(*(torch.cat([stream[g] for stream in leaves]) for g in range(groups)))
+    loss.backward()
+
+    def backward(s: int) -> None:
+        grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves[s]]
+        torch.autograd.backward(embeddings[s], grads)
+
+    pool.map(backward, range(len(parts)))
+    return loss

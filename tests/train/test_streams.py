@@ -1,0 +1,223 @@
+"""The CPU step as parallel streams (contrastkit/train/streams.py): same gradients as one pass, repeatable."""
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contrastkit.data import Pair
+from contrastkit.encoder import Encoder
+from contrastkit.errors import ConfigError
+from contrastkit.fast_dropout import draw_seed, seeds_from
+from contrastkit.train import TrainConfig, Trainer
+from contrastkit.train.streams import (StreamPool, balanced_cuts, coalesce_sparse_gradients, stream_backward,
+                                       stream_count)
+from contrastkit.train.trainer import own_memory
+
+from _support import build_tiny_bert_folder
+
+
+def pairs(n=24):
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    return [Pair(" ".join(words[: 1 + i % 5]) + f" query {i}",
+                 " ".join(words[i % 7:]) + f" a longer document about item {i} " * (1 + i % 3)) for i in range(n)]
+
+
+def trainer_for(model_dir, tmp_path, streams=None, **kw):
+    """A trainer on the tiny BERT; `streams`: run that many whatever this machine's thread count."""
+    encoder = Encoder.from_pretrained(model_dir, max_seq_length=48)
+    config = TrainConfig(**{**dict(data="-", output_dir=str(tmp_path), batch_size=12, max_steps=3, lr=1e-3,
+                                   warmup_ratio=0.0, show_progress=False, report=False, health_sample=0, seed=5),
+                            **kw})
+    trainer = Trainer(config, encoder, pairs())
+    encoder.train()  # as train() sets it: dropout on
+    if streams is not None:
+        if streams > 1 and trainer.streams == 1:
+            coalesce_sparse_gradients(trainer._kept_grads)  # as the trainer does when it streams
+        trainer.streams = streams
+    return trainer
+
+
+def gradients(trainer):
+    return {n: p.grad.clone() for n, p in trainer.encoder.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("lengths,parts", [([5, 5, 5, 5], 2), ([1, 1, 1, 30], 2), ([30, 1, 1, 1], 2),
+                                           ([3, 9, 4, 4, 8, 2, 7], 3), ([2, 2], 2), ([1] * 9, 4)])
+def test_balanced_cuts_cover_every_item_in_non_empty_parts_of_about_equal_length(lengths, parts):
+    cuts = balanced_cuts(lengths, parts)
+    assert cuts[0] == 0 and cuts[-1] == len(lengths) and len(cuts) == parts + 1
+    assert all(a < b for a, b in zip(cuts, cuts[1:]))
+    sums = [sum(lengths[a:b]) for a, b in zip(cuts, cuts[1:])]
+    # no cut can move by one item and bring the parts closer than one longest item
+    assert max(sums) - min(sums) <= max(lengths)
+
+
+def test_balanced_cuts_split_equal_lengths_evenly_and_refuse_too_few_items():
+    assert balanced_cuts([4] * 8, 2) == [0, 4, 8]
+    assert balanced_cuts([1, 1, 1, 1, 1, 1], 3) == [0, 2, 4, 6]
+    with pytest.raises(ValueError, match="cannot cut 1 texts into 2"):
+        balanced_cuts([3], 2)
+
+
+def test_stream_count_runs_two_streams_only_where_they_can_run_and_repeat(tiny_encoder, monkeypatch):
+    from contrastkit.fast_dropout import use_fast_dropout
+
+    cpu, model = torch.device("cpu"), tiny_encoder.model
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    # the tiny BERT has torch's nn.Dropout (p = 0.1): its draws would interleave across the threads
+    assert any(type(m) is nn.Dropout and m.p > 0 for m in model.modules())
+    assert stream_count(None, cpu, True, model) == 1
+    use_fast_dropout(tiny_encoder)
+    assert stream_count(None, cpu, True, model) == 2
+    assert stream_count(1, cpu, True, model) == 1
+    assert stream_count(4, cpu, True, model) == 2  # never more streams than threads
+    assert stream_count(None, torch.device("cuda"), True, model) == 1
+    assert stream_count(None, cpu, False, model) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert stream_count(None, cpu, True, model) == 1
+
+
+def test_cpu_streams_below_one_is_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="cpu_streams must be at least 1"):
+        TrainConfig(data="-", output_dir=str(tmp_path), cpu_streams=0).validate(check_files=False)
+
+
+def test_the_trainer_streams_without_caching_only(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert trainer_for(tiny_model_dir, tmp_path).streams == 2
+    assert trainer_for(tiny_model_dir, tmp_path, cpu_streams=1).streams == 1
+    assert trainer_for(tiny_model_dir, tmp_path, mini_batch_size=4).streams == 1
+    assert trainer_for(tiny_model_dir, tmp_path, fast_dropout=False).streams == 1
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_two_streams_give_the_gradients_of_one_pass(tmp_path, bf16):
+    """Without dropout both ways compute the same function: the loss over the whole batch (every
+    in-batch negative, across the streams) and every parameter's gradient."""
+    model_dir = build_tiny_bert_folder(tmp_path / "bert", dropout=0.0, hidden_size=64)
+    results = []
+    for streams in (1, 2):
+        trainer = trainer_for(model_dir, tmp_path / f"run{streams}", streams, cpu_streams=streams, bf16=bf16)
+        loss = trainer.compute_gradients(trainer._batches(0)[0])
+        results.append((float(loss), gradients(trainer), trainer))
+    (loss1, grads1, _), (loss2, grads2, trainer2) = results
+    assert trainer2._stream_pool is not None  # the streams did run
+    # bf16: the dense layers' bias gradients are bf16 sums over the rows, which the streams group
+    # otherwise (1.1-1.3 % apart in norm here); fp32 agrees to float rounding
+    tol = 3e-2 if bf16 else 1e-5
+    assert loss2 == pytest.approx(loss1, rel=1e-3 if bf16 else 1e-6)
+    assert grads1.keys() == grads2.keys() and len(grads1) > 10
+    for name in grads1:
+        assert float((grads2[name] - grads1[name]).norm()) <= tol * float(grads1[name].norm()) + 1e-9, name
+
+
+class _SerialPool:
+    """StreamPool's interface, each item in turn on one extra thread: the order fixed (last first
+    when `reverse`, as when the second stream runs ahead)."""
+
+    streams = 2
+
+    def __init__(self, reverse=False):
+        self.reverse = reverse
+
+    def map(self, fn, items):
+        items = list(items)
+        out = {}
+
+        def run():
+            torch.set_num_threads(1)
+            for i in (reversed if self.reverse else iter)(range(len(items))):
+                out[i] = fn(items[i])
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        return [out[i] for i in range(len(items))]
+
+
+def test_parallel_streams_repeat_the_serial_order_to_the_bit(tiny_model_dir, tmp_path):
+    """With dropout on: each stream draws its own seeds, and two additions onto a gradient commute,
+    so streams running at once, or one after the other in either order, give the same bits."""
+    runs = []
+    for pool in (_SerialPool(), _SerialPool(reverse=True), StreamPool(2), StreamPool(2)):
+        trainer = trainer_for(tiny_model_dir, tmp_path / f"run{len(runs)}", 2)
+        batch = trainer._batches(0)[0]
+        groups = trainer._groups(batch)
+        torch.manual_seed(11)
+        loss = stream_backward(pool, trainer._stream_parts(groups), trainer._embed_parts, trainer._loss_on(groups))
+        runs.append((float(loss.detach()), gradients(trainer)))
+    (loss0, grads0), *others = runs
+    for loss, grads in others:
+        assert loss == loss0
+        for name in grads0:
+            assert torch.equal(grads[name], grads0[name]), name
+
+
+def test_dropout_differs_between_streams_and_follows_the_seed(tiny_model_dir, tmp_path):
+    trainer = trainer_for(tiny_model_dir, tmp_path, 2)
+    texts = [p.anchor for p in pairs(8)]
+    plan = trainer._stream_parts([texts, texts])[0][0]  # stream 0's share of the first group
+
+    def embed(seed):
+        with seeds_from(seed):
+            return trainer.encoder.embed_packed(plan).detach()
+
+    assert torch.equal(embed(1), embed(1))
+    assert not torch.allclose(embed(1), embed(2))
+
+
+def test_seeds_from_gives_this_thread_its_own_generator_and_restores_the_shared_one():
+    torch.manual_seed(0)
+    shared = [draw_seed() for _ in range(3)]
+    torch.manual_seed(0)
+    with seeds_from(42):
+        own = [draw_seed() for _ in range(3)]
+        seen_elsewhere = []
+        thread = threading.Thread(target=lambda: seen_elsewhere.append(draw_seed()))
+        thread.start()
+        thread.join()
+    assert seen_elsewhere == shared[:1]  # another thread drew from the shared generator
+    assert [draw_seed() for _ in range(2)] == shared[1:]  # and this one does again after the block
+    with seeds_from(42):
+        assert [draw_seed() for _ in range(3)] == own
+    assert own != shared
+
+
+def test_sparse_gradients_arrive_coalesced():
+    weight = nn.Parameter(torch.randn(10, 4))
+    weight.grad = torch.zeros_like(weight)
+    ids = torch.tensor([3, 1, 3, 3, 7, 1])
+    upstream = torch.randn(6, 4)
+    handles = coalesce_sparse_gradients([weight])
+    seen = []
+    weight.register_hook(lambda g: seen.append(g))
+    F.embedding(ids, weight, sparse=True).backward(upstream)
+    assert seen[0].is_sparse and seen[0].is_coalesced() and seen[0]._nnz() == 3
+    expected = torch.zeros(10, 4).index_add_(0, ids, upstream)
+    torch.testing.assert_close(weight.grad, expected)
+    for handle in handles:
+        handle.remove()
+    seen.clear()
+    F.embedding(ids, weight, sparse=True).backward(upstream)
+    assert not seen[0].is_coalesced()  # the hook was what coalesced it
+
+
+def test_own_memory_copies_the_weights_the_values_unchanged(tiny_encoder):
+    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in tiny_encoder.model.named_parameters()}
+    params = list(tiny_encoder.model.parameters())
+    own_memory(tiny_encoder.model)
+    assert list(tiny_encoder.model.parameters()) == params  # the same Parameter objects (the optimizer's)
+    for name, p in tiny_encoder.model.named_parameters():
+        assert p.data_ptr() != before[name][0] and torch.equal(p.detach(), before[name][1])
+
+
+def test_a_run_with_streams_trains_and_closes_its_threads(tiny_model_dir, tmp_path):
+    trainer = trainer_for(tiny_model_dir, tmp_path, 2)
+    before = {n: p.detach().clone() for n, p in trainer.encoder.model.named_parameters()}
+    trainer.train()
+    assert trainer._stream_pool is None
+    assert not any(t.name.startswith("contrastkit-stream") for t in threading.enumerate())
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in trainer.encoder.model.named_parameters())
