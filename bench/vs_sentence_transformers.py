@@ -269,6 +269,8 @@ def main() -> None:
                      "ours_precision": "bf16" if args.ours_bf16 else "fp32", "st_precision": precision["st"],
                      "ours_linear_kernel": "bf16 autocast" if args.ours_bf16 else "oneDNN" if onednn else "torch",
                      "ours_attention_kernel": attention_kernel,
+                     # train/streams.py: without caching, the step as two streams where torch has 2 threads
+                     "ours_cpu_streams": 1 if SETTINGS[i]["mini_batch"] else min(2, torch.get_num_threads()),
                      "date": datetime.date.today().isoformat(), "repeats": args.repeats,
                      "ours_pairs_per_s_runs": ours["runs"], "st_pairs_per_s_runs": st["runs"],
                      "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],
