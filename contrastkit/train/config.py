@@ -50,8 +50,8 @@ class TrainConfig:
                                         # pass). A GPU takes each group in one pass (train/grad_cache.py)
     cpu_streams: int | None = None      # CPU, packing models, without caching: the step's texts in this many
                                         # parts, each embedded and back-propagated by its own thread on its
-                                        # share of the cores (train/streams.py); None: 2 where torch has 2
-                                        # threads or more; 1: one pass on all threads
+                                        # share of the cores (train/streams.py); None: 2 where torch has
+                                        # exactly 2 threads (measured there); 1: one pass on all threads
     drop_last: bool = True
     refill_epochs: bool = False         # epochs of len // batch_size batches even when no-duplicate batching
                                         # leaves pairs that cannot fill one (reshuffled passes, as

@@ -41,16 +41,18 @@ from contrastkit.fast_dropout import FastDropout, draw_seed, seeds_from
 
 
 def stream_count(requested: int | None, device: torch.device, packs: bool, model: nn.Module) -> int:
-    """How many streams a step runs as: `requested` (None: 2 where there are 2 threads or more), or 1.
+    """How many streams a step runs as: `requested` (at most one per thread), or 1.
 
-    One stream where the streams cannot run or repeat: off the CPU, for models that do not pack, with
-    a single thread, or while some dropout of the model draws from torch's shared generator (torch's
-    own nn.Dropout, `fast_dropout: false`), whose draws the threads would take in a varying order.
+    None: 2 where torch runs on exactly 2 threads, the only machine this was measured on (more
+    threads: set `cpu_streams` and measure, bench/throughput.py). One stream where the streams cannot
+    run or repeat: off the CPU, for models that do not pack, with a single thread, or while some
+    dropout of the model draws from torch's shared generator (torch's own nn.Dropout, `fast_dropout:
+    false`), whose draws the threads would take in a varying order.
     """
     if requested is not None and requested < 1:
         raise ValueError(f"cpu_streams must be at least 1, got {requested}")
     threads = torch.get_num_threads()
-    wanted = (2 if threads >= 2 else 1) if requested is None else min(requested, threads)
+    wanted = (2 if threads == 2 else 1) if requested is None else min(requested, threads)
     if wanted < 2 or device.type != "cpu" or not packs:
         return 1
     shared_draws = any(isinstance(m, nn.Dropout) and not isinstance(m, FastDropout) and m.p > 0

@@ -1,5 +1,6 @@
 """The CPU step as parallel streams (contrastkit/train/streams.py): same gradients as one pass, repeatable."""
 
+import json
 import threading
 
 import pytest
@@ -78,6 +79,9 @@ def test_stream_count_runs_two_streams_only_where_they_can_run_and_repeat(tiny_e
     assert stream_count(None, cpu, False, model) == 1
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert stream_count(None, cpu, True, model) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)  # unmeasured there: only when asked
+    assert stream_count(None, cpu, True, model) == 1
+    assert stream_count(4, cpu, True, model) == 4
 
 
 def test_cpu_streams_below_one_is_refused_before_training(tmp_path):
@@ -218,6 +222,7 @@ def test_a_run_with_streams_trains_and_closes_its_threads(tiny_model_dir, tmp_pa
     trainer = trainer_for(tiny_model_dir, tmp_path, 2)
     before = {n: p.detach().clone() for n, p in trainer.encoder.model.named_parameters()}
     trainer.train()
+    assert json.loads((tmp_path / "environment.json").read_text())["cpu_streams"] == 2
     assert trainer._stream_pool is None
     assert not any(t.name.startswith("contrastkit-stream") for t in threading.enumerate())
     assert any(not torch.equal(p.detach(), before[n]) for n, p in trainer.encoder.model.named_parameters())
