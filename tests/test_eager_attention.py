@@ -82,7 +82,9 @@ def test_the_trainer_leaves_the_attention_of_a_packing_encoder_alone(tiny_encode
     monkeypatch.setattr(trainer_module, "eager_attention",
                         lambda model, enabled=True: (switches.append(enabled), real(model, enabled))[1])
     assert tiny_encoder.packs
+    # one stream: the step goes through Trainer._embed (two streams embed through Encoder.embed_packed,
+    # which never switches)
     config = TrainConfig(data="-", output_dir=str(tmp_path), batch_size=4, max_steps=1, bf16=True,
-                         show_progress=False, report=False, health_sample=0)
+                         show_progress=False, report=False, health_sample=0, cpu_streams=1)
     Trainer(config, tiny_encoder, [Pair(f"query {i}", f"document {i}") for i in range(8)]).train()
     assert switches and not any(switches)
