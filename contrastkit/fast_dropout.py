@@ -21,8 +21,9 @@ kernel (a mask from torch's generator, then `where` and `mul`), forward and back
 `torch.manual_seed` makes runs repeat, and restoring the generator's state (the gradient cache's
 second pass) redraws the same seeds, so the same masks. A thread can draw from a generator of its
 own instead (`seeds_from`: the trainer's parallel streams, contrastkit/train/streams.py), so that
-threads running at once do not take each other's seeds in an order that changes from run to run. The loop runs on as many threads as torch
-(numba's OpenMP layer, where it loads); its result does not depend on the number of threads.
+threads running at once do not take each other's seeds in an order that changes from run to run.
+The loop runs on as many threads as torch (numba's OpenMP layer, where it loads); its result does
+not depend on the number of threads.
 bf16, fp32 and fp64 tensors take the compiled loop; other dtypes get the same mask applied by
 torch. On other devices (CUDA's fused dropout is already fast) and outside training, `nn.Dropout`
 runs as is.

@@ -226,3 +226,30 @@ def test_a_run_with_streams_trains_and_closes_its_threads(tiny_model_dir, tmp_pa
     assert trainer._stream_pool is None
     assert not any(t.name.startswith("contrastkit-stream") for t in threading.enumerate())
     assert any(not torch.equal(p.detach(), before[n]) for n, p in trainer.encoder.model.named_parameters())
+
+
+def test_a_crashed_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_model_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    settings = dict(max_steps=6, checkpoint_every=2)
+    trainer_for(tiny_model_dir, tmp_path / "straight", 2, **settings).train()
+
+    crashing = trainer_for(tiny_model_dir, tmp_path / "crashed", 2, **settings)
+    real_step = Trainer._optimizer_step
+
+    def crash_at_the_fourth_step(self, loss):
+        if self.step == 3:
+            raise RuntimeError("killed")
+        return real_step(self, loss)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", crash_at_the_fourth_step)
+    with pytest.raises(RuntimeError, match="killed"):
+        crashing.train()
+    monkeypatch.setattr(Trainer, "_optimizer_step", real_step)
+    trainer_for(tiny_model_dir, tmp_path / "crashed", 2, **settings).train(resume=True)
+
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "crashed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
