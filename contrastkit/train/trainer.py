@@ -341,8 +341,11 @@ class Trainer:
         return parts
 
     def _embed_parts(self, plans: list) -> list[Tensor]:
-        # on a stream's thread: autocast is per thread; one region, so each weight is cast once
-        with autocast(self.bf16, self.device.type):
+        # on a stream's thread (autocast is switched on per thread). Without autocast's cache of weight
+        # casts: torch keeps one for all threads and empties it when any thread leaves its autocast
+        # region, so a stream still embedding would cast its weights again and receive their gradients
+        # in a timing-dependent number of parts (bf16 sums rounded otherwise: runs would not repeat)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             return [self.encoder.embed_packed(plan).float() for plan in plans]
 
     def _pool(self) -> StreamPool:

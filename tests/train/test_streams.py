@@ -253,3 +253,38 @@ def test_a_crashed_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(t
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_one_stream_leaving_autocast_does_not_change_the_others_gradients(tiny_model_dir, tmp_path):
+    """torch's autocast keeps one cache of weight casts for all threads and empties it when a thread
+    leaves its autocast region: a stream still embedding would then cast its weights again and get
+    their gradients in two parts, rounded otherwise. Here stream 1 embeds its second group only after
+    stream 0 has left autocast; its gradients must be those of the streams run one after the other."""
+    runs = []
+    for interleave in (False, True):
+        trainer = trainer_for(tiny_model_dir, tmp_path / f"run{interleave}", 2, bf16=True)
+        groups = trainer._groups(trainer._batches(0)[0])
+        parts = trainer._stream_parts(groups)
+        stream0_done = threading.Event()
+        real_embed_packed, real_embed_parts = trainer.encoder.embed_packed, trainer._embed_parts
+
+        def embed_packed(plan, real=real_embed_packed, parts=parts, done=stream0_done):
+            if plan is parts[1][1]:
+                assert done.wait(timeout=60)
+            return real(plan)
+
+        def embed_parts(plans, real=real_embed_parts, parts=parts, done=stream0_done):
+            out = real(plans)
+            if plans is parts[0]:
+                done.set()
+            return out
+
+        trainer.encoder.embed_packed = embed_packed
+        torch.manual_seed(11)
+        pool = StreamPool(2) if interleave else _SerialPool()
+        loss = stream_backward(pool, parts, embed_parts, trainer._loss_on(groups))
+        runs.append((float(loss.detach()), gradients(trainer)))
+    (loss0, grads0), (loss1, grads1) = runs
+    assert loss1 == loss0
+    for name in grads0:
+        assert torch.equal(grads1[name], grads0[name]), name
