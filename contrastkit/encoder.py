@@ -57,13 +57,16 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
-def autocast(bf16: bool, device_type: str = "cpu") -> contextlib.AbstractContextManager:
+def autocast(bf16: bool, device_type: str = "cpu", cache: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast when asked for, else a no-op.
 
     Fast where the hardware has bf16 matmuls (GPUs; CPUs with AVX-512 BF16 or AMX). On a CPU with
     plain AVX-512 it is 2-3x slower than fp32: check `bench/throughput.py` on your machine.
+    `cache=False`: without torch's cache of weight casts (one cache for all threads, see
+    contrastkit/train/streams.py).
     """
-    return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return (torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=cache) if bf16
+            else contextlib.nullcontext())
 
 
 class Encoder(nn.Module):

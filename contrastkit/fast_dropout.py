@@ -167,6 +167,12 @@ class _KeepAndScale(torch.autograd.Function):
         return _KeepAndScale.apply(grad, ctx.p, ctx.seed), None, None
 
 
+def draws_from_torch(module: nn.Module) -> bool:
+    """Whether `module` is a dropout that draws its masks from torch's generator when training: an
+    nn.Dropout other than FastDropout with p > 0 (whatever its mode now)."""
+    return isinstance(module, nn.Dropout) and not isinstance(module, FastDropout) and module.p > 0
+
+
 def fused_dropout_p(dropout: nn.Module) -> float | None:
     """The probability a fused pass that draws FastDropout's masks drops with in place of `dropout`: its p
     for a FastDropout in training, 0 for a dropout that drops nothing (nn.Dropout out of training or at

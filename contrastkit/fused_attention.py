@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from contrastkit.cache import cache_root
 from contrastkit.devices import cpu_flags
 from contrastkit.dropout_kernels import parallel_ok
-from contrastkit.fast_dropout import FastDropout, _unsigned, draw_seed, drop_threshold, fused_dropout_p
+from contrastkit.fast_dropout import _unsigned, draw_seed, draws_from_torch, drop_threshold, fused_dropout_p
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def runs_in(model: nn.Module) -> bool:
     config = model.config
     droppers = [layer.attention.self.dropout for layer in model.encoder.layer]
     return ((config.hidden_size // config.num_attention_heads) % 32 == 0
-            and all(isinstance(d, FastDropout) or (isinstance(d, nn.Dropout) and d.p == 0.0) for d in droppers)
+            and all(isinstance(d, nn.Dropout) and not draws_from_torch(d) for d in droppers)
             and enabled() and library() is not None)
 
 

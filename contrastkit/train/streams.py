@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from contrastkit.fast_dropout import FastDropout, draw_seed, seeds_from
+from contrastkit.fast_dropout import draw_seed, draws_from_torch, seeds_from
 
 
 def stream_count(requested: int | None, device: torch.device, packs: bool, model: nn.Module) -> int:
@@ -53,15 +53,11 @@ def stream_count(requested: int | None, device: torch.device, packs: bool, model
     dropout of the model draws from torch's shared generator (torch's own nn.Dropout, `fast_dropout:
     false`), whose draws the threads would take in a varying order.
     """
-    if requested is not None and requested < 1:
-        raise ValueError(f"cpu_streams must be at least 1, got {requested}")
     threads = torch.get_num_threads()
     wanted = (2 if threads == 2 else 1) if requested is None else min(requested, threads)
     if wanted < 2 or device.type != "cpu" or not packs:
         return 1
-    shared_draws = any(isinstance(m, nn.Dropout) and not isinstance(m, FastDropout) and m.p > 0
-                       for m in model.modules())
-    return 1 if shared_draws else wanted
+    return 1 if any(draws_from_torch(m) for m in model.modules()) else wanted
 
 
 def balanced_cuts(lengths: Sequence[int], parts: int) -> list[int]:

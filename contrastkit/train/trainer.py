@@ -345,7 +345,7 @@ class Trainer:
         # casts: torch keeps one for all threads and empties it when any thread leaves its autocast
         # region, so a stream still embedding would cast its weights again and receive their gradients
         # in a timing-dependent number of parts (bf16 sums rounded otherwise: runs would not repeat)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+        with autocast(self.bf16, self.device.type, cache=False):
             return [self.encoder.embed_packed(plan).float() for plan in plans]
 
     def _pool(self) -> StreamPool:
