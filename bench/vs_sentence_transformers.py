@@ -169,12 +169,15 @@ def child(tool: str, index: int, seq: int, attention_dropout: float | None, fast
         else:
             pairs, seconds = train_st(setting, seq, out, attention_dropout, bf16=st_bf16)
         rss = peak_rss_gb()
+        # the streams the trainer ran (train/streams.py), as it recorded them
+        streams = json.loads((out / "environment.json").read_text())["cpu_streams"] if tool == "ours" else None
         ndcg = None
         if setting["evaluate"] and evaluate:
             test = load_beir(SHARED / setting["data"], "test")
             ndcg = evaluate_retrieval(Encoder.from_pretrained(out, max_seq_length=256), test,
                                       show_progress=False).metrics["ndcg@10"]
-    return {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds, "peak_rss_gb": rss, "ndcg@10": ndcg}
+    return {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds, "peak_rss_gb": rss, "ndcg@10": ndcg,
+            "cpu_streams": streams}
 
 
 def abba(repeats: int) -> list[str]:
@@ -269,8 +272,7 @@ def main() -> None:
                      "ours_precision": "bf16" if args.ours_bf16 else "fp32", "st_precision": precision["st"],
                      "ours_linear_kernel": "bf16 autocast" if args.ours_bf16 else "oneDNN" if onednn else "torch",
                      "ours_attention_kernel": attention_kernel,
-                     # train/streams.py: without caching, the step as two streams where torch has 2 threads
-                     "ours_cpu_streams": 1 if SETTINGS[i]["mini_batch"] else min(2, torch.get_num_threads()),
+                     "ours_cpu_streams": ours["cpu_streams"],  # as the trainer recorded it
                      "date": datetime.date.today().isoformat(), "repeats": args.repeats,
                      "ours_pairs_per_s_runs": ours["runs"], "st_pairs_per_s_runs": st["runs"],
                      "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],

@@ -75,10 +75,27 @@ def balanced_cuts(lengths: Sequence[int], parts: int) -> list[int]:
     return cuts + [n]
 
 
+def _coalesced(grad: Tensor) -> Tensor:
+    return grad.coalesce() if grad.is_sparse else grad
+
+
 def coalesce_sparse_gradients(parameters: Sequence[nn.Parameter]) -> list:
     """Hooks that coalesce each sparse gradient of `parameters` (one row per index) before autograd
-    adds it into `.grad`; returns the hook handles (`.remove()` them to undo)."""
-    return [p.register_hook(lambda grad: grad.coalesce() if grad.is_sparse else grad) for p in parameters]
+    adds it into `.grad`; returns the new hook handles (`.remove()` them to undo).
+
+    One per parameter: a parameter that holds this hook already (a second Trainer on the same
+    encoder) gets no second one.
+    """
+    handles = []
+    for p in parameters:
+        known = getattr(p, "_contrastkit_coalesce_hook", None)
+        hooks = known.hooks_dict_ref() if known is not None else None
+        if hooks is not None and known.id in hooks:
+            continue
+        handle = p.register_hook(_coalesced)
+        p._contrastkit_coalesce_hook = handle
+        handles.append(handle)
+    return handles
 
 
 class StreamPool:

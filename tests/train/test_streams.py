@@ -209,6 +209,17 @@ def test_sparse_gradients_arrive_coalesced():
     assert not seen[0].is_coalesced()  # the hook was what coalesced it
 
 
+def test_coalescing_hook_is_registered_once_per_parameter_and_again_after_removal():
+    weight = nn.Parameter(torch.randn(10, 4))
+    first = coalesce_sparse_gradients([weight])
+    assert len(first) == 1 and coalesce_sparse_gradients([weight]) == []  # a second Trainer: no second hook
+    assert len(weight._backward_hooks) == 1
+    first[0].remove()
+    assert len(weight._backward_hooks) == 0
+    again = coalesce_sparse_gradients([weight])
+    assert len(again) == 1 and len(weight._backward_hooks) == 1
+
+
 def test_own_memory_copies_the_weights_the_values_unchanged(tiny_encoder):
     before = {n: (p.data_ptr(), p.detach().clone()) for n, p in tiny_encoder.model.named_parameters()}
     params = list(tiny_encoder.model.parameters())
