@@ -52,6 +52,17 @@ def machine() -> dict:
             "platform": platform.platform()}
 
 
+def run_child(script: str, args: list[str], env: dict | None = None, what: str = "child run") -> dict:
+    """Run `python script *args` in a fresh process (from the repo root) and return the JSON object on
+    the last line of its output; stop the benchmark with its error output if it fails."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def write_results(name: str, rows: list[dict], meta: dict | None = None) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

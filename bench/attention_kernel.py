@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
-from _common import REPO, call_ms, print_table, write_results
+from _common import call_ms, print_table, run_child, write_results
 
 SHAPES = [(16, 128), (32, 64), (64, 32)]  # (texts b, tokens T): slabs of about 2,048 positions
 ENCODE_TEXTS = 1500  # debian-packages documents encoded at 256 tokens (part 3)
@@ -147,11 +144,7 @@ def main() -> None:
                ("bf16", "encode-packed-written")]
     for _ in range(args.rounds):
         for precision, kernel in configs:
-            out = subprocess.run([sys.executable, __file__, "--child", precision, kernel, "--steps", str(args.steps)],
-                                 cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
-            if out.returncode != 0:
-                raise SystemExit(out.stderr[-3000:])
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result = run_child(__file__, ["--child", precision, kernel, "--steps", str(args.steps)])
             step = result.get("mean_step_s", result.get("seconds"))
             times.setdefault((precision, kernel), []).append(step)
             print(precision, kernel, round(step, 4), flush=True)

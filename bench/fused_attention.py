@@ -17,11 +17,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
-from _common import REPO, call_ms, print_table, write_results
+from _common import call_ms, print_table, run_child, write_results
 
 SLABS = {"16 x 128": [128] * 16, "32 x 64": [64] * 32, "64 x 32": [32] * 64,
          "40 x 8-40": sorted(((i * 37) % 33 + 8 for i in range(40)), reverse=True)}
@@ -103,11 +101,7 @@ def main() -> None:
             for kernel in ("1", "0"):
                 env = {**os.environ, "CONTRASTKIT_FUSED_ATTENTION": kernel}
                 t0 = time.perf_counter()
-                out = subprocess.run([sys.executable, __file__, "--child", str(setting), "--steps", str(args.steps)],
-                                     cwd=REPO, capture_output=True, text=True, env=env)
-                if out.returncode != 0:
-                    raise SystemExit(out.stderr[-3000:])
-                step = json.loads(out.stdout.strip().splitlines()[-1])["mean_step_s"]
+                step = run_child(__file__, ["--child", str(setting), "--steps", str(args.steps)], env)["mean_step_s"]
                 times.setdefault((setting, kernel), []).append(step)
                 print(SETTINGS[setting]["setting"], "fused" if kernel == "1" else "written out", round(step, 4),
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -16,13 +16,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 
 import torch
 import torch.nn.functional as F
 
-from _common import best_rate, debian_pairs, peak_rss_gb, print_table, write_results
+from _common import best_rate, debian_pairs, peak_rss_gb, print_table, run_child, write_results
 
 SHAPES = [(2048, 384, 1152), (2048, 384, 384), (2048, 384, 1536), (2048, 1536, 384)]  # tokens, in, out
 
@@ -85,9 +83,7 @@ def memory() -> list[dict]:
                              ("onednn", "1024")):
         env = {**os.environ, "CONTRASTKIT_ONEDNN_LINEAR": "1" if kernel == "onednn" else "0",
                "ONEDNN_PRIMITIVE_CACHE_CAPACITY": capacity}
-        out = subprocess.run([sys.executable, __file__, "--rss-child"], env=env, capture_output=True, text=True,
-                             check=True)
-        rss = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_gb"]
+        rss = run_child(__file__, ["--rss-child"], env)["peak_rss_gb"]
         rows.append({"part": "memory", "shape": "debian-packages batch 64, 6 steps", "kernel": kernel,
                      "primitive_cache_capacity": int(capacity), "peak_rss_gb": rss})
     return rows

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
-from _common import REPO, peak_rss_gb, print_table, write_results
+from _common import peak_rss_gb, print_table, run_child, write_results
 
 
 def one_step(batch: int, mini_batch: int, seq: int) -> dict:
@@ -51,10 +49,8 @@ def main() -> None:
         return
     rows = []
     for batch in args.batches:
-        out = subprocess.run([sys.executable, __file__, "--child", str(batch), "--mini-batch", str(args.mini_batch),
-                              "--max-seq-length", str(args.max_seq_length)], cwd=REPO, check=True,
-                             capture_output=True, text=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(run_child(__file__, ["--child", str(batch), "--mini-batch", str(args.mini_batch),
+                                         "--max-seq-length", str(args.max_seq_length)]))
         print(f"batch {batch}: peak {rows[-1]['peak_rss_gb']:.3f} GB", flush=True)
     base = rows[0]["peak_rss_gb"]
     for r in rows:

@@ -41,13 +41,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, RESULTS, SHARED, debian_pairs, peak_rss_gb, print_table, write_results
+from _common import RESULTS, SHARED, debian_pairs, peak_rss_gb, print_table, run_child, write_results
 
 # Cranfield has 150 training queries, so no batch of 256 distinct queries exists: the large-batch
 # settings train on debian-packages pairs (14,000 distinct queries) and are timed, not evaluated
@@ -253,12 +251,8 @@ def main() -> None:
         for tool in abba(args.repeats):
             # a tool's later runs have the same seed, so the same model: only its first one is evaluated
             again = ["--child-no-eval"] if runs[tool] else []
-            out = subprocess.run([sys.executable, __file__, "--child", tool, str(i), "--max-seq-length",
-                                  str(args.max_seq_length), *extra, *again], cwd=REPO, capture_output=True,
-                                 text=True, env=child_env)
-            if out.returncode != 0:
-                raise SystemExit(f"{tool} run of setting {i} failed:\n{out.stderr[-3000:]}")
-            runs[tool].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs[tool].append(run_child(__file__, ["--child", tool, str(i), "--max-seq-length", str(args.max_seq_length),
+                                                   *extra, *again], child_env, f"{tool} run of setting {i}"))
             print(tool, SETTINGS[i]["setting"], runs[tool][-1], flush=True)
         ours, st = pooled(runs["ours"]), pooled(runs["st"])
         for p in peaks:
