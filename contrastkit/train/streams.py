@@ -90,7 +90,7 @@ def coalesce_sparse_gradients(parameters: Sequence[nn.Parameter]) -> list:
     for p in parameters:
         known = getattr(p, "_contrastkit_coalesce_hook", None)
         hooks = known.hooks_dict_ref() if known is not None else None
-        if hooks is not None and known.id in hooks:
+        if hooks is not None and hooks is p._backward_hooks and known.id in hooks:  # still on this parameter
             continue
         handle = p.register_hook(_coalesced)
         p._contrastkit_coalesce_hook = handle
