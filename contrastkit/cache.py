@@ -7,5 +7,12 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
-    """$CONTRASTKIT_CACHE, else ~/.cache/contrastkit."""
-    return Path(os.environ.get("CONTRASTKIT_CACHE") or Path.home() / ".cache" / "contrastkit")
+    """$CONTRASTKIT_CACHE, else $XDG_CACHE_HOME/contrastkit, else ~/.cache/contrastkit.
+
+    $XDG_CACHE_HOME counts only as an absolute path, as the XDG Base Directory specification asks.
+    """
+    if os.environ.get("CONTRASTKIT_CACHE"):
+        return Path(os.environ["CONTRASTKIT_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "contrastkit"

@@ -149,7 +149,8 @@ def mine(
     seed: Annotated[int, typer.Option(help="seed of --sample random and of the IVF training sample")] = 0,
     index: Annotated[str, typer.Option(help="auto, flat, ivf or hnsw")] = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option(
-        help="embedding cache (default $CONTRASTKIT_CACHE/embeddings or ~/.cache/contrastkit/embeddings)")] = None,
+        help="embedding cache (default $CONTRASTKIT_CACHE/embeddings, $XDG_CACHE_HOME/contrastkit/embeddings "
+             "or ~/.cache/contrastkit/embeddings)")] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse and store corpus embeddings")] = True,
     batch_size: BatchOption = 32,
     max_seq_length: SeqOption = None,

@@ -79,8 +79,8 @@ class MiningConfig:
     relative_margin: drop candidates above (1 − r) × the positive's similarity; None = off.
     sample: "top" (most similar survivors) or "random" (seeded by `seed`).
     index: "auto", "flat", "ivf" or "hnsw" (see contrastkit.index).
-    cache_dir: where embeddings are cached; None = $CONTRASTKIT_CACHE/embeddings or
-        ~/.cache/contrastkit/embeddings. use_cache=False encodes every time.
+    cache_dir: where embeddings are cached; None = `cache_root()`/embeddings ($CONTRASTKIT_CACHE,
+        $XDG_CACHE_HOME/contrastkit or ~/.cache/contrastkit). use_cache=False encodes every time.
     """
 
     num_negatives: int = 3
@@ -194,7 +194,7 @@ def filter_candidates(scores: np.ndarray, ids: np.ndarray, positive_ids: np.ndar
 
 # ---------------------------------------------------------------------- embedding cache
 def default_cache_dir() -> Path:
-    """$CONTRASTKIT_CACHE/embeddings, else ~/.cache/contrastkit/embeddings."""
+    """`cache_root()`/embeddings: $CONTRASTKIT_CACHE, $XDG_CACHE_HOME/contrastkit or ~/.cache/contrastkit."""
     return cache_root() / "embeddings"
 
 

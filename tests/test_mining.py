@@ -225,4 +225,11 @@ def test_cache_dir_follows_contrastkit_cache(monkeypatch, tmp_path):
                         MiningConfig(show_progress=False))
     assert len(list((tmp_path / "embeddings").glob("hash-bow-*.npy"))) == 2
     monkeypatch.delenv("CONTRASTKIT_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert default_cache_dir() == Path.home() / ".cache" / "contrastkit" / "embeddings"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "contrastkit" / "embeddings"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: ignored, as the specification says
+    assert default_cache_dir() == Path.home() / ".cache" / "contrastkit" / "embeddings"
+    monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path / "own"))  # ours comes first
+    assert default_cache_dir() == tmp_path / "own" / "embeddings"
