@@ -49,16 +49,16 @@ def hardware_peak(bf16: bool, seconds: float = 0.5, rounds: int = 3) -> float | 
     best of `rounds` calls of about `seconds`; None where the CPU lacks the AVX-512 flags the probe is
     built with (BF16 among them) or there is no compiler."""
     from contrastkit.devices import cpu_flags
-    from contrastkit.fused_attention import build
+    from contrastkit.fused_attention import CPU_FLAGS, build  # built as the attention kernel is, its flags
 
-    needed = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"}  # the flags it is built with
-    if not needed <= set(cpu_flags()):
+    if not CPU_FLAGS <= cpu_flags():
         return None
     try:
         library = ctypes.CDLL(str(build(Path(__file__).with_name("hardware_peak.cpp"))))
     except RuntimeError:
         return None
-    library.peak_flop.argtypes, library.peak_flop.restype = [ctypes.c_int, ctypes.c_int64, ctypes.c_int], ctypes.c_double
+    library.peak_flop.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int]
+    library.peak_flop.restype = ctypes.c_double
     threads, calibrate = torch.get_num_threads(), 1_000_000
     t0 = time.perf_counter()
     library.peak_flop(int(bf16), calibrate, threads)

@@ -18,8 +18,8 @@ context written into packed rows [n, D]. As in FlashAttention (Dao et al. 2022) 
 the very mask `softmax_dropout` draws for the slab's padded block from the same seed) from the seed.
 
 The kernel is compiled on first use with the system's C++ compiler (about a second) into a cache
-folder (`cache.cache_root`: `$CONTRASTKIT_CACHE`, `$XDG_CACHE_HOME/contrastkit` or `~/.cache/contrastkit`), and loaded with ctypes: no Python headers,
-no build tool. Where there is no compiler, the CPU lacks AVX-512 BF16, or
+folder (`cache.cache_root`: `$CONTRASTKIT_CACHE`, `$XDG_CACHE_HOME/contrastkit` or
+`~/.cache/contrastkit`), and loaded with ctypes: no Python headers, no build tool. Where there is no compiler, the CPU lacks AVX-512 BF16, or
 `CONTRASTKIT_FUSED_ATTENTION=0` is set, the packed forward keeps its written-out attention (same
 mask, same results to bf16 rounding).
 
