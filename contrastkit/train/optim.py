@@ -41,7 +41,7 @@ def step_if_finite(optimizer: torch.optim.Optimizer, loss: Tensor, max_grad_norm
     """Clip (if `max_grad_norm`) and step when the loss and all gradients are finite.
 
     A step with a non-finite loss or gradient is skipped and its gradients left as they were for the
-    caller to zero, as a mixed-precision loss scaler would. With a fused optimizer (`adamw`) the
+    caller to zero, as a mixed-precision loss scaler would. A step taken leaves the gradients clipped. With a fused optimizer (`adamw`) the
     decision is taken on the device, as torch's GradScaler takes it: the kernel gets a `found_inf`
     flag and leaves parameters and state alone when it is set, so the host never waits for the GPU
     here. (On a GPU, a step of a small model waits on the host, not on the arithmetic; each wait
@@ -51,17 +51,26 @@ def step_if_finite(optimizer: torch.optim.Optimizer, loss: Tensor, max_grad_norm
     params = [p for group in optimizer.param_groups for p in group["params"]]
     norm = gradient_norm(params)
     skipped = ~(torch.isfinite(loss.detach()).to(norm.device) & torch.isfinite(norm))
-    if max_grad_norm:
-        # a skipped step's norm reads as 0 here: clip factor 1, the gradients are left as they were
-        torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm.masked_fill(skipped, 0.0))
+    # a skipped step's norm reads as 0 here: clip factor 1, the gradients are left as they were
+    finite_norm = norm.masked_fill(skipped, 0.0)
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = skipped.float()  # type: ignore[attr-defined]
+        if max_grad_norm:
+            # clipping inside the kernel, as it unscales a loss scaler's gradients (it divides each by
+            # grad_scale and writes it back): clip_grad_norm_'s factor max / (norm + 1e-6), at most 1,
+            # without a pass of its own over the gradients
+            divisor = ((finite_norm + 1e-6) / max_grad_norm).clamp(min=1.0)
+            optimizer.grad_scale = divisor.float()  # type: ignore[attr-defined]  # the kernel reads fp32
         try:
             optimizer.step()
         finally:
             del optimizer.found_inf  # type: ignore[attr-defined]
-    elif not bool(skipped):
-        optimizer.step()
+            optimizer.__dict__.pop("grad_scale", None)
+    else:
+        if max_grad_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, finite_norm)
+        if not bool(skipped):
+            optimizer.step()
     return StepResult(skipped, norm)
 
 

@@ -48,6 +48,26 @@ def test_step_clips_like_clip_grad_norm():
         torch.testing.assert_close(a, b)
 
 
+def test_the_fused_step_clips_inside_its_kernel_like_clip_grad_norm(monkeypatch):
+    """Fused AdamW clips through its grad_scale input: the update (and the gradients it leaves) of
+    clip_grad_norm_ then AdamW, with no clipping pass of its own over the gradients."""
+    for limit in (0.5, 100.0):  # clipping, and a limit above the norm (factor 1)
+        ours, reference = _params(), _params()
+        norm_before = float(torch.nn.utils.clip_grad_norm_(reference, limit))
+        clipped = [p.grad.clone() for p in reference]
+        torch.optim.AdamW(reference, lr=1e-2, foreach=False).step()
+        optimizer = adamw([{"params": ours}], lr=1e-2, device=torch.device("cpu"))
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.nn.utils, "clip_grads_with_norm_", lambda *a, **k: pytest.fail("a separate pass"))
+            skipped, norm = step_if_finite(optimizer, torch.tensor(1.0), max_grad_norm=limit)
+        assert not skipped and float(norm) == pytest.approx(norm_before, rel=1e-6)
+        assert (norm > limit) == (limit == 0.5)
+        assert not hasattr(optimizer, "grad_scale")  # for that step only
+        for a, b, g, c in zip(ours, reference, [p.grad for p in ours], clipped):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(g, c, rtol=1e-6, atol=1e-7)
+
+
 def test_no_clipping_without_a_limit():
     params, start = _params(), [p.detach().clone() for p in _params()]
     skipped, norm = step_if_finite(torch.optim.SGD(params, lr=1.0), torch.tensor(1.0), max_grad_norm=None)
