@@ -19,9 +19,9 @@ the very mask `softmax_dropout` draws for the slab's padded block from the same 
 
 The kernel is compiled on first use with the system's C++ compiler (about a second) into a cache
 folder (`cache.cache_root`: `$CONTRASTKIT_CACHE`, `$XDG_CACHE_HOME/contrastkit` or
-`~/.cache/contrastkit`), and loaded with ctypes: no Python headers, no build tool. Where there is no compiler, the CPU lacks AVX-512 BF16, or
-`CONTRASTKIT_FUSED_ATTENTION=0` is set, the packed forward keeps its written-out attention (same
-mask, same results to bf16 rounding).
+`~/.cache/contrastkit`), and loaded with ctypes: no Python headers, no build tool. Where there is no
+compiler, the CPU lacks AVX-512 BF16, or `CONTRASTKIT_FUSED_ATTENTION=0` is set, the packed forward
+keeps its written-out attention (same mask, same results to bf16 rounding).
 
 @inproceedings{dao2022flashattention,
   title={FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness},

@@ -41,12 +41,12 @@ def step_if_finite(optimizer: torch.optim.Optimizer, loss: Tensor, max_grad_norm
     """Clip (if `max_grad_norm`) and step when the loss and all gradients are finite.
 
     A step with a non-finite loss or gradient is skipped and its gradients left as they were for the
-    caller to zero, as a mixed-precision loss scaler would. A step taken leaves the gradients clipped. With a fused optimizer (`adamw`) the
-    decision is taken on the device, as torch's GradScaler takes it: the kernel gets a `found_inf`
-    flag and leaves parameters and state alone when it is set, so the host never waits for the GPU
-    here. (On a GPU, a step of a small model waits on the host, not on the arithmetic; each wait
-    for the device's answer costs the overlap of host and device work.) Other optimizers are
-    asked on the host.
+    caller to zero, as a mixed-precision loss scaler would; a step taken leaves them clipped. With a
+    fused optimizer (`adamw`) the decision is taken on the device, as torch's GradScaler takes it: the
+    kernel gets a `found_inf` flag and leaves parameters and state alone when it is set, so the host
+    never waits for the GPU here. (On a GPU, a step of a small model waits on the host, not on the
+    arithmetic; each wait for the device's answer costs the overlap of host and device work.) Other
+    optimizers are asked on the host.
     """
     params = [p for group in optimizer.param_groups for p in group["params"]]
     norm = gradient_norm(params)
