@@ -44,6 +44,16 @@ from contrastkit.devices import cpu_flags, cpu_vendor
 # so it is set on import; a user's own setting wins.
 PRIMITIVE_CACHE_CAPACITY = "64"
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", PRIMITIVE_CACHE_CAPACITY)
+# ideep, the layer between torch and oneDNN that bf16 products and oneDNN's fp32 linear go through,
+# keeps its own cache of prepared products, also 1,024 shapes by default, each holding a few MB
+# (about 2.4 MB at the packed forward's bf16 shapes): 120 no-grad forwards of 32 texts of distinct
+# lengths grew live memory by 0.29 GB, and capping it took the peak of a gradient-cached bf16 step of
+# batch 4,096 from 1.81 to 1.42-1.44 GB (bench/memory_vs_batch.py; docs/training.md). Shapes repeat
+# within a forward (the six layers), hardly from slab to slab, so a small cache is as fast (a Cranfield
+# step 0.59-0.63 s at capacities 16, 64 and 1,024, alternating, the machine's drift).
+# Read at ideep's first product, so set on import too; a user's own setting wins.
+IDEEP_CACHE_CAPACITY = "32"
+os.environ.setdefault("LRU_CACHE_CAPACITY", IDEEP_CACHE_CAPACITY)
 
 
 def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from contrastkit import fast_linear
-from contrastkit.devices import cpu_vendor
+from contrastkit.devices import cpu_flags, cpu_vendor
 from contrastkit.encoder import Encoder
 from contrastkit.fast_linear import dense, linear, onednn_linear_enabled
 
@@ -232,21 +232,76 @@ def test_use_fast_linear_leaves_subclasses_alone():
 
 CAPACITY = """
 import os
-import contrastkit.fast_linear  # noqa: F401  (sets oneDNN's cache capacity unless the environment has one)
-print(os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"])
+import contrastkit.fast_linear  # noqa: F401  (sets the caches' capacities unless the environment has them)
+print(os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"], os.environ["LRU_CACHE_CAPACITY"])
 """
 
 
 @pytest.mark.parametrize("users", [None, "1024"], ids=["unset", "users-own"])
-def test_onednns_cache_of_shapes_is_capped_on_import_unless_the_user_set_it(users):
-    """oneDNN reads the capacity at its first primitive: importing contrastkit sets it first (the memory it
-    saves is measured in fast_linear's comment; a resident-size test of it was not stable enough here)."""
+def test_the_caches_of_shapes_are_capped_on_import_unless_the_user_set_them(users):
+    """oneDNN and ideep read their capacities at their first product: importing contrastkit sets them
+    first (the memory they save: fast_linear's comment, and the next test for ideep's)."""
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    names = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    env = {k: v for k, v in os.environ.items() if k not in names}
     if users:
-        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = users
+        env.update(dict.fromkeys(names, users))
     out = subprocess.run([sys.executable, "-c", CAPACITY], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == (users or fast_linear.PRIMITIVE_CACHE_CAPACITY)
+    expected = [users, users] if users else [fast_linear.PRIMITIVE_CACHE_CAPACITY, fast_linear.IDEEP_CACHE_CAPACITY]
+    assert out.stdout.split() == expected
+
+
+SHAPES = """
+import ctypes
+import contrastkit.encoder  # noqa: F401  (caps the caches of shapes unless the environment set them)
+import torch
+from contrastkit.encoder import Encoder, autocast
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = MallInfo2
+
+
+def live() -> int:  # bytes malloc has handed out and not got back
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+encoder = Encoder.from_pretrained("default", max_seq_length=128)
+with torch.no_grad(), autocast(True):
+    encoder.embed(["warm up"])
+    before = live()
+    for words in range(20, 60):  # 40 row counts the products have not seen
+        encoder.embed([" ".join(["word"] * words)] * 2)
+print(live() - before)
+"""
+
+
+@pytest.mark.skipif("avx512_bf16" not in cpu_flags(), reason="bf16 products go through ideep where bf16 is the default")
+def test_new_shapes_do_not_grow_memory_without_bound():
+    """The packed forward's row count changes from slab to slab; ideep (torch's bf16 products) keeps a
+    prepared product for each shape it has seen, 1,024 of them by default at a few MB each. With
+    contrastkit's capacity 40 shapes leave a few MB behind; with the default (the control) several
+    times more, so this test can fail."""
+    import os
+    import subprocess
+    import sys
+
+    def growth_mb(capacity: str | None) -> float:
+        env = {k: v for k, v in os.environ.items() if k != "LRU_CACHE_CAPACITY"}
+        if capacity:
+            env["LRU_CACHE_CAPACITY"] = capacity
+        out = subprocess.run([sys.executable, "-c", SHAPES], env=env, capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1]) / 1e6
+
+    ours, uncapped = growth_mb(None), growth_mb("1024")
+    assert uncapped > 30, f"the control grew only {uncapped:.1f} MB: the test no longer sees ideep's cache"
+    assert ours < uncapped / 3, (ours, uncapped)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from contrastkit.devices import index_on
+from contrastkit.heap import release_free_memory
 
 EmbedFn = Callable[[list], Tensor]  # texts (or images' pixel tensors) → embeddings [n, D], graph when grad is on
 
@@ -138,14 +139,20 @@ def grad_cache_backward(embed_fn: EmbedFn | Sequence[EmbedFn], groups: Sequence[
             embeddings = torch.cat(pieces)
             cached.append(embeddings[index_on(np.argsort(np.concatenate(group_chunks)), embeddings.device)])
     after_first_pass = RandState()
+    # the heap's free pages back to the system between the phases (contrastkit/heap.py): mini-batches
+    # of other lengths would otherwise grow it with the batch size
+    release_free_memory()
 
     leaves = [e.detach().requires_grad_() for e in cached]
     loss = loss_fn(*leaves)
     loss.backward()
 
-    for embed_fn, texts, group_chunks, group_states, leaf in zip(embed_fns, groups, chunks, states, leaves):
+    for g, (embed_fn, texts, group_chunks, group_states, leaf) in enumerate(
+            zip(embed_fns, groups, chunks, states, leaves)):
         if leaf.grad is None:  # this group does not reach the loss
             continue
+        if g:
+            release_free_memory()
         for chunk, state in zip(group_chunks, group_states):
             state.restore()
             embeddings = embed_fn([texts[i] for i in chunk])
