@@ -165,14 +165,17 @@ def test_embed_in_chunks_in_order_is_one_plain_call():
     assert calls == [[1, 4], [7]] and out.flatten().tolist() == [4.0, 7.0, 1.0]
 
 
-def test_the_heap_is_trimmed_between_phases_not_per_mini_batch(monkeypatch):
+@pytest.mark.parametrize("chunks_per_group", [2, 16])
+def test_the_heap_is_trimmed_between_phases_of_big_steps_never_per_mini_batch(monkeypatch, chunks_per_group):
     """Free heap pages go back to the system after the first pass and between the groups of the
-    second (contrastkit/heap.py; bench/memory_vs_batch.py measures what it saves), never per
-    mini-batch: a trim per mini-batch made a step of batch 4,096 27 % slower."""
+    second (contrastkit/heap.py; bench/memory_vs_batch.py measures what it saves) once a step has
+    HEAP_TRIM_MIN_CHUNKS chunks, never per mini-batch (27 % slower at batch 4,096), and not in small
+    steps, where faulting the pages in again costs more than the holes."""
     import contrastkit.train.grad_cache as grad_cache
 
     events = []
     monkeypatch.setattr(grad_cache, "release_free_memory", lambda: events.append("trim"))
+    monkeypatch.setattr(grad_cache, "HEAP_TRIM_MIN_CHUNKS", 32)
     weight = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
 
     def embed(items):
@@ -183,6 +186,9 @@ def test_the_heap_is_trimmed_between_phases_not_per_mini_batch(monkeypatch):
         events.append("loss")
         return (a * p).sum()
 
-    groups = [["a", "bb", "ccc", "dddd"], ["e", "ff", "ggg", "hhhh"]]
-    grad_cache_backward(embed, groups, [[np.array([0, 1]), np.array([2, 3])]] * 2, loss)
-    assert events == ["no-grad"] * 4 + ["trim", "loss"] + ["embed"] * 2 + ["trim"] + ["embed"] * 2
+    n = chunks_per_group
+    groups = [[c * (i + 1) for i in range(2 * n)] for c in "ab"]
+    chunks = [[np.array([2 * k, 2 * k + 1]) for k in range(n)]] * 2
+    grad_cache_backward(embed, groups, chunks, loss)
+    trim = ["trim"] if 2 * n >= 32 else []
+    assert events == ["no-grad"] * 2 * n + trim + ["loss"] + ["embed"] * n + trim + ["embed"] * n
