@@ -4,8 +4,9 @@ glibc's malloc keeps what a program frees for its next requests. A gradient-cach
 and frees the activations of hundreds of mini-batches of different lengths, and the holes between
 the few allocations that live on (cached embeddings, random states) keep growing the heap: at batch
 4,096 the process's resident memory ends up a few hundred MB above what is alive
-(bench/memory_vs_batch.py, docs/training.md). `malloc_trim(0)` returns every free page, a few ms
-for a heap of 1-2 GB, so it runs between the step's phases, not per mini-batch.
+(bench/memory_vs_batch.py, docs/training.md). `malloc_trim(0)` returns every free page (5-15 ms for
+a heap of 1-2 GB, and the pages the step then needs again are faulted back in), so the gradient
+cache calls it between the phases of big steps only, never per mini-batch.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ EmbedFn = Callable[[list], Tensor]  # texts (or images' pixel tensors) → embed
 
 # From this many chunks in a step on, the heap's free pages go back to the system between its phases
 # (contrastkit/heap.py). The holes grow with the number of chunks: at batch 4,096 (256 chunks of 32) the
-# trims took the peak from 1.42 to 1.35 GB (bf16, bench/memory_vs_batch.py); at batch 256 (16 chunks)
+# trims took the peak from 1.42 to 1.34-1.35 GB (bf16, bench/memory_vs_batch.py); at batch 256 (16 chunks)
 # faulting the pages in again cost 2-4 % of the step (4.35-4.73 against 4.25-4.36 s) for little memory.
 HEAP_TRIM_MIN_CHUNKS = 32
 
