@@ -218,6 +218,7 @@ def main() -> None:
     rows = []
     if not args.overwrite and (RESULTS / "vs_sentence_transformers.json").is_file():
         rows = json.loads((RESULTS / "vs_sentence_transformers.json").read_text())
+    from contrastkit.devices import cpu_flags, cpu_vendor
     from contrastkit.encoder import Encoder
     import os
 
@@ -274,6 +275,8 @@ def main() -> None:
                      "ours_attention_kernel": attention_kernel,
                      "ours_cpu_streams": ours["cpu_streams"],  # as the trainer recorded it
                      "date": datetime.date.today().isoformat(), "repeats": args.repeats,
+                     # rows of several machines share the file: each says which it ran on
+                     "cpu_vendor": cpu_vendor(), "cpu_avx512_bf16": "avx512_bf16" in cpu_flags(),
                      "ours_pairs_per_s_runs": ours["runs"], "st_pairs_per_s_runs": st["runs"],
                      "ours_pairs_per_s": ours["pairs_per_s"], "st_pairs_per_s": st["pairs_per_s"],
                      "speedup": ours["pairs_per_s"] / st["pairs_per_s"],

@@ -1,5 +1,10 @@
 // Packed multi-head attention with dropout on the probabilities, forward and backward, in bf16 with
-// AVX-512 BF16 dot products (vdpbf16ps): contrastkit/fused_attention.py builds and loads this file.
+// AVX-512 BF16 dot products (vdpbf16ps) and in fp32 with AVX-512 multiply-adds:
+// contrastkit/fused_attention.py builds and loads this file.
+//
+// The file is built for AVX-512 F/BW/VL/DQ; the bf16 functions (marked BF16) alone use AVX-512 BF16
+// instructions, compiled for them by a target attribute, and run only where the CPU has them (the
+// Python side checks), so the one library serves both kinds of CPU.
 //
 // One task per (text, head): the text's q, k, v rows are read straight from the packed projection
 // [n, 3D] (no padded per-head copies), its [L, L] scores stay in a per-thread scratch block that
@@ -18,6 +23,8 @@
 #include <string.h>
 
 #include <vector>
+
+#define BF16 __attribute__((target("avx512bf16")))
 
 namespace {
 
@@ -67,7 +74,7 @@ inline __m512 exp_ps(__m512 x) {
 // pairs (uint32 B[k ldb + n], the two bf16 of the pair are consecutive values of the reduction index):
 // C[m, n] = sum_k A[m, k].lo B[k, n].lo + A[m, k].hi B[k, n].hi. N a multiple of 16.
 template <int MR, int NV>
-inline void tile(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int K2) {
+BF16 inline void tile(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int K2) {
   __m512 acc[MR][NV];
   for (int r = 0; r < MR; r++)
     for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
@@ -84,7 +91,7 @@ inline void tile(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* 
 }
 
 template <int NV>
-void rows(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int M, int K2) {
+BF16 void rows(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int M, int K2) {
   constexpr int MR = NV <= 2 ? 8 : 4;
   int m = 0;
   for (; m + MR <= M; m += MR) tile<MR, NV>(A + (size_t)m * lda, lda, B, ldb, C + (size_t)m * ldc, ldc, K2);
@@ -92,7 +99,7 @@ void rows(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int 
   for (; m < M; m++) tile<1, NV>(A + (size_t)m * lda, lda, B, ldb, C + (size_t)m * ldc, ldc, K2);
 }
 
-void gemm(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int M, int N, int K2) {
+BF16 void gemm(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, int M, int N, int K2) {
   for (int n = 0; n < N; n += 64) {
     const int nv = (N - n) >= 64 ? 4 : (N - n) / 16;
     const uint32_t* b = B + n;
@@ -102,6 +109,47 @@ void gemm(const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int 
       case 3: rows<3>(A, lda, b, ldb, c, ldc, M, K2); break;
       case 2: rows<2>(A, lda, b, ldb, c, ldc, M, K2); break;
       default: rows<1>(A, lda, b, ldb, c, ldc, M, K2); break;
+    }
+  }
+}
+
+// C[M, N] = A B in fp32, A(m, k) = A[m sm + k sk] (sm = lda, sk = 1: A by rows; sm = 1, sk = lda: the
+// transpose of a block by rows), B's row k at B + k ldb. N a multiple of 16.
+template <int MR, int NV>
+inline void tile_f32(const float* A, int sm, int sk, const float* B, int ldb, float* C, int ldc, int K) {
+  __m512 acc[MR][NV];
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+  for (int k = 0; k < K; k++) {
+    __m512 b[NV];
+    for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_ps(B + (size_t)k * ldb + 16 * v);
+    const float* a = A + (size_t)k * sk;
+    for (int r = 0; r < MR; r++) {
+      const __m512 x = _mm512_set1_ps(a[(size_t)r * sm]);
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(x, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) _mm512_storeu_ps(C + (size_t)r * ldc + 16 * v, acc[r][v]);
+}
+
+template <int NV>
+void rows_f32(const float* A, int sm, int sk, const float* B, int ldb, float* C, int ldc, int M, int K) {
+  constexpr int MR = NV <= 2 ? 8 : 4;
+  int m = 0;
+  for (; m + MR <= M; m += MR) tile_f32<MR, NV>(A + (size_t)m * sm, sm, sk, B, ldb, C + (size_t)m * ldc, ldc, K);
+  for (; m + 2 <= M; m += 2) tile_f32<2, NV>(A + (size_t)m * sm, sm, sk, B, ldb, C + (size_t)m * ldc, ldc, K);
+  for (; m < M; m++) tile_f32<1, NV>(A + (size_t)m * sm, sm, sk, B, ldb, C + (size_t)m * ldc, ldc, K);
+}
+
+void gemm_f32(const float* A, int sm, int sk, const float* B, int ldb, float* C, int ldc, int M, int N, int K) {
+  for (int n = 0; n < N; n += 64) {
+    const int nv = (N - n) >= 64 ? 4 : (N - n) / 16;
+    switch (nv) {
+      case 4: rows_f32<4>(A, sm, sk, B + n, ldb, C + n, ldc, M, K); break;
+      case 3: rows_f32<3>(A, sm, sk, B + n, ldb, C + n, ldc, M, K); break;
+      case 2: rows_f32<2>(A, sm, sk, B + n, ldb, C + n, ldc, M, K); break;
+      default: rows_f32<1>(A, sm, sk, B + n, ldb, C + n, ldc, M, K); break;
     }
   }
 }
@@ -179,7 +227,7 @@ void transposed_pairs(const uint16_t* x, int ld, int L, int R2, int d, uint32_t*
 }
 
 // x [d, ld] fp32 → rows j < L of out (row stride ld_out), columns c < d: out[j][c] = bf16(x[c][j])
-void store_transposed(const float* x, int ld, int L, int d, uint16_t* out, int ld_out) {
+BF16 void store_transposed(const float* x, int ld, int L, int d, uint16_t* out, int ld_out) {
   __m512i r[16];
   for (int j = 0; j < L; j += 16)
     for (int c = 0; c < d; c += 16) {
@@ -204,7 +252,7 @@ inline float row_dot(const uint16_t* x, const uint16_t* y, int n) {
 }
 
 // out[c] = bf16(factor x[c]), c < n (a multiple of 16)
-void store_bf16(const float* x, int n, float factor, uint16_t* out) {
+BF16 void store_bf16(const float* x, int n, float factor, uint16_t* out) {
   const __m512 f = _mm512_set1_ps(factor);
   for (int c = 0; c < n; c += 16)
     _mm256_storeu_si256((__m256i*)(out + c), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(x + c), f)));
@@ -250,8 +298,9 @@ void keep_bits(Scratch& sc, uint64_t seed, uint16_t threshold, int64_t row_index
 thread_local Scratch scratch;
 
 // what both passes read: a slab of texts packed as rows, its heads and its dropout
-struct Slab {
-  const uint16_t* qkv;    // [n, 3D] bf16: q, k, v of every head side by side, D = heads d
+template <typename T>
+struct SlabOf {
+  const T* qkv;           // [n, 3D] bf16 (uint16_t) or fp32: q, k, v of every head side by side, D = heads d
   int64_t n, texts;
   const int64_t* starts;  // [texts] text t's first row
   const int64_t* lengths; // [texts] its rows (tokens)
@@ -261,6 +310,8 @@ struct Slab {
   uint16_t threshold;     // drop where the 16-bit lane < threshold (0: no dropout)
   float keep_scale;       // 1 / the keep probability
 };
+using Slab = SlabOf<uint16_t>;
+using SlabF32 = SlabOf<float>;
 
 // run(task) for task < count: over `threads` OpenMP threads, or in this thread alone (no OpenMP call:
 // a forked child must not touch its parent's OpenMP pool)
@@ -275,29 +326,32 @@ void for_tasks(int64_t count, int threads, Run run) {
 }
 
 // the row index of query i of text t, head h in the padded [texts, heads, W, W] block, times W
-inline int64_t mask_row(const Slab& a, int64_t t, int h, int i) {
+template <typename T>
+inline int64_t mask_row(const SlabOf<T>& a, int64_t t, int h, int i) {
   return ((t * a.heads + h) * (int64_t)a.width + i) * (int64_t)a.width;
 }
 
 // task = t · heads + h: text t's rows and sizes, head h's columns of q, k and v
-struct Head {
+template <typename T>
+struct HeadOf {
   int64_t t;
   int h, L, Lp, K2;  // L tokens, Lp = L rounded up to 16 (score columns), K2 = Lp / 2
   size_t row0;       // the text's first row
-  const uint16_t *q, *k, *v;
+  const T *q, *k, *v;
 };
 
-inline Head head_of(const Slab& a, int64_t task) {
+template <typename T>
+inline HeadOf<T> head_of(const SlabOf<T>& a, int64_t task) {
   const int64_t t = task / a.heads;
   const int h = (int)(task % a.heads), L = (int)a.lengths[t], Lp = round_up(L, 16), D = a.heads * a.d;
   const size_t row0 = (size_t)a.starts[t];
-  const uint16_t* q = a.qkv + row0 * 3 * D + h * a.d;
+  const T* q = a.qkv + row0 * 3 * D + h * a.d;
   scratch.fit(Lp, a.d);
-  return Head{t, h, L, Lp, Lp / 2, row0, q, q + D, q + 2 * D};
+  return HeadOf<T>{t, h, L, Lp, Lp / 2, row0, q, q + D, q + 2 * D};
 }
 
-void forward_task(const Slab& a, int64_t task, uint16_t* context, float* stats) {
-  const Head hd = head_of(a, task);
+BF16 void forward_task(const Slab& a, int64_t task, uint16_t* context, float* stats) {
+  const HeadOf<uint16_t> hd = head_of(a, task);
   const int64_t t = hd.t;
   const int h = hd.h, L = hd.L, Lp = hd.Lp, K2 = hd.K2, D = a.heads * a.d, ld = 3 * D, d = a.d;
   const size_t row0 = hd.row0;
@@ -341,9 +395,9 @@ void forward_task(const Slab& a, int64_t task, uint16_t* context, float* stats) 
     store_bf16(out + (size_t)i * d, d, sc.factor[i], context + (row0 + i) * D + h * d);
 }
 
-void backward_task(const Slab& a, int64_t task, const uint16_t* context, const uint16_t* grad, const float* stats,
+BF16 void backward_task(const Slab& a, int64_t task, const uint16_t* context, const uint16_t* grad, const float* stats,
                    uint16_t* grad_qkv) {
-  const Head hd = head_of(a, task);
+  const HeadOf<uint16_t> hd = head_of(a, task);
   const int64_t t = hd.t;
   const int h = hd.h, L = hd.L, Lp = hd.Lp, K2 = hd.K2, R2 = (L + 1) / 2, D = a.heads * a.d, ld = 3 * D, d = a.d;
   const size_t row0 = hd.row0;
@@ -411,6 +465,101 @@ void backward_task(const Slab& a, int64_t task, const uint16_t* context, const u
   store_transposed(out, Lp, L, d, gq + D, ld);
 }
 
+// Σ_c x[c] y[c], c < n (a multiple of 16)
+inline float row_dot_f32(const float* x, const float* y, int n) {
+  __m512 sum = _mm512_setzero_ps();
+  for (int c = 0; c < n; c += 16) sum = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), _mm512_loadu_ps(y + c), sum);
+  return _mm512_reduce_add_ps(sum);
+}
+
+// the fp32 passes: the bf16 ones' steps with fp32 blocks (the scratch's blocks of 32-bit words hold
+// floats), every product on multiply-adds, and the outputs written straight into the packed rows
+void forward_task_f32(const SlabF32& a, int64_t task, float* context, float* stats) {
+  const HeadOf<float> hd = head_of(a, task);
+  const int64_t t = hd.t;
+  const int h = hd.h, L = hd.L, Lp = hd.Lp, D = a.heads * a.d, ld = 3 * D, d = a.d;
+  const size_t row0 = hd.row0;
+  const float *q = hd.q, *k = hd.k, *v = hd.v;
+  const float scale = a.scale;
+  Scratch& sc = scratch;
+  float* kt = (float*)sc.kp.data();  // [d, Lp]: kᵀ, keys L .. Lp - 1 zero
+  transpose_words((const uint32_t*)k, ld, L, Lp, d, (uint32_t*)kt, Lp);
+  float* s = sc.s.data();
+  gemm_f32(q, ld, 1, kt, Lp, s, Lp, L, Lp, d);
+  float* probs = (float*)sc.a.data();  // [L, Lp]: the kept exponentials
+  uint16_t keep[64];
+  for (int i = 0; i < L; i++) {
+    const float* row = s + (size_t)i * Lp;
+    __m512 top = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < Lp; j += 16) top = _mm512_mask_max_ps(top, real_lanes(L, j), top, _mm512_loadu_ps(row + j));
+    const float m = scale * _mm512_reduce_max_ps(top);  // scale > 0: the max of the scaled scores
+    const __m512 alpha = _mm512_set1_ps(scale), shift = _mm512_set1_ps(m);
+    keep_bits(sc, a.seed, a.threshold, mask_row(a, t, h, i), Lp, keep);
+    __m512 total = _mm512_setzero_ps();
+    for (int j = 0; j < Lp; j += 16) {
+      const __m512 e = _mm512_maskz_mov_ps(real_lanes(L, j),
+                                           exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), alpha, shift)));
+      total = _mm512_add_ps(total, e);
+      _mm512_storeu_ps(probs + (size_t)i * Lp + j, _mm512_maskz_mov_ps(keep[j / 16], e));
+    }
+    const float inverse = 1.0f / _mm512_reduce_add_ps(total);
+    stats[(size_t)h * a.n + row0 + i] = m;
+    stats[(size_t)(a.heads + h) * a.n + row0 + i] = inverse;
+    sc.factor[i] = a.keep_scale * inverse;
+  }
+  float* out = context + row0 * D + h * d;  // [L, d] in the packed rows (row stride D)
+  gemm_f32(probs, Lp, 1, v, ld, out, D, L, d, L);
+  for (int i = 0; i < L; i++) {
+    const __m512 f = _mm512_set1_ps(sc.factor[i]);
+    float* o = out + (size_t)i * D;
+    for (int c = 0; c < d; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), f));
+  }
+}
+
+void backward_task_f32(const SlabF32& a, int64_t task, const float* context, const float* grad, const float* stats,
+                       float* grad_qkv) {
+  const HeadOf<float> hd = head_of(a, task);
+  const int64_t t = hd.t;
+  const int h = hd.h, L = hd.L, Lp = hd.Lp, D = a.heads * a.d, ld = 3 * D, d = a.d;
+  const size_t row0 = hd.row0;
+  const float *q = hd.q, *k = hd.k, *v = hd.v;
+  Scratch& sc = scratch;
+  const float* go = grad + row0 * D + h * d;
+  const float* o = context + row0 * D + h * d;
+  float* s = sc.s.data();  // scores
+  float* g = sc.g.data();  // gradient of the dropped probabilities
+  float* kt = (float*)sc.kp.data();
+  float* vt = (float*)sc.vp.data();
+  transpose_words((const uint32_t*)k, ld, L, Lp, d, (uint32_t*)kt, Lp);
+  gemm_f32(q, ld, 1, kt, Lp, s, Lp, L, Lp, d);
+  transpose_words((const uint32_t*)v, ld, L, Lp, d, (uint32_t*)vt, Lp);
+  gemm_f32(go, D, 1, vt, Lp, g, Lp, L, Lp, d);
+  float* dropped = (float*)sc.a.data();  // [L, Lp] Y
+  float* dscores = (float*)sc.b.data();  // [L, Lp] dS (scale included)
+  uint16_t keep[64];
+  const __m512 ks = _mm512_set1_ps(a.keep_scale), alpha = _mm512_set1_ps(a.scale);
+  for (int i = 0; i < L; i++) {
+    const float* srow = s + (size_t)i * Lp;
+    const float* grow = g + (size_t)i * Lp;
+    const __m512 shift = _mm512_set1_ps(stats[(size_t)h * a.n + row0 + i]);
+    const __m512 inverse = _mm512_set1_ps(stats[(size_t)(a.heads + h) * a.n + row0 + i]);
+    // Σ_j P_ij dP_ij = dout_i · out_i (FlashAttention's D_i)
+    const __m512 total = _mm512_set1_ps(row_dot_f32(go + (size_t)i * D, o + (size_t)i * D, d));
+    keep_bits(sc, a.seed, a.threshold, mask_row(a, t, h, i), Lp, keep);
+    for (int j = 0; j < Lp; j += 16) {
+      const __m512 p = _mm512_maskz_mul_ps(real_lanes(L, j),
+                                           exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(srow + j), alpha, shift)), inverse);
+      const __m512 dp = _mm512_maskz_mul_ps(keep[j / 16], _mm512_loadu_ps(grow + j), ks);
+      _mm512_storeu_ps(dropped + (size_t)i * Lp + j, _mm512_maskz_mul_ps(keep[j / 16], p, ks));
+      _mm512_storeu_ps(dscores + (size_t)i * Lp + j, _mm512_mul_ps(_mm512_mul_ps(p, alpha), _mm512_sub_ps(dp, total)));
+    }
+  }
+  float* gq = grad_qkv + row0 * ld + h * d;
+  gemm_f32(dropped, 1, Lp, go, D, gq + 2 * D, ld, L, d, L);  // dv = Yᵀ dout
+  gemm_f32(dscores, Lp, 1, k, ld, gq, ld, L, d, L);          // dq = dS k
+  gemm_f32(dscores, 1, Lp, q, ld, gq + D, ld, L, d, L);      // dk = dSᵀ q
+}
+
 }  // namespace
 
 extern "C" {
@@ -433,6 +582,23 @@ void attention_backward(const uint16_t* qkv, const uint16_t* context, const uint
                         uint16_t* grad_qkv, int64_t n) {
   const Slab a{qkv, n, texts, starts, lengths, heads, d, width, scale, seed, threshold, keep_scale};
   for_tasks(texts * heads, threads, [&](int64_t task) { backward_task(a, task, context, grad, stats, grad_qkv); });
+}
+
+// the same in fp32: qkv [n, 3D], context [n, D], grad [n, D], grad_qkv [n, 3D]
+void attention_forward_f32(const float* qkv, int64_t texts, const int64_t* starts, const int64_t* lengths,
+                           int heads, int d, int width, float scale, uint64_t seed, uint16_t threshold,
+                           float keep_scale, int threads, float* context, float* stats, int64_t n) {
+  const SlabF32 a{qkv, n, texts, starts, lengths, heads, d, width, scale, seed, threshold, keep_scale};
+  for_tasks(texts * heads, threads, [&](int64_t task) { forward_task_f32(a, task, context, stats); });
+}
+
+void attention_backward_f32(const float* qkv, const float* context, const float* grad, const float* stats,
+                            int64_t texts, const int64_t* starts, const int64_t* lengths, int heads, int d,
+                            int width, float scale, uint64_t seed, uint16_t threshold, float keep_scale,
+                            int threads, float* grad_qkv, int64_t n) {
+  const SlabF32 a{qkv, n, texts, starts, lengths, heads, d, width, scale, seed, threshold, keep_scale};
+  for_tasks(texts * heads, threads,
+            [&](int64_t task) { backward_task_f32(a, task, context, grad, stats, grad_qkv); });
 }
 
 // keep[e] = 1 where element e of the padded [texts, heads, width, width] block is kept: the mask the

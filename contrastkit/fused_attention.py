@@ -1,4 +1,4 @@
-"""Packed bf16 attention on the CPU in one compiled kernel per pass (contrastkit/attention_kernel.cpp).
+"""Packed attention on the CPU in one compiled kernel per pass, bf16 and fp32 (contrastkit/attention_kernel.cpp).
 
 The packed forward's attention (contrastkit/packing.py) otherwise runs as five steps: copy a slab's
 q, k, v rows into zero-padded per-head blocks [b, h, T, d], q kᵀ (a batched product), softmax and
@@ -10,8 +10,11 @@ backward again writes every [b, h, T, T] block to memory. Here one C++ kernel do
     dY = dout vᵀ     dP = keep · dY / (1 - p')     dS = P ∘ (dP − Σ_row dP ∘ P)
     dv = Yᵀ dout     dq = scale · dS k             dk = scale · dSᵀ q
 
-The products run on AVX-512 BF16 dot-product instructions (bf16 inputs, fp32 sums), the [L, L]
-scores stay in the core's cache, q, k, v are read from the packed projection [n, 3D] and the
+In bf16 the products run on AVX-512 BF16 dot-product instructions (bf16 inputs, fp32 sums), in fp32
+on AVX-512 multiply-adds (CPUs without bf16 arithmetic train in fp32, where the written-out attention
+spent about a quarter of a Cranfield step on the products, the softmax, the dropout of the
+[b, h, T, T] probabilities and the layout copies; docs/benchmarks.md). The [L, L] scores stay in the
+core's cache, q, k, v are read from the packed projection [n, 3D] and the
 context written into packed rows [n, D]. As in FlashAttention (Dao et al. 2022) nothing of size
 [L, L] is kept for the backward: it recomputes P from each query row's max and 1 / sum, takes
 Σ_row dP ∘ P as dout · out (FlashAttention's D), and redraws the dropout mask (`keep`, FastDropout's,
@@ -20,8 +23,9 @@ the very mask `softmax_dropout` draws for the slab's padded block from the same 
 The kernel is compiled on first use with the system's C++ compiler (about a second) into a cache
 folder (`cache.cache_root`: `$CONTRASTKIT_CACHE`, `$XDG_CACHE_HOME/contrastkit` or
 `~/.cache/contrastkit`), and loaded with ctypes: no Python headers, no build tool. Where there is no
-compiler, the CPU lacks AVX-512 BF16, or `CONTRASTKIT_FUSED_ATTENTION=0` is set, the packed forward
-keeps its written-out attention (same mask, same results to bf16 rounding).
+compiler, the CPU lacks AVX-512 (F, BW, VL, DQ; for bf16 inputs also AVX-512 BF16), or
+`CONTRASTKIT_FUSED_ATTENTION=0` is set, the packed forward keeps its written-out attention (same mask,
+same results to rounding).
 
 @inproceedings{dao2022flashattention,
   title={FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness},
@@ -53,9 +57,10 @@ from contrastkit.fast_dropout import _unsigned, draw_seed, draws_from_torch, dro
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("attention_kernel.cpp")
-FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
-         "-fopenmp", "-shared", "-fPIC")
-CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"})
+# the bf16 functions get AVX-512 BF16 by a target attribute in the source; they run only where the CPU has it
+FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-fopenmp", "-shared", "-fPIC")
+CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
+BF16_FLAG = "avx512_bf16"
 MAX_WIDTH = 1024  # the kernel keeps a row's keep bits in 64 groups of 16
 
 
@@ -99,8 +104,11 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
                                           pointer, pointer, i64]
     library.attention_backward.argtypes = [pointer, pointer, pointer, pointer, i64, pointer, pointer, i32, i32, i32,
                                            f32, u64, u16, f32, i32, pointer, i64]
+    library.attention_forward_f32.argtypes = library.attention_forward.argtypes
+    library.attention_backward_f32.argtypes = library.attention_backward.argtypes
     library.attention_keep_mask.argtypes = [i64, u64, u16, pointer]
-    for function in (library.attention_forward, library.attention_backward, library.attention_keep_mask):
+    for function in (library.attention_forward, library.attention_backward, library.attention_forward_f32,
+                     library.attention_backward_f32, library.attention_keep_mask):
         function.restype = None
     return library
 
@@ -112,7 +120,7 @@ def enabled() -> bool:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None where this CPU lacks AVX-512 BF16 or it does not build; built once."""
+    """The compiled kernel, or None where this CPU lacks AVX-512 or it does not build; built once."""
     if not CPU_FLAGS <= cpu_flags():
         return None
     try:
@@ -120,6 +128,18 @@ def library() -> ctypes.CDLL | None:
     except (RuntimeError, OSError) as exc:
         log.warning("fused CPU attention not available, using the written-out one: %s", exc)
         return None
+
+
+# the dtypes the kernel computes in, and the head sizes it takes in each (bf16 multiplies pairs of
+# values in 16 lanes, fp32 single values)
+HEAD_MULTIPLE = {torch.bfloat16: 32, torch.float32: 16}
+
+
+def computes_in(dtype: torch.dtype) -> bool:
+    """Whether the kernel runs on `dtype` here: bf16 needs AVX-512 BF16 as well, fp32 AVX-512 alone."""
+    if dtype not in HEAD_MULTIPLE or library() is None:
+        return False
+    return dtype != torch.bfloat16 or BF16_FLAG in cpu_flags()
 
 
 def _address(t: Tensor) -> ctypes.c_void_p:
@@ -138,8 +158,16 @@ def keep_mask(shape: tuple[int, int, int, int], p: float, seed: int) -> Tensor:
     return keep.bool()
 
 
+def _passes(dtype: torch.dtype):
+    """(forward, backward) of the kernel for `dtype`."""
+    kernel = library()
+    if dtype == torch.bfloat16:
+        return kernel.attention_forward, kernel.attention_backward
+    return kernel.attention_forward_f32, kernel.attention_backward_f32
+
+
 class _PackedAttention(torch.autograd.Function):
-    """qkv [n, 3D] bf16 (packed rows of texts laid end to end) → context [n, D] bf16."""
+    """qkv [n, 3D] bf16 or fp32 (packed rows of texts laid end to end) → context [n, D], the same dtype."""
 
     @staticmethod
     def forward(ctx, qkv: Tensor, starts: Tensor, lengths: Tensor, width: int, heads: int,  # type: ignore[override]
@@ -148,7 +176,7 @@ class _PackedAttention(torch.autograd.Function):
         threshold, keep_probability = drop_threshold(p)
         context = qkv.new_empty(n, heads * head_size)
         stats = torch.empty(2, heads, n, dtype=torch.float32)
-        library().attention_forward(
+        _passes(qkv.dtype)[0](
             _address(qkv), len(lengths), _address(starts), _address(lengths), heads, head_size, width, scale,
             _unsigned(seed), threshold, 1.0 / keep_probability, _threads(), _address(context), _address(stats), n)
         ctx.save_for_backward(qkv, stats, context)
@@ -160,46 +188,47 @@ class _PackedAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         qkv, stats, context = ctx.saved_tensors
-        grad = grad.to(torch.bfloat16).contiguous()
+        grad = grad.to(qkv.dtype).contiguous()
         threshold, keep_probability = drop_threshold(ctx.p)
         grad_qkv = torch.empty_like(qkv)
-        library().attention_backward(
+        _passes(qkv.dtype)[1](
             _address(qkv), _address(context), _address(grad), _address(stats), len(ctx.lengths), _address(ctx.starts),
             _address(ctx.lengths), ctx.heads, qkv.shape[1] // (3 * ctx.heads), ctx.width, ctx.scale,
             _unsigned(ctx.seed), threshold, 1.0 / keep_probability, _threads(), _address(grad_qkv), qkv.shape[0])
         return grad_qkv, None, None, None, None, None, None, None
 
 
-def runs_in(model: nn.Module) -> bool:
-    """Whether the packed bf16 forward of `model` takes the kernel here: a BERT encoder the packed forward
-    takes (contrastkit.packing.can_pack), heads of a multiple of 32 dimensions, attention dropout the
-    kernel draws (FastDropout, or none), and the kernel built for this CPU."""
+def runs_in(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether the packed forward of `model` computing in `dtype` takes the kernel here: a BERT encoder the
+    packed forward takes (contrastkit.packing.can_pack), heads of a multiple of 32 dimensions in bf16 (16 in
+    fp32), attention dropout the kernel draws (FastDropout, or none), and the kernel built for this CPU
+    and dtype."""
     from contrastkit.packing import can_pack  # packing imports this module
 
-    if not can_pack(model):
+    if not can_pack(model) or dtype not in HEAD_MULTIPLE:
         return False
     config = model.config
     droppers = [layer.attention.self.dropout for layer in model.encoder.layer]
-    return ((config.hidden_size // config.num_attention_heads) % 32 == 0
+    return ((config.hidden_size // config.num_attention_heads) % HEAD_MULTIPLE[dtype] == 0
             and all(isinstance(d, nn.Dropout) and not draws_from_torch(d) for d in droppers)
-            and enabled() and library() is not None)
+            and enabled() and computes_in(dtype))
 
 
 def applies(qkv: Tensor, heads: int, width: int, dropout: nn.Module) -> bool:
     """Whether `packed_attention` runs for these inputs (else the caller keeps its own attention)."""
-    return (qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu" and qkv.dim() == 2
-            and qkv.shape[1] % (3 * heads) == 0 and (qkv.shape[1] // (3 * heads)) % 32 == 0
+    return (qkv.dtype in HEAD_MULTIPLE and qkv.device.type == "cpu" and qkv.dim() == 2
+            and qkv.shape[1] % (3 * heads) == 0 and (qkv.shape[1] // (3 * heads)) % HEAD_MULTIPLE[qkv.dtype] == 0
             and width <= MAX_WIDTH and fused_dropout_p(dropout) is not None and enabled()
-            and library() is not None)
+            and computes_in(qkv.dtype))
 
 
 def packed_attention(qkv: Tensor, starts: Tensor, lengths: Tensor, width: int, heads: int, scale: float,
                      dropout: nn.Module) -> Tensor:
     """Multi-head attention of each text over its own tokens, with `dropout` on the probabilities.
 
-    qkv [n, 3D] bf16: the fused q, k, v projection of n packed rows (text i's rows start at
+    qkv [n, 3D] bf16 or fp32: the fused q, k, v projection of n packed rows (text i's rows start at
     starts[i] and number lengths[i], int64 tensors); width: the slab's padded width W, which indexes
-    the dropout mask as the padded block [b, heads, W, W]; returns the context [n, D] bf16. Check
+    the dropout mask as the padded block [b, heads, W, W]; returns the context [n, D] in qkv's dtype. Check
     `applies` first; texts that leave the rows or the width are refused here, before the C++ code
     could read or write past them.
     """

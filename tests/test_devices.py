@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from contrastkit import devices
+from contrastkit import devices, fused_attention
 from contrastkit.devices import cpu_flags, native_bf16, use_bf16
 from contrastkit.errors import ConfigError
 from contrastkit.train import TrainConfig, Trainer
@@ -62,7 +62,9 @@ def test_the_trainer_trains_in_bf16_by_default_where_the_hardware_has_it(tiny_en
     handle.remove()
     assert set(dtypes) == {torch.bfloat16 if expected else torch.float32}
     environment = json.loads((tmp_path / "environment.json").read_text())
-    assert environment["precision"] == ("bf16 autocast" if expected else "fp32")
+    kernel = fused_attention.runs_in(tiny_encoder.model, torch.bfloat16 if expected else torch.float32)
+    assert environment["precision"] == ("bf16 autocast" if expected else "fp32") + (
+        ", attention by the fused CPU kernel" if kernel else "")
 
 
 def test_the_two_tower_trainer_takes_fp32_and_refuses_bf16():

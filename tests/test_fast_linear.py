@@ -186,6 +186,7 @@ def test_the_trainer_says_which_kernel_multiplied(tiny_encoder, tmp_path, monkey
     set_onednn(monkeypatch, "1")
     if not onednn_linear_enabled():
         pytest.skip("this torch has no oneDNN linear")
+    monkeypatch.setenv("CONTRASTKIT_FUSED_ATTENTION", "0")  # the dense layers alone in the words
     trainer = Trainer(config, tiny_encoder, pairs)
     assert trainer.precision == "fp32, dense layers by oneDNN"
     trainer.train()

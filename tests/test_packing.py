@@ -9,6 +9,7 @@ import torch
 from _support import graph_nodes
 
 import contrastkit.packing as packing_module
+from contrastkit import fused_attention
 from contrastkit.encoder import Encoder
 from contrastkit.fast_dropout import FastDropout, drop_threshold, keep_mask, use_fast_dropout
 from contrastkit.packing import (_HeadsToPacked, _PackedToHeads, _padded_block, can_pack, packed_hidden_states,
@@ -161,6 +162,9 @@ def test_packed_gradients_equal_padded_gradients(tiny_model_dir):
 @pytest.mark.parametrize("kept", [False, True], ids=["no-grad-yet", "kept-grad"])
 def test_the_word_embedding_gradient_is_added_sparsely_into_a_kept_gradient(tiny_model_dir, monkeypatch, kept):
     """With a dense .grad already there, the lookup's gradient comes as sparse rows added into it."""
+    # the packed forward against the padded one, both with torch's attention: the fused kernel (where it
+    # runs) rounds differently, and is checked against float64 in tests/test_fused_attention.py
+    monkeypatch.setenv("CONTRASTKIT_FUSED_ATTENTION", "0")
     sparse_calls = []
     embedding = torch.nn.functional.embedding
     monkeypatch.setattr(torch.nn.functional, "embedding",
@@ -300,20 +304,31 @@ def test_attention_dropout_drops_probabilities_with_the_fast_masks_and_their_gra
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
 
 
-def test_the_trainers_dropout_takes_the_written_out_attention_and_torchs_the_fused_one(tiny_encoder, monkeypatch):
-    calls = []
+@pytest.mark.parametrize("kernel", ["1", "0"], ids=["fused-kernel", "no-fused-kernel"])
+def test_the_trainers_dropout_takes_the_written_out_attention_and_torchs_the_fused_one(tiny_encoder, monkeypatch,
+                                                                                      kernel):
+    """torch's dropout: torch's attention. The trainer's FastDropout: contrastkit's fused kernel where it
+    runs (fp32 on AVX-512 CPUs), else the written-out attention. Out of training: a fused kernel."""
+    monkeypatch.setenv("CONTRASTKIT_FUSED_ATTENTION", kernel)
+    runs = kernel == "1" and fused_attention.library() is not None
+    calls, fused_calls = [], []
     monkeypatch.setattr(packing_module, "written_out_attention",
                         lambda *args: calls.append(1) or written_out_attention(*args))
+    packed_attention = fused_attention.packed_attention
+    monkeypatch.setattr(fused_attention, "packed_attention",
+                        lambda *args: fused_calls.append(1) or packed_attention(*args))
     tiny_encoder.train()
     with torch.no_grad():
         tiny_encoder.embed(TEXTS)
-        assert not calls  # nn.Dropout: PyTorch's attention draws its own mask
+        assert not calls and not fused_calls  # nn.Dropout: PyTorch's attention draws its own mask
         use_fast_dropout(tiny_encoder)
         tiny_encoder.embed(TEXTS)
-        assert len(calls) == 2  # the tiny model's two layers; eight short texts make one slab
+        # the tiny model's two layers; eight short texts make one slab
+        assert (len(fused_calls), len(calls)) == ((2, 0) if runs else (0, 2))
         tiny_encoder.eval()
         tiny_encoder.embed(TEXTS)
-        assert len(calls) == 2  # no dropout out of training: the fused kernel
+        # no dropout out of training: a fused kernel (contrastkit's where it runs, else PyTorch's)
+        assert (len(fused_calls), len(calls)) == ((4, 0) if runs else (0, 2))
 
 
 @pytest.mark.parametrize("fast_dropout", [False, True], ids=["torch-dropout", "fast-dropout"])

@@ -229,13 +229,15 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     @property
     def precision(self) -> str:
-        """How the step computes, in words: "bf16 autocast" (with the fused attention kernel where it runs),
-        or fp32 (with oneDNN's dense layers where used)."""
-        if self.bf16:
-            kernel = self.device.type == "cpu" and self.encoder.packs and fused_attention.runs_in(self.encoder.model)
-            return "bf16 autocast, attention by the fused CPU kernel" if kernel else "bf16 autocast"
-        onednn = self.device.type == "cpu" and onednn_linear_enabled()
-        return "fp32, dense layers by oneDNN" if onednn else "fp32"
+        """How the step computes, in words: "bf16 autocast" or "fp32", then what runs it where not torch's
+        own operators: oneDNN's dense layers (fp32), the fused attention kernel (either)."""
+        cpu = self.device.type == "cpu"
+        kernel = cpu and self.encoder.packs and fused_attention.runs_in(
+            self.encoder.model, torch.bfloat16 if self.bf16 else torch.float32)
+        parts = ["bf16 autocast" if self.bf16 else "fp32"]
+        parts += ["dense layers by oneDNN"] if cpu and not self.bf16 and onednn_linear_enabled() else []
+        parts += ["attention by the fused CPU kernel"] if kernel else []
+        return ", ".join(parts)
 
     def _param_groups(self) -> list[dict]:
         decay, no_decay = [], []
