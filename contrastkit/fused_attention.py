@@ -20,7 +20,7 @@ context written into packed rows [n, D]. As in FlashAttention (Dao et al. 2022) 
 Σ_row dP ∘ P as dout · out (FlashAttention's D), and redraws the dropout mask (`keep`, FastDropout's,
 the very mask `softmax_dropout` draws for the slab's padded block from the same seed) from the seed.
 
-The kernel is compiled on first use with the system's C++ compiler (about a second) into a cache
+The kernel is compiled on first use with the system's C++ compiler (about two seconds) into a cache
 folder (`cache.cache_root`: `$CONTRASTKIT_CACHE`, `$XDG_CACHE_HOME/contrastkit` or
 `~/.cache/contrastkit`), and loaded with ctypes: no Python headers, no build tool. Where there is no
 compiler, the CPU lacks AVX-512 (F, BW, VL, DQ; for bf16 inputs also AVX-512 BF16), or

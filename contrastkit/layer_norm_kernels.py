@@ -32,7 +32,7 @@ from contrastkit.softmax_kernels import _block_lanes, _round, _rows_per_block, _
 
 # no NaN or infinity assumptions; neither reassociation nor contraction into fused multiply-adds, so that
 # the arithmetic is the source's and the same wherever LLVM inlines or vectorises a loop: on a Xeon
-# (Sapphire Rapids class, 2026-11-28) the parallel loops and their serial twins, compiled with both, gave
+# (family 6, model 207; 2026-11-28) the parallel loops and their serial twins, compiled with both, gave
 # a forked child other last bits than its parent. The row sums run as eight partial sums, written out
 # (`_row_sum`); the pass costs about 10-15 % more there ([2,048 × 384] bf16: forward 0.58-0.65 ms against
 # 0.46-0.61, forward and backward 1.6-2.1 against 1.35-1.84), a few milliseconds of a bf16 step.
