@@ -244,8 +244,12 @@ inline __m512 widen(const uint16_t* x) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)x)), 16));
 }
 
-// Σ_c x[c] y[c] in fp32 for bf16 x, y, c < n (a multiple of 16)
-inline float row_dot(const uint16_t* x, const uint16_t* y, int n) {
+// 16 fp32 values as they are (the fp32 twin of widen)
+inline __m512 widen(const float* x) { return _mm512_loadu_ps(x); }
+
+// Σ_c x[c] y[c] in fp32 for bf16 or fp32 x, y, c < n (a multiple of 16)
+template <typename T>
+inline float row_dot(const T* x, const T* y, int n) {
   __m512 sum = _mm512_setzero_ps();
   for (int c = 0; c < n; c += 16) sum = _mm512_fmadd_ps(widen(x + c), widen(y + c), sum);
   return _mm512_reduce_add_ps(sum);
@@ -465,13 +469,6 @@ BF16 void backward_task(const Slab& a, int64_t task, const uint16_t* context, co
   store_transposed(out, Lp, L, d, gq + D, ld);
 }
 
-// Σ_c x[c] y[c], c < n (a multiple of 16)
-inline float row_dot_f32(const float* x, const float* y, int n) {
-  __m512 sum = _mm512_setzero_ps();
-  for (int c = 0; c < n; c += 16) sum = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), _mm512_loadu_ps(y + c), sum);
-  return _mm512_reduce_add_ps(sum);
-}
-
 // the fp32 passes: the bf16 ones' steps with fp32 blocks (the scratch's blocks of 32-bit words hold
 // floats), every product on multiply-adds, and the outputs written straight into the packed rows
 void forward_task_f32(const SlabF32& a, int64_t task, float* context, float* stats) {
@@ -544,7 +541,7 @@ void backward_task_f32(const SlabF32& a, int64_t task, const float* context, con
     const __m512 shift = _mm512_set1_ps(stats[(size_t)h * a.n + row0 + i]);
     const __m512 inverse = _mm512_set1_ps(stats[(size_t)(a.heads + h) * a.n + row0 + i]);
     // Σ_j P_ij dP_ij = dout_i · out_i (FlashAttention's D_i)
-    const __m512 total = _mm512_set1_ps(row_dot_f32(go + (size_t)i * D, o + (size_t)i * D, d));
+    const __m512 total = _mm512_set1_ps(row_dot(go + (size_t)i * D, o + (size_t)i * D, d));
     keep_bits(sc, a.seed, a.threshold, mask_row(a, t, h, i), Lp, keep);
     for (int j = 0; j < Lp; j += 16) {
       const __m512 p = _mm512_maskz_mul_ps(real_lanes(L, j),
