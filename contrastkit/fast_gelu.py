@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.fast_dropout import _flat_numpy, compiled_loop, kernels
+from contrastkit import fused_layer
 from contrastkit.fast_linear import FastLinear, dense, linear
 
 
@@ -57,7 +58,10 @@ def linear_gelu(x: Tensor, layer: nn.Module, act: nn.Module) -> Tensor:
 
     Taken for a plain nn.Linear (or the trainers' FastLinear, the same layer) with an fp32 bias whose
     product comes out bf16 [n, C] (autocast); any other case runs `act(dense(layer, x))` as it is.
+    In fp32 on the CPU the bias and GELU are one C++ pass instead (contrastkit/fused_layer.py).
     """
+    if fused_layer.gelu_applies(x, layer, _exact_gelu(act)):
+        return fused_layer.linear_gelu(x, layer)
     fused = (x.device.type == "cpu" and x.dim() == 2 and torch.is_autocast_enabled("cpu")
              and torch.get_autocast_dtype("cpu") == torch.bfloat16 and type(layer) in (nn.Linear, FastLinear)
              and not layer._forward_hooks and not layer._forward_pre_hooks and layer.bias is not None

@@ -21,13 +21,14 @@ composition; the result equals `norm(fast_dropout(a) + x)` up to the order of fp
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from contrastkit import fused_layer
 from contrastkit.fast_dropout import (_flat_numpy, _unsigned, compiled_loop, draw_seed, drop_threshold, fused_dropout_p,
                                       kernels)
+from contrastkit.fast_linear import dense
 
 
 class _DropoutAddNorm(torch.autograd.Function):
@@ -84,3 +85,16 @@ def dropout_add_layer_norm(a: Tensor, x: Tensor, norm: nn.LayerNorm, dropout: nn
         return norm(dropout(a) + x)
     return _DropoutAddNorm.apply(a.contiguous(), x.contiguous(), norm.weight, norm.bias, float(norm.eps), p,
                                  draw_seed() if p > 0.0 else 0)
+
+
+def dense_dropout_add_layer_norm(h_in: Tensor, layer: nn.Module, x: Tensor, norm: nn.LayerNorm,
+                                 dropout: nn.Module) -> Tensor:
+    """norm(dropout(layer(h_in)) + x): a BERT block's output projection and exit.
+
+    In fp32 on the CPU the projection runs without its bias and the bias, dropout, residual add and
+    layer norm are one C++ pass (contrastkit/fused_layer.py); otherwise `dropout_add_layer_norm` of
+    the projection (one compiled pass under bf16 autocast, the composition elsewhere).
+    """
+    if fused_layer.exit_applies(h_in, layer, x, norm, dropout):
+        return fused_layer.dense_exit(h_in, layer, x, norm, dropout)
+    return dropout_add_layer_norm(dense(layer, h_in), x, norm, dropout)

@@ -57,6 +57,8 @@ from contrastkit.fast_dropout import _unsigned, draw_seed, draws_from_torch, dro
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("attention_kernel.cpp")
+# what the kernels' sources include (from their own folder): part of every build's hash
+HEADERS = (Path(__file__).with_name("kernel_common.h"),)
 # the bf16 functions get AVX-512 BF16 by a target attribute in the source; they run only where the CPU has it
 FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-fopenmp", "-shared", "-fPIC")
 CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
@@ -65,7 +67,8 @@ MAX_WIDTH = 1024  # the kernel keeps a row's keep bits in 64 groups of 16
 
 
 def build(source: Path = SOURCE, folder: Path | None = None) -> Path:
-    """Compile `source` into a shared library named by the hash of its text and flags; return its path.
+    """Compile `source` into a shared library named by the hash of its text, the headers it includes
+    (HEADERS) and the flags; return its path.
 
     A library already there is reused; a new one replaces the builds of earlier versions. It is
     written under a temporary name and renamed into place, so that a process never loads a
@@ -74,7 +77,7 @@ def build(source: Path = SOURCE, folder: Path | None = None) -> Path:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise RuntimeError("no C++ compiler (c++ or g++) on PATH")
-    text = source.read_bytes()
+    text = source.read_bytes() + b"".join(header.read_bytes() for header in HEADERS)
     key = hashlib.sha256(text + " ".join(FLAGS).encode() + compiler.encode()).hexdigest()[:16]
     folder = folder or cache_root()
     target = folder / f"{source.stem}-{key}.so"
@@ -84,7 +87,9 @@ def build(source: Path = SOURCE, folder: Path | None = None) -> Path:
     handle, partial = tempfile.mkstemp(dir=folder, suffix=".so.partial")
     os.close(handle)
     try:
-        done = subprocess.run([compiler, *FLAGS, "-o", partial, str(source)], capture_output=True, text=True)
+        includes = [f"-I{folder}" for folder in dict.fromkeys(header.parent for header in HEADERS)]
+        done = subprocess.run([compiler, *FLAGS, *includes, "-o", partial, str(source)], capture_output=True,
+                              text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed on {source.name}: {done.stderr.strip()[-2000:]}")
         os.replace(partial, target)

@@ -41,8 +41,8 @@ from torch.nn.utils.rnn import pad_sequence
 from contrastkit import fused_attention
 from contrastkit.fast_dropout import FastDropout, compiled_loop, kernels
 from contrastkit.fast_gelu import linear_gelu
-from contrastkit.fast_layer_norm import dropout_add_layer_norm
-from contrastkit.fast_linear import dense, linear
+from contrastkit.fast_layer_norm import dense_dropout_add_layer_norm
+from contrastkit.fast_linear import linear
 from contrastkit.fast_softmax import key_padding, softmax_dropout
 
 # padded positions per slab; in a round-robin of forward + backward on 64 debian pairs (docs/training.md)
@@ -297,15 +297,16 @@ def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab
     """One BertLayer on a slab's packed rows [n, D]: attention block, then feed-forward block, post-norm.
 
     Each block's exit, LayerNorm(dropout(out) + x), and the feed-forward's bias + GELU are one
-    compiled pass each under bf16 autocast on the CPU (contrastkit/fast_layer_norm.py, fast_gelu.py),
-    and exactly those compositions otherwise.
+    compiled pass each on the CPU under bf16 autocast (contrastkit/fast_layer_norm.py, fast_gelu.py)
+    and in fp32 (with the output projection's bias; contrastkit/fused_layer.py), and exactly those
+    compositions otherwise.
     """
     out = layer.attention.output
-    x = dropout_add_layer_norm(dense(out.dense, _attention(layer, qkv_weights, x, slab)), x, out.LayerNorm,
-                               out.dropout)
+    x = dense_dropout_add_layer_norm(_attention(layer, qkv_weights, x, slab), out.dense, x, out.LayerNorm,
+                                     out.dropout)
     hidden = linear_gelu(x, layer.intermediate.dense, layer.intermediate.intermediate_act_fn)
     out = layer.output
-    return dropout_add_layer_norm(dense(out.dense, hidden), x, out.LayerNorm, out.dropout)
+    return dense_dropout_add_layer_norm(hidden, out.dense, x, out.LayerNorm, out.dropout)
 
 
 def embed_tokens(word: nn.Embedding, ids: Tensor) -> Tensor:

@@ -316,7 +316,7 @@ def test_texts_outside_the_rows_or_the_width_are_refused_before_the_kernel_runs(
 
 
 @pytest.mark.skipif(fused_attention.library() is None, reason="needs a C++ compiler")
-def test_a_build_is_kept_and_reused_by_the_hash_of_its_source(tmp_path):
+def test_a_build_is_kept_and_reused_by_the_hash_of_its_source_and_headers(tmp_path, monkeypatch):
     target = fused_attention.build(folder=tmp_path)
     assert target.parent == tmp_path and target.stat().st_size > 0
     stamp = target.stat().st_mtime_ns
@@ -327,6 +327,12 @@ def test_a_build_is_kept_and_reused_by_the_hash_of_its_source(tmp_path):
     assert rebuilt != target and rebuilt.exists()
     assert not target.exists()  # the build of the earlier version is removed
     assert not list(tmp_path.glob("*.partial"))  # written under a temporary name, renamed into place
+    header = tmp_path / "headers" / "kernel_common.h"  # an included header changed: built again, with it
+    header.parent.mkdir()
+    header.write_text(fused_attention.HEADERS[0].read_text() + "\n// changed\n")
+    monkeypatch.setattr(fused_attention, "HEADERS", (header,))
+    again = fused_attention.build(changed, folder=tmp_path)
+    assert again != rebuilt and again.exists() and not rebuilt.exists()
 
 
 def test_a_failing_compiler_is_an_error_that_names_it_and_leaves_nothing(tmp_path, monkeypatch):

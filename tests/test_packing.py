@@ -12,6 +12,7 @@ import contrastkit.packing as packing_module
 from contrastkit import fused_attention
 from contrastkit.encoder import Encoder
 from contrastkit.fast_dropout import FastDropout, drop_threshold, keep_mask, use_fast_dropout
+from contrastkit.fast_linear import dense
 from contrastkit.packing import (_HeadsToPacked, _PackedToHeads, _padded_block, can_pack, packed_hidden_states,
                                  plan_packing, written_out_attention)
 from contrastkit.train.grad_cache import embed_in_chunks, grad_cache_backward, length_sorted_chunks
@@ -145,8 +146,11 @@ def training_without_dropout(model_dir, packing: bool) -> Encoder:
     return encoder.train()
 
 
-def test_packed_gradients_equal_padded_gradients(tiny_model_dir):
+def test_packed_gradients_equal_padded_gradients(tiny_model_dir, monkeypatch):
     """No dropout: the loss's gradient reaches every parameter exactly as through the padded forward."""
+    # torch's passes on both paths: the fp32 layer passes (where they run) sum in another order, and are
+    # checked against float64 and against this composition in tests/test_fused_layer.py
+    monkeypatch.setenv("CONTRASTKIT_FUSED_LAYER", "0")
     grads = []
     for packing in (True, False):
         encoder = training_without_dropout(tiny_model_dir, packing)
@@ -162,9 +166,11 @@ def test_packed_gradients_equal_padded_gradients(tiny_model_dir):
 @pytest.mark.parametrize("kept", [False, True], ids=["no-grad-yet", "kept-grad"])
 def test_the_word_embedding_gradient_is_added_sparsely_into_a_kept_gradient(tiny_model_dir, monkeypatch, kept):
     """With a dense .grad already there, the lookup's gradient comes as sparse rows added into it."""
-    # the packed forward against the padded one, both with torch's attention: the fused kernel (where it
-    # runs) rounds differently, and is checked against float64 in tests/test_fused_attention.py
+    # the packed forward against the padded one, both with torch's attention and layer passes: the fused
+    # kernels (where they run) round differently, and are checked against float64 in
+    # tests/test_fused_attention.py and tests/test_fused_layer.py
     monkeypatch.setenv("CONTRASTKIT_FUSED_ATTENTION", "0")
+    monkeypatch.setenv("CONTRASTKIT_FUSED_LAYER", "0")
     sparse_calls = []
     embedding = torch.nn.functional.embedding
     monkeypatch.setattr(torch.nn.functional, "embedding",
@@ -380,7 +386,8 @@ def test_bf16_training_ends_each_sublayer_in_one_pass_with_the_compositions_mask
                                              if p.grad is not None}, graph_nodes(embeddings.grad_fn)
 
     fused, fused_grads, fused_nodes = run()
-    monkeypatch.setattr(packing_module, "dropout_add_layer_norm", lambda a, x, norm, dropout: norm(dropout(a) + x))
+    monkeypatch.setattr(packing_module, "dense_dropout_add_layer_norm",
+                        lambda h, layer, x, norm, dropout: norm(dropout(dense(layer, h)) + x))
     composed, composed_grads, composed_nodes = run()
     assert "_DropoutAddNormBackward" in fused_nodes and "_DropoutAddNormBackward" not in composed_nodes
     assert "_BiasGeluBackward" in fused_nodes  # the feed-forward's bias + GELU pass (fast_gelu) as well

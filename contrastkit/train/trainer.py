@@ -331,16 +331,22 @@ class Trainer:
     def _stream_parts(self, groups: list[list[str]]) -> list[list]:
         """parts[s][g]: the packing plan of stream s's share of group g, shares cut by token counts.
 
-        Tokenized here, on the calling thread: a Hugging Face fast tokenizer is not to be called from
-        two threads at once.
+        The groups are cut longest texts first, each cut evening out the streams' token counts over
+        the groups cut so far, so that the short texts (queries) even out what the long ones' coarse
+        cuts left. Tokenized here, on the calling thread: a Hugging Face fast tokenizer is not to be
+        called from two threads at once.
         """
         tokenized = [self.encoder.token_ids(g) for g in groups]
-        parts: list[list] = [[] for _ in range(self.streams)]
-        for ids, types in tokenized:
-            cuts = balanced_cuts([len(i) for i in ids], self.streams)
+        lengths = [[len(i) for i in ids] for ids, _ in tokenized]
+        loads = [0] * self.streams
+        plans: list[list] = [[None] * len(groups) for _ in range(self.streams)]
+        for g in sorted(range(len(groups)), key=lambda g: -max(lengths[g])):
+            ids, types = tokenized[g]
+            cuts = balanced_cuts(lengths[g], self.streams, carried=loads)
             for s, (a, b) in enumerate(zip(cuts, cuts[1:])):
-                parts[s].append(plan_packing(ids[a:b], None if types is None else types[a:b]))
-        return parts
+                plans[s][g] = plan_packing(ids[a:b], None if types is None else types[a:b])
+                loads[s] += sum(lengths[g][a:b])
+        return plans
 
     def _embed_parts(self, plans: list) -> list[Tensor]:
         # on a stream's thread (autocast is switched on per thread). Without autocast's cache of weight
