@@ -125,14 +125,15 @@ class StreamPool:
         self._pool.shutdown(wait=True)
 
 
-def stream_backward(pool: StreamPool, parts: Sequence[Sequence], embed: Callable[[Sequence], list[Tensor]],
+def stream_backward(pool: StreamPool, parts: Sequence, embed: Callable[[object], list[Tensor]],
                     loss_on: Callable[..., Tensor]) -> Tensor:
     """Forward and backward of one step as parallel streams, one per entry of `parts`; returns the loss.
 
-    parts[s][g]: stream s's share of group g (anchors, positives, ...), in the form `embed` takes
-    (the trainer's: packing plans, tokenized on the calling thread); embed(parts[s]) → their
-    embeddings, run on the stream's thread (autocast and grad mode are per thread: `embed` sets
-    them); loss_on(*embeddings of each whole group). Each stream embeds its shares under its own
+    parts[s]: stream s's shares of the groups (anchors, positives, ...), in the form `embed` takes
+    (the trainer's: one packing plan of all of them, tokenized on the calling thread); embed(parts[s])
+    → the embeddings of its share of each group, in group order, run on the stream's thread (autocast
+    and grad mode are per thread: `embed` sets them); loss_on(*embeddings of each whole group). Each
+    stream embeds its shares under its own
     dropout seeds, the loss runs here on the joined embeddings, and each stream back-propagates its
     part of the loss's gradient.
     """
@@ -144,7 +145,7 @@ def stream_backward(pool: StreamPool, parts: Sequence[Sequence], embed: Callable
 
     embeddings = pool.map(forward, range(len(parts)))
     leaves = [[e.detach().requires_grad_() for e in stream] for stream in embeddings]
-    groups = len(parts[0])
+    groups = len(embeddings[0])
     loss = loss_on(*(torch.cat([stream[g] for stream in leaves]) for g in range(groups)))
     loss.backward()
 

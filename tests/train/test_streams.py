@@ -63,6 +63,27 @@ def test_balanced_cuts_split_equal_lengths_evenly_and_refuse_too_few_items():
         balanced_cuts([3], 2)
 
 
+def test_balanced_cuts_cut_at_the_nearest_boundary_and_even_out_carried_loads():
+    # the half (17) falls inside the third item: it goes to the part that leaves the two closer to
+    # equal (12 and 22), not always to the first (24 and 10)
+    assert balanced_cuts([6, 6, 12, 10], 2) == [0, 2, 4]
+    assert balanced_cuts([10, 10, 10, 10], 2, carried=[15, 0]) == [0, 1, 4]  # stream 0 already holds 15
+    assert balanced_cuts([10, 10, 10, 10], 2, carried=[0, 25]) == [0, 3, 4]
+    assert balanced_cuts([1, 1], 2, carried=[100, 0]) == [0, 1, 2]  # yet every part keeps one item
+
+
+def test_a_streams_parts_hold_about_equal_token_counts_over_all_groups(tiny_model_dir, tmp_path):
+    trainer = trainer_for(tiny_model_dir, tmp_path, 2)
+    short = [f"q {i}" for i in range(9)]
+    long = [" ".join(["word"] * (5 + 7 * (i % 4))) + f" {i}" for i in range(9)]
+    lengths = [[len(ids) for ids in trainer.encoder.token_ids(g)[0]] for g in (short, long)]
+    parts = trainer._stream_parts([short, long])
+    loads = [len(plan.input_ids) for plan, _ in parts]
+    assert sum(loads) == sum(map(sum, lengths)) and [len(c) for _, c in parts] == [2, 2]
+    assert [sum(c[g] for _, c in parts) for g in (0, 1)] == [9, 9]
+    assert abs(loads[0] - loads[1]) <= max(lengths[0])  # the short texts even out the long ones' cut
+
+
 def test_stream_count_runs_two_streams_only_where_they_can_run_and_repeat(tiny_encoder, monkeypatch):
     from contrastkit.fast_dropout import use_fast_dropout
 
@@ -163,7 +184,8 @@ def test_parallel_streams_repeat_the_serial_order_to_the_bit(tiny_model_dir, tmp
 def test_dropout_differs_between_streams_and_follows_the_seed(tiny_model_dir, tmp_path):
     trainer = trainer_for(tiny_model_dir, tmp_path, 2)
     texts = [p.anchor for p in pairs(8)]
-    plan = trainer._stream_parts([texts, texts])[0][0]  # stream 0's share of the first group
+    plan, counts = trainer._stream_parts([texts, texts])[0]  # stream 0's shares of both groups, one plan
+    assert sum(counts) == len(plan.order) and len(counts) == 2
 
     def embed(seed):
         with seeds_from(seed):
@@ -266,31 +288,42 @@ def test_a_crashed_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(t
         assert torch.equal(a[name], b[name]), name
 
 
-def test_one_stream_leaving_autocast_does_not_change_the_others_gradients(tiny_model_dir, tmp_path):
+def test_one_stream_leaving_autocast_does_not_change_the_others_gradients(tiny_model_dir, tmp_path, monkeypatch):
     """torch's autocast keeps one cache of weight casts for all threads and empties it when a thread
     leaves its autocast region: a stream still embedding would then cast its weights again and get
-    their gradients in two parts, rounded otherwise. Here stream 1 embeds its second group only after
-    stream 0 has left autocast; its gradients must be those of the streams run one after the other."""
+    their gradients in two parts, rounded otherwise. Here every stream packs its texts into several
+    slabs, each of which runs every layer, and stream 1 starts its second slab only after stream 0 has
+    left autocast; its gradients must be those of the streams run one after the other."""
+    import functools
+
+    import contrastkit.packing as packing_module
+    import contrastkit.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "plan_packing", functools.partial(packing_module.plan_packing, slab_tokens=24))
+    real_layer = packing_module._layer
     runs = []
     for interleave in (False, True):
         trainer = trainer_for(tiny_model_dir, tmp_path / f"run{interleave}", 2, bf16=True)
         groups = trainer._groups(trainer._batches(0)[0])
         parts = trainer._stream_parts(groups)
-        stream0_done = threading.Event()
-        real_embed_packed, real_embed_parts = trainer.encoder.embed_packed, trainer._embed_parts
+        assert all(len(plan.slabs) >= 2 for plan, _ in parts)
+        stream0_done, on_stream1 = threading.Event(), threading.local()
+        real_embed_parts = trainer._embed_parts
 
-        def embed_packed(plan, real=real_embed_packed, parts=parts, done=stream0_done):
-            if plan is parts[1][1]:
-                assert done.wait(timeout=60)
-            return real(plan)
+        def layer(module, qkv_weights, h, slab, parts=parts, done=stream0_done, here=on_stream1):
+            if getattr(here, "active", False) and slab is not parts[1][0].slabs[0]:
+                assert done.wait(timeout=60)  # stream 1's later slabs wait for stream 0 to leave autocast
+            return real_layer(module, qkv_weights, h, slab)
 
-        def embed_parts(plans, real=real_embed_parts, parts=parts, done=stream0_done):
-            out = real(plans)
-            if plans is parts[0]:
+        def embed_parts(part, real=real_embed_parts, parts=parts, done=stream0_done, here=on_stream1):
+            here.active = part is parts[1]
+            out = real(part)
+            here.active = False
+            if part is parts[0]:
                 done.set()
             return out
 
-        trainer.encoder.embed_packed = embed_packed
+        monkeypatch.setattr(packing_module, "_layer", layer)
         torch.manual_seed(11)
         pool = StreamPool(2) if interleave else _SerialPool()
         loss = stream_backward(pool, parts, embed_parts, trainer._loss_on(groups))
