@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastkit.fast_dropout import _flat_numpy, compiled_loop, kernels
 from contrastkit import fused_layer
+from contrastkit.fast_dropout import _flat_numpy, compiled_loop, kernels
 from contrastkit.fast_linear import FastLinear, dense, linear
 
 

@@ -68,7 +68,7 @@ def balanced_cuts(lengths: Sequence[int], parts: int, carried: Sequence[int] | N
 
     Cutting where the running total first passes its share instead gives the crossing item to the
     earlier part every time: on Cranfield batch 32 the first of two streams held 5-10 % more tokens
-    at most steps and the other core waited for it (bench/stream_balance.py).
+    at most steps and the other core waited for it (docs/training.md).
     """
     n = len(lengths)
     if n < parts:
