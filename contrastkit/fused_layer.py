@@ -8,9 +8,10 @@ BERT layer's feed-forward entry and each block's exit as several passes over [to
     exit:   the same bias copy, dropout, the residual add, the layer norm (Ba et al. 2016); backward
             as many passes again, and the bias's row sums
 
-Each pass is bound by memory (a core streams a block through its cache at a few bytes a cycle), so
-their count sets their time. Here the product runs without its bias (MKL's `mm`) and one AVX-512
-loop per block of rows (contrastkit/layer_kernel.cpp) does the rest:
+Each of the exit's passes is bound by memory (a core streams a block through its cache at a few bytes a
+cycle), so their count sets their time; GELU's by its erf and exponential. Here the product runs
+without its bias (MKL's `mm`) and one AVX-512 loop per block of rows (contrastkit/layer_kernel.cpp)
+does the rest:
 
     entry:  y = GELU(h + b)                                  exact (erf) GELU, as torch's fp32 one
     exit:   s = keep · (h + b) / (1 - p') + x,  y = LayerNorm(s)
@@ -19,7 +20,7 @@ with FastDropout's mask for the same seed (redrawn in the backward, not stored),
 gamma and beta gradients summed per block as the backward goes. Same math as the compositions up
 to the order of fp32 sums (tests/test_fused_layer.py). On the 2-core Xeon, one thread, [2,350 × 384]
 exit forward + backward 1.48 ms against 2.30 for torch's composition; [2,350 × 1,536] entry 4.35 ms
-against 4.72 plus addmm's bias copy; a whole Cranfield batch-32 run +2 % (docs/benchmarks.md).
+against 4.72 plus addmm's bias copy; whole Cranfield batch-32 runs +1.6 % (docs/benchmarks.md).
 
 Built on first use like the attention kernel (contrastkit.fused_attention.build: the system's C++
 compiler, a cache folder, ctypes). Where there is no compiler, no AVX-512, or
@@ -162,7 +163,7 @@ def gelu_applies(x: Tensor, layer: nn.Module, exact_gelu: bool) -> bool:
 
 def linear_gelu(x: Tensor, layer: nn.Module) -> Tensor:
     """GELU(x Wᵀ + b): the product by `fast_linear.linear` without the bias, then one pass (check `gelu_applies`)."""
-    return _BiasGeluF32.apply(linear(x, layer.weight).contiguous(), layer.bias)
+    return _BiasGeluF32.apply(linear(x, layer.weight).contiguous(), layer.bias.contiguous())
 
 
 def exit_applies(h_in: Tensor, layer: nn.Module, x: Tensor, norm: nn.Module, dropout: nn.Module) -> bool:
@@ -179,5 +180,6 @@ def dense_exit(h_in: Tensor, layer: nn.Module, x: Tensor, norm: nn.LayerNorm, dr
     """norm(dropout(layer(h_in)) + x): the product without the bias, then one pass (check `exit_applies`)."""
     p = fused_dropout_p(dropout)
     seed = draw_seed() if p > 0.0 else 0  # one draw, as the dropout module's own
-    return _BiasDropoutAddNormF32.apply(linear(h_in, layer.weight).contiguous(), layer.bias, x.contiguous(), norm.weight,
-                                     norm.bias, float(norm.eps), p, seed)
+    h = linear(h_in, layer.weight).contiguous()
+    return _BiasDropoutAddNormF32.apply(h, layer.bias.contiguous(), x.contiguous(), norm.weight.contiguous(),
+                                        norm.bias.contiguous(), float(norm.eps), p, seed)

@@ -55,7 +55,7 @@ inline __m512 normal_cdf(__m512 z, __m512* e) {
 
 inline __mmask16 lanes_left(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
 
-// the 16-bit lanes e .. e + 15 of a block's words >= threshold, as a mask (lanes past `left` off)
+// which of the 16 stream lanes at `lanes` are >= threshold, as a mask (lanes off in `live` stay off)
 inline __mmask16 kept(const uint16_t* lanes, uint16_t threshold, __mmask16 live) {
   const __m256i v = _mm256_maskz_loadu_epi16(live, lanes);
   return _mm256_mask_cmpge_epu16_mask(live, v, _mm256_set1_epi16((short)threshold));
@@ -105,8 +105,8 @@ void exit_forward_block(const Exit& e, const float* h, const float* bias, const 
     __m512 sum = _mm512_setzero_ps();
     for (int64_t j = 0; j < D; j += 16) {
       const __mmask16 live = lanes_left(D - j);
-      __m512 v = _mm512_mul_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(live, hr + j), _mm512_maskz_loadu_ps(live, bias + j)),
-                               scale);
+      const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(live, hr + j), _mm512_maskz_loadu_ps(live, bias + j));
+      __m512 v = _mm512_mul_ps(z, scale);
       if (e.threshold) v = _mm512_maskz_mov_ps(kept(lanes + lane0 + (r - r0) * D + j, e.threshold, live), v);
       v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, xr + j));
       _mm512_mask_storeu_ps(sr + j, live, v);
@@ -175,30 +175,36 @@ void exit_backward_block(const Exit& e, const float* dy, const float* s, const f
 
 // GELU(z) = z Φ(z) = z (1 + erf(z / √2)) / 2;  GELU'(z) = Φ(z) + z φ(z), φ(z) = e^(−z²/2) / √(2π)
 void gelu_forward_block(const float* h, const float* bias, float* y, int64_t width, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; r++)
+  for (int64_t r = r0; r < r1; r++) {
+    const float* hr = h + r * width;
+    float* yr = y + r * width;
     for (int64_t j = 0; j < width; j += 16) {
       const __mmask16 live = lanes_left(width - j);
-      const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(live, h + r * width + j), _mm512_maskz_loadu_ps(live, bias + j));
+      const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(live, hr + j), _mm512_maskz_loadu_ps(live, bias + j));
       __m512 e;
-      _mm512_mask_storeu_ps(y + r * width + j, live, _mm512_mul_ps(z, normal_cdf(z, &e)));
+      _mm512_mask_storeu_ps(yr + j, live, _mm512_mul_ps(z, normal_cdf(z, &e)));
     }
+  }
 }
 
 void gelu_backward_block(const float* grad, const float* h, const float* bias, float* dh, float* dbias,
                          int64_t width, int64_t r0, int64_t r1) {
   const __m512 beta = _mm512_set1_ps((float)(M_2_SQRTPI * M_SQRT1_2 * 0.5));  // 1 / √(2π)
   for (int64_t j = 0; j < width; j++) dbias[j] = 0.0f;
-  for (int64_t r = r0; r < r1; r++)
+  for (int64_t r = r0; r < r1; r++) {
+    const float *hr = h + r * width, *gr = grad + r * width;
+    float* dhr = dh + r * width;
     for (int64_t j = 0; j < width; j += 16) {
       const __mmask16 live = lanes_left(width - j);
-      const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(live, h + r * width + j), _mm512_maskz_loadu_ps(live, bias + j));
+      const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(live, hr + j), _mm512_maskz_loadu_ps(live, bias + j));
       __m512 e;
       const __m512 cdf = normal_cdf(z, &e);
-      const __m512 d = _mm512_maskz_mul_ps(live, _mm512_maskz_loadu_ps(live, grad + r * width + j),
+      const __m512 d = _mm512_maskz_mul_ps(live, _mm512_maskz_loadu_ps(live, gr + j),
                                            _mm512_fmadd_ps(_mm512_mul_ps(z, beta), e, cdf));
-      _mm512_mask_storeu_ps(dh + r * width + j, live, d);
+      _mm512_mask_storeu_ps(dhr + j, live, d);
       _mm512_mask_storeu_ps(dbias + j, live, _mm512_add_ps(d, _mm512_maskz_loadu_ps(live, dbias + j)));
     }
+  }
 }
 
 }  // namespace
