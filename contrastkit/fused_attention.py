@@ -87,7 +87,7 @@ def build(source: Path = SOURCE, folder: Path | None = None) -> Path:
     handle, partial = tempfile.mkstemp(dir=folder, suffix=".so.partial")
     os.close(handle)
     try:
-        includes = [f"-I{folder}" for folder in dict.fromkeys(header.parent for header in HEADERS)]
+        includes = [f"-I{place}" for place in dict.fromkeys(header.parent for header in HEADERS)]
         done = subprocess.run([compiler, *FLAGS, *includes, "-o", partial, str(source)], capture_output=True,
                               text=True)
         if done.returncode != 0:
