@@ -284,18 +284,6 @@ struct SlabOf {
 using Slab = SlabOf<uint16_t>;
 using SlabF32 = SlabOf<float>;
 
-// run(task) for task < count: over `threads` OpenMP threads, or in this thread alone (no OpenMP call:
-// a forked child must not touch its parent's OpenMP pool)
-template <typename Run>
-void for_tasks(int64_t count, int threads, Run run) {
-  if (threads <= 1) {
-    for (int64_t task = 0; task < count; task++) run(task);
-    return;
-  }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int64_t task = 0; task < count; task++) run(task);
-}
-
 // the row index of query i of text t, head h in the padded [texts, heads, W, W] block, times W
 template <typename T>
 inline int64_t mask_row(const SlabOf<T>& a, int64_t t, int h, int i) {

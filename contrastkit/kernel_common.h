@@ -1,4 +1,5 @@
-// What the compiled kernels share: FastDropout's SplitMix64 stream and an AVX-512 e^x.
+// What the compiled kernels share: FastDropout's SplitMix64 stream, an AVX-512 e^x, and their loop
+// over independent tasks on OpenMP threads.
 // Included by attention_kernel.cpp and layer_kernel.cpp (fused_attention.build hashes it with them).
 #pragma once
 #include <immintrin.h>
@@ -39,6 +40,18 @@ inline __m512 exp_ps(__m512 x) {
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   const __m512i exponent = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
   return _mm512_mul_ps(p, _mm512_castsi512_ps(exponent));
+}
+
+// run(task) for task < count: over `threads` OpenMP threads, or in this thread alone (no OpenMP call:
+// a forked child must not touch its parent's OpenMP pool)
+template <typename Run>
+void for_tasks(int64_t count, int threads, Run run) {
+  if (threads <= 1) {
+    for (int64_t task = 0; task < count; task++) run(task);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t task = 0; task < count; task++) run(task);
 }
 
 }  // namespace

@@ -75,16 +75,6 @@ int64_t block_lanes(std::vector<uint64_t>& words, int64_t width, int64_t r0, int
   return r0 * width - 4 * first;
 }
 
-template <typename Run>
-void for_blocks(int64_t count, int threads, Run run) {
-  if (threads <= 1) {
-    for (int64_t b = 0; b < count; b++) run(b);
-    return;
-  }
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t b = 0; b < count; b++) run(b);
-}
-
 struct Exit {
   int64_t rows, width;
   uint64_t seed;
@@ -223,7 +213,7 @@ void exit_forward_f32(const float* h, const float* bias, const float* x, const f
                       int threads, float* s, float* y, float* stats) {
   const Exit e{rows, width, seed, threshold, scale};
   const int64_t step = rows_per_block(width);
-  for_blocks(layer_blocks(rows, width), threads, [&](int64_t b) {
+  for_tasks(layer_blocks(rows, width), threads, [&](int64_t b) {
     exit_forward_block(e, h, bias, x, gamma, beta, eps, s, y, stats, b * step, std::min(rows, b * step + step));
   });
 }
@@ -234,7 +224,7 @@ void exit_backward_f32(const float* dy, const float* s, const float* gamma, cons
                        float* dh, float* partial) {
   const Exit e{rows, width, seed, threshold, scale};
   const int64_t step = rows_per_block(width);
-  for_blocks(layer_blocks(rows, width), threads, [&](int64_t b) {
+  for_tasks(layer_blocks(rows, width), threads, [&](int64_t b) {
     exit_backward_block(e, dy, s, gamma, stats, dx, dh, partial + b * 3 * width, b * step,
                         std::min(rows, b * step + step));
   });
@@ -242,7 +232,7 @@ void exit_backward_f32(const float* dy, const float* s, const float* gamma, cons
 
 void gelu_forward_f32(const float* h, const float* bias, int64_t rows, int64_t width, int threads, float* y) {
   const int64_t step = rows_per_block(width);
-  for_blocks(layer_blocks(rows, width), threads, [&](int64_t b) {
+  for_tasks(layer_blocks(rows, width), threads, [&](int64_t b) {
     gelu_forward_block(h, bias, y, width, b * step, std::min(rows, b * step + step));
   });
 }
@@ -251,7 +241,7 @@ void gelu_forward_f32(const float* h, const float* bias, int64_t rows, int64_t w
 void gelu_backward_f32(const float* grad, const float* h, const float* bias, int64_t rows, int64_t width, int threads,
                        float* dh, float* partial) {
   const int64_t step = rows_per_block(width);
-  for_blocks(layer_blocks(rows, width), threads, [&](int64_t b) {
+  for_tasks(layer_blocks(rows, width), threads, [&](int64_t b) {
     gelu_backward_block(grad, h, bias, dh, partial + b * width, width, b * step, std::min(rows, b * step + step));
   });
 }
