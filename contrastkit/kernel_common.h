@@ -23,8 +23,8 @@ void splitmix_words(uint64_t* words, uint64_t seed, uint64_t first, int n) {
   }
 }
 
-// e^x for x <= 0 (Cephes' expf: x = k ln 2 + r, a degree-6 polynomial in r, times 2^k built in the
-// exponent bits); e^-87 for x below -87
+// e^x for x <= 0 (Cephes' expf: x = k ln 2 + r, a degree-6 polynomial in r, times 2^k by vscalefps,
+// exact for the normal results here); e^-87 for x below -87
 inline __m512 exp_ps(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
@@ -38,8 +38,7 @@ inline __m512 exp_ps(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  const __m512i exponent = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(exponent));
+  return _mm512_scalef_ps(p, k);
 }
 
 // run(task) for task < count: over `threads` OpenMP threads, or in this thread alone (no OpenMP call:
