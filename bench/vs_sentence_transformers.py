@@ -247,10 +247,15 @@ def main() -> None:
     extra += ["--torch-dropout"] if args.torch_dropout else []
     extra += ["--st-bf16"] if args.st_bf16 else []
     extra += ["--ours-bf16"] if args.ours_bf16 else []
-    # bf16: the fused C++ kernel where it builds and runs here (contrastkit.fused_attention), else the
-    # written-out products and softmax pass; fp32: torch's attention, or the written-out one with FastDropout
-    attention_kernel = ("fused (contrastkit/attention_kernel.cpp)" if args.ours_bf16 and fused_attention.enabled()
-                        and fused_attention.library() is not None else "written out / torch")
+    # the fused C++ kernel where it builds and computes in ours' precision here (contrastkit.fused_attention)
+    # and the dropout on the probabilities is FastDropout's; else the written-out products or torch's
+    # attention. (fp32 runs have taken the kernel since commit 04873df, 2026-11-28 23:19; until this line
+    # was mended on 11-29 their rows said "written out / torch": the 11-29 rows are corrected in the file,
+    # the last 11-28 rows, of either kind, are not told apart and are left as written.)
+    ours_dtype = torch.bfloat16 if args.ours_bf16 else torch.float32
+    attention_kernel = ("fused (contrastkit/attention_kernel.cpp)" if fused_attention.enabled()
+                        and fused_attention.computes_in(ours_dtype) and not args.torch_dropout
+                        else "written out / torch")
     for i in args.settings:
         gflop = gflop_per_pair(SETTINGS[i], counter)
         runs: dict[str, list[dict]] = {"ours": [], "st": []}
