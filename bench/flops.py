@@ -47,11 +47,11 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int 
 def hardware_peak(bf16: bool, seconds: float = 0.5, rounds: int = 3) -> float | None:
     """FLOP/s of the cores' multiply-add instructions (bench/hardware_peak.cpp) on torch's threads, the
     best of `rounds` calls of about `seconds`; None where the CPU lacks the AVX-512 flags the probe is
-    built with (BF16 among them) or there is no compiler."""
+    built with (and, for bf16, AVX-512 BF16) or there is no compiler."""
     from contrastkit.devices import cpu_flags
-    from contrastkit.fused_attention import CPU_FLAGS, build  # built as the attention kernel is, its flags
+    from contrastkit.fused_attention import BF16_FLAG, CPU_FLAGS, build  # built as the attention kernel is
 
-    if not CPU_FLAGS <= cpu_flags():
+    if not CPU_FLAGS <= cpu_flags() or (bf16 and BF16_FLAG not in cpu_flags()):
         return None
     try:
         library = ctypes.CDLL(str(build(Path(__file__).with_name("hardware_peak.cpp"))))
