@@ -17,8 +17,10 @@ spent about a quarter of a Cranfield step on the products, the softmax, the drop
 core's cache, q, k, v are read from the packed projection [n, 3D] and the
 context written into packed rows [n, D]. As in FlashAttention (Dao et al. 2022) nothing of size
 [L, L] is kept for the backward: it recomputes P from each query row's max and 1 / sum, takes
-Σ_row dP ∘ P as dout · out (FlashAttention's D), and redraws the dropout mask (`keep`, FastDropout's,
-the very mask `softmax_dropout` draws for the slab's padded block from the same seed) from the seed.
+Σ_row dP ∘ P as dout · out (FlashAttention's D; in fp32 as Σ_row Y ∘ dY, the same sum from the row
+at hand, where reading each head's 32 columns of the context's long rows was a cache miss a row),
+and redraws the dropout mask (`keep`, FastDropout's, the very mask `softmax_dropout` draws for the
+slab's padded block from the same seed) from the seed.
 
 The kernel is compiled on first use with the system's C++ compiler (about two seconds) into a cache
 folder (`cache.cache_root`: `$CONTRASTKIT_CACHE`, `$XDG_CACHE_HOME/contrastkit` or
