@@ -46,6 +46,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -120,21 +121,32 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     return library
 
 
+def switched_on(variable: str) -> bool:
+    """False where the environment variable `variable` is 0 / false / no (read at every call)."""
+    return os.environ.get(variable, "1").strip().lower() not in ("0", "false", "no")
+
+
+def load(source: Path, declare: Callable[[ctypes.CDLL], ctypes.CDLL], fallback: str) -> ctypes.CDLL | None:
+    """`source` built (`build`) and loaded with its functions declared, or None where this CPU lacks
+    AVX-512 or it does not build (logged with what runs instead, `fallback`)."""
+    if not CPU_FLAGS <= cpu_flags():
+        return None
+    try:
+        return declare(ctypes.CDLL(str(build(source))))
+    except (RuntimeError, OSError) as exc:
+        log.warning("%s not available, using %s: %s", source.name, fallback, exc)
+        return None
+
+
 def enabled() -> bool:
     """False where CONTRASTKIT_FUSED_ATTENTION is 0 / false / no (read at every call)."""
-    return os.environ.get("CONTRASTKIT_FUSED_ATTENTION", "1").strip().lower() not in ("0", "false", "no")
+    return switched_on("CONTRASTKIT_FUSED_ATTENTION")
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, or None where this CPU lacks AVX-512 or it does not build; built once."""
-    if not CPU_FLAGS <= cpu_flags():
-        return None
-    try:
-        return _declare(ctypes.CDLL(str(build())))
-    except (RuntimeError, OSError) as exc:
-        log.warning("fused CPU attention not available, using the written-out one: %s", exc)
-        return None
+    return load(SOURCE, _declare, "the written-out attention")
 
 
 # the dtypes the kernel computes in, and the head sizes it takes in each (bf16 multiplies pairs of

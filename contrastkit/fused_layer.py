@@ -36,19 +36,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from contrastkit.devices import cpu_flags
 from contrastkit.fast_dropout import _unsigned, draw_seed, drop_threshold, fused_dropout_p
 from contrastkit.fast_linear import FastLinear, linear
-from contrastkit.fused_attention import CPU_FLAGS, _threads, build
-
-log = logging.getLogger(__name__)
+from contrastkit.fused_attention import _address, _threads, load, switched_on
 
 SOURCE = Path(__file__).with_name("layer_kernel.cpp")
 
@@ -72,23 +67,13 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
 
 def enabled() -> bool:
     """False where CONTRASTKIT_FUSED_LAYER is 0 / false / no (read at every call)."""
-    return os.environ.get("CONTRASTKIT_FUSED_LAYER", "1").strip().lower() not in ("0", "false", "no")
+    return switched_on("CONTRASTKIT_FUSED_LAYER")
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled passes, or None where this CPU lacks AVX-512 or they do not build; built once."""
-    if not CPU_FLAGS <= cpu_flags():
-        return None
-    try:
-        return _declare(ctypes.CDLL(str(build(SOURCE))))
-    except (RuntimeError, OSError) as exc:
-        log.warning("fused fp32 layer passes not available, using torch's: %s", exc)
-        return None
-
-
-def _address(t: Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
+    return load(SOURCE, _declare, "torch's passes")
 
 
 class _BiasGeluF32(torch.autograd.Function):
