@@ -49,7 +49,7 @@ def kernel_rows(bf16: bool) -> list[dict]:
         grad = torch.randn(slab.last, heads * d, generator=generator).to(dtype)
 
         def fused():
-            return fused_attention.packed_attention(qkv_in, slab.starts, slab.lengths, slab.width, heads,
+            return fused_attention.packed_attention(qkv_in, [(slab.starts, slab.lengths, slab.width)], heads,
                                                     d ** -0.5, dropout)
 
         def written():

@@ -212,9 +212,13 @@ class Encoder(nn.Module):
         ids, types = self.token_ids(texts)
         return self.embed_packed(plan_packing(ids, types))
 
-    def token_ids(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]] | None]:
-        """(input ids, token type ids or None) of each text, truncated to max_seq_length, unpadded."""
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
+    def token_ids(self, texts: Sequence[str], tokenizer=None) -> tuple[list[list[int]], list[list[int]] | None]:
+        """(input ids, token type ids or None) of each text, truncated to max_seq_length, unpadded.
+
+        `tokenizer`: a copy of this encoder's, for another thread (a Hugging Face fast tokenizer is not
+        to be called from two threads at once); this encoder's own by default.
+        """
+        encoded = (tokenizer or self.tokenizer)(list(texts), truncation=True, max_length=self.max_seq_length)
         return encoded["input_ids"], encoded.get("token_type_ids")
 
     def embed_packed(self, plan: PackPlan) -> Tensor:

@@ -46,7 +46,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -186,21 +186,23 @@ def _passes(dtype: torch.dtype):
 
 
 class _PackedAttention(torch.autograd.Function):
-    """qkv [n, 3D] bf16 or fp32 (packed rows of texts laid end to end) → context [n, D], the same dtype."""
+    """qkv [n, 3D] bf16 or fp32 (packed rows of texts laid end to end) → context [n, D], the same dtype; one
+    kernel call per slab (its texts' starts and lengths among the n rows, its width, its seed)."""
 
     @staticmethod
-    def forward(ctx, qkv: Tensor, starts: Tensor, lengths: Tensor, width: int, heads: int,  # type: ignore[override]
-                scale: float, p: float, seed: int) -> Tensor:
+    def forward(ctx, qkv: Tensor, slabs: tuple[tuple[Tensor, Tensor, int, int], ...], heads: int,  # type: ignore[override]
+                scale: float, p: float) -> Tensor:
         n, head_size = qkv.shape[0], qkv.shape[1] // (3 * heads)
         threshold, keep_probability = drop_threshold(p)
         context = qkv.new_empty(n, heads * head_size)
         stats = torch.empty(2, heads, n, dtype=torch.float32)
-        _passes(qkv.dtype)[0](
-            _address(qkv), len(lengths), _address(starts), _address(lengths), heads, head_size, width, scale,
-            _unsigned(seed), threshold, 1.0 / keep_probability, _threads(), _address(context), _address(stats), n)
+        forward = _passes(qkv.dtype)[0]
+        for starts, lengths, width, seed in slabs:
+            forward(_address(qkv), len(lengths), _address(starts), _address(lengths), heads, head_size, width, scale,
+                    _unsigned(seed), threshold, 1.0 / keep_probability, _threads(), _address(context), _address(stats),
+                    n)
         ctx.save_for_backward(qkv, stats, context)
-        ctx.starts, ctx.lengths, ctx.width, ctx.heads, ctx.scale, ctx.p, ctx.seed = (
-            starts, lengths, width, heads, scale, p, seed)
+        ctx.slabs, ctx.heads, ctx.scale, ctx.p = slabs, heads, scale, p
         return context
 
     @staticmethod
@@ -210,11 +212,12 @@ class _PackedAttention(torch.autograd.Function):
         grad = grad.to(qkv.dtype).contiguous()
         threshold, keep_probability = drop_threshold(ctx.p)
         grad_qkv = torch.empty_like(qkv)
-        _passes(qkv.dtype)[1](
-            _address(qkv), _address(context), _address(grad), _address(stats), len(ctx.lengths), _address(ctx.starts),
-            _address(ctx.lengths), ctx.heads, qkv.shape[1] // (3 * ctx.heads), ctx.width, ctx.scale,
-            _unsigned(ctx.seed), threshold, 1.0 / keep_probability, _threads(), _address(grad_qkv), qkv.shape[0])
-        return grad_qkv, None, None, None, None, None, None, None
+        backward = _passes(qkv.dtype)[1]
+        for starts, lengths, width, seed in ctx.slabs:
+            backward(_address(qkv), _address(context), _address(grad), _address(stats), len(lengths), _address(starts),
+                     _address(lengths), ctx.heads, qkv.shape[1] // (3 * ctx.heads), width, ctx.scale, _unsigned(seed),
+                     threshold, 1.0 / keep_probability, _threads(), _address(grad_qkv), qkv.shape[0])
+        return grad_qkv, None, None, None, None
 
 
 def runs_in(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> bool:
@@ -241,26 +244,30 @@ def applies(qkv: Tensor, heads: int, width: int, dropout: nn.Module) -> bool:
             and computes_in(qkv.dtype))
 
 
-def packed_attention(qkv: Tensor, starts: Tensor, lengths: Tensor, width: int, heads: int, scale: float,
+def packed_attention(qkv: Tensor, slabs: Sequence[tuple[Tensor, Tensor, int]], heads: int, scale: float,
                      dropout: nn.Module) -> Tensor:
     """Multi-head attention of each text over its own tokens, with `dropout` on the probabilities.
 
-    qkv [n, 3D] bf16 or fp32: the fused q, k, v projection of n packed rows (text i's rows start at
-    starts[i] and number lengths[i], int64 tensors); width: the slab's padded width W, which indexes
-    the dropout mask as the padded block [b, heads, W, W]; returns the context [n, D] in qkv's dtype. Check
-    `applies` first; texts that leave the rows or the width are refused here, before the C++ code
-    could read or write past them.
+    qkv [n, 3D] bf16 or fp32: the fused q, k, v projection of n packed rows; slabs: (starts, lengths,
+    width) of each slab among those rows: text i of a slab starts at row starts[i] and has lengths[i]
+    rows (int64 tensors), and the slab's padded width W indexes its dropout mask as the padded block
+    [b, heads, W, W] (each slab draws a seed of its own, in order). Returns the context [n, D] in qkv's
+    dtype; rows of no text are left unwritten. Check `applies` with the widest slab first; texts
+    that leave the rows or their width are refused here, before the C++ code could read or write past
+    them.
     """
-    if not applies(qkv, heads, width, dropout):
+    if not slabs or not applies(qkv, heads, max(width for _, _, width in slabs), dropout):
         raise ValueError("packed_attention does not apply to these inputs (see fused_attention.applies)")
-    starts, lengths = starts.to("cpu", torch.int64).contiguous(), lengths.to("cpu", torch.int64).contiguous()
-    if starts.shape != lengths.shape or starts.dim() != 1 or len(lengths) == 0:
-        raise ValueError(f"starts and lengths need one entry per text, got {tuple(starts.shape)} and "
-                         f"{tuple(lengths.shape)}")
-    first, count = starts.numpy(), lengths.numpy()  # a few numbers: numpy, not torch ops, for the checks
-    if count.min() < 1 or count.max() > width or first.min() < 0 or (first + count).max() > qkv.shape[0]:
-        raise ValueError(f"texts must have 1 to width = {width} tokens inside the {qkv.shape[0]} rows, got "
-                         f"starts {starts.tolist()[:8]}, lengths {lengths.tolist()[:8]}")
     p = fused_dropout_p(dropout)
-    seed = draw_seed() if p > 0.0 else 0
-    return _PackedAttention.apply(qkv.contiguous(), starts, lengths, width, heads, float(scale), p, seed)
+    checked = []
+    for starts, lengths, width in slabs:
+        starts, lengths = starts.to("cpu", torch.int64).contiguous(), lengths.to("cpu", torch.int64).contiguous()
+        if starts.shape != lengths.shape or starts.dim() != 1 or len(lengths) == 0:
+            raise ValueError(f"starts and lengths need one entry per text, got {tuple(starts.shape)} and "
+                             f"{tuple(lengths.shape)}")
+        first, count = starts.numpy(), lengths.numpy()  # a few numbers: numpy, not torch ops, for the checks
+        if count.min() < 1 or count.max() > width or first.min() < 0 or (first + count).max() > qkv.shape[0]:
+            raise ValueError(f"texts must have 1 to width = {width} tokens inside the {qkv.shape[0]} rows, got "
+                             f"starts {starts.tolist()[:8]}, lengths {lengths.tolist()[:8]}")
+        checked.append((starts, lengths, int(width), draw_seed() if p > 0.0 else 0))
+    return _PackedAttention.apply(qkv.contiguous(), tuple(checked), heads, float(scale), p)

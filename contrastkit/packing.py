@@ -16,8 +16,11 @@ in bf16 (bf16 autocast included), where PyTorch's fused CPU kernel ran 2-8x slow
 written-out products (forward and backward, contrastkit/eager_attention.py).
 
 Texts are sorted longest first and cut into slabs of at most `slab_tokens` padded positions
-(b · T ≤ slab_tokens), so a slab's activations stay small enough for the CPU's caches between one
-operation and the next (bigger slabs ran slower on the 2-core CPU here), and attention pads little.
+(b · T ≤ slab_tokens), so that attention pads little and a padded slab's blocks stay small enough
+for the CPU's caches (bigger slabs ran slower on the 2-core CPU here). Consecutive slabs are then
+joined into groups of at most `dense_tokens` real tokens: the dense layers, layer norms and dropout
+take a group's rows in one call each, and attention runs slab by slab inside it (one kernel call
+for all of a group's slabs where the fused kernel runs).
 
 The result equals the model's padded forward (to float rounding, tests/test_packing.py) and its
 gradients flow to the same parameters, so what is trained and saved is the unchanged Hugging Face
@@ -48,6 +51,10 @@ from contrastkit.fast_softmax import key_padding, softmax_dropout
 # padded positions per slab; in a round-robin of forward + backward on 64 debian pairs (docs/training.md)
 # 1,024-4,096 ran within 4 % of each other, 512 and one slab for the whole batch 7-9 % slower
 SLAB_TOKENS = 2048
+# real tokens the dense layers take at once (consecutive slabs joined, `Group`): on the Xeon here a
+# Cranfield batch-32 fp32 step ran 1.5-2 % faster with each stream's ~2,300 tokens in one product than
+# in two slabs' (docs/benchmarks.md); 4,096 fp32 rows of the feed-forward's 1,536 columns are 25 MB
+DENSE_TOKENS = 4096
 
 
 def can_pack(model: nn.Module) -> bool:
@@ -84,6 +91,17 @@ class Slab:
 
 
 @dataclass
+class Group:
+    """Consecutive slabs whose rows [first, last) of the packed tensor the dense layers take at once;
+    attention still runs slab by slab."""
+
+    first: int
+    last: int
+    slabs: list[Slab]
+    spans: list[tuple[Tensor, Tensor, int]]  # each slab's (texts' starts among the group's rows, lengths, width)
+
+
+@dataclass
 class PackPlan:
     """Where every token of a list of texts goes when packed; built once per call, no weights involved."""
 
@@ -92,11 +110,32 @@ class PackPlan:
     position_ids: Tensor    # [N] each token's position within its own text
     slabs: list[Slab]
     order: Tensor           # [n_texts] packed position k holds text order[k]
+    groups: list[Group]     # the slabs, joined up to `dense_tokens` real tokens
+
+
+def group_slabs(slabs: Sequence[Slab], dense_tokens: int = DENSE_TOKENS) -> list[Group]:
+    """Consecutive slabs joined while their real tokens total at most `dense_tokens` (a larger slab alone).
+
+    A slab's padded block bounds attention's work and memory; the dense layers see no padding and run
+    as well or better on more rows: one product per layer instead of one per slab, and one weight
+    gradient to add into `.grad` instead of one per slab.
+    """
+    groups: list[list[Slab]] = []
+    for slab in slabs:
+        if groups and slab.last - groups[-1][0].first <= dense_tokens:
+            groups[-1].append(slab)
+        else:
+            groups.append([slab])
+    return [Group(g[0].first, g[-1].last, g,
+                  [(s.starts + (s.first - g[0].first) if s.first != g[0].first else s.starts, s.lengths, s.width)
+                   for s in g])
+            for g in groups]
 
 
 def plan_packing(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None = None,
-                 slab_tokens: int = SLAB_TOKENS) -> PackPlan:
-    """Sort texts longest first, lay their tokens end to end and cut slabs of ≤ slab_tokens padded positions.
+                 slab_tokens: int = SLAB_TOKENS, dense_tokens: int = DENSE_TOKENS) -> PackPlan:
+    """Sort texts longest first, lay their tokens end to end, cut slabs of ≤ slab_tokens padded positions
+    and join consecutive slabs into groups of ≤ dense_tokens real tokens (`group_slabs`).
 
     A text longer than slab_tokens gets a slab of its own.
     """
@@ -123,7 +162,7 @@ def plan_packing(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Se
         slabs.append(Slab(first, first + sum(sizes), lengths_t, width, slots, real[:, None, None, :], sizes, starts))
         start, first = end, first + sum(sizes)
     return PackPlan(torch.tensor(flat_ids), torch.tensor(flat_types), torch.as_tensor(positions), slabs,
-                    torch.as_tensor(order))
+                    torch.as_tensor(order), group_slabs(slabs, dense_tokens))
 
 
 def _padded_block(rows: Tensor, sizes: Sequence[int]) -> Tensor:
@@ -274,18 +313,14 @@ def written_out_attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor, 
     return torch.matmul(dropout(torch.softmax(scores.view(b, h, width, width), dim=-1)), v)
 
 
-def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
-    """BertAttention's self-attention on a slab's packed rows: [n, D] → [n, D] (before the output projection)."""
-    attention = layer.attention.self
+def _slab_attention(attention: nn.Module, qkv: Tensor, slab: Slab) -> Tensor:
+    """Self-attention of one slab's texts from their fused projection's rows [n, 3D] → [n, D], by way of the
+    zero-padded per-head blocks."""
     heads, head_size = attention.num_attention_heads, attention.attention_head_size
-    qkv = linear(x, *qkv_weights)
-    if fused_attention.applies(qkv, heads, slab.width, attention.dropout):
-        return fused_attention.packed_attention(qkv, slab.starts, slab.lengths, slab.width, heads, attention.scaling,
-                                                attention.dropout)
     q, k, v = _PackedToHeads.apply(qkv, slab, 3, heads, head_size)
     dropout = attention.dropout.p if attention.training else 0.0
     fast_masks = dropout > 0.0 and isinstance(attention.dropout, FastDropout)
-    if x.device.type == "cpu" and (fast_masks or q.dtype == torch.bfloat16):
+    if qkv.device.type == "cpu" and (fast_masks or q.dtype == torch.bfloat16):
         out = written_out_attention(q, k, v, slab.lengths, attention.dropout, attention.scaling)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=slab.key_mask, dropout_p=dropout,
@@ -293,8 +328,22 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     return _HeadsToPacked.apply(out, slab)
 
 
-def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab: Slab) -> Tensor:
-    """One BertLayer on a slab's packed rows [n, D]: attention block, then feed-forward block, post-norm.
+def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, group: Group) -> Tensor:
+    """BertAttention's self-attention on a group's packed rows: [n, D] → [n, D] (before the output projection);
+    each slab's texts attend within the slab."""
+    attention = layer.attention.self
+    heads = attention.num_attention_heads
+    qkv = linear(x, *qkv_weights)
+    if fused_attention.applies(qkv, heads, group.slabs[0].width, attention.dropout):  # slabs go longest first
+        return fused_attention.packed_attention(qkv, group.spans, heads, attention.scaling, attention.dropout)
+    if len(group.slabs) == 1:
+        return _slab_attention(attention, qkv, group.slabs[0])
+    rows = qkv.split([slab.last - slab.first for slab in group.slabs])  # its backward: one cat of the parts
+    return torch.cat([_slab_attention(attention, r, slab) for r, slab in zip(rows, group.slabs)])
+
+
+def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, group: Group) -> Tensor:
+    """One BertLayer on a group's packed rows [n, D]: attention block, then feed-forward block, post-norm.
 
     Each block's exit, LayerNorm(dropout(out) + x), and the feed-forward's bias + GELU are one
     compiled pass each on the CPU under bf16 autocast (contrastkit/fast_layer_norm.py, fast_gelu.py)
@@ -302,7 +351,7 @@ def _layer(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, slab
     compositions otherwise.
     """
     out = layer.attention.output
-    x = dense_dropout_add_layer_norm(_attention(layer, qkv_weights, x, slab), out.dense, x, out.LayerNorm,
+    x = dense_dropout_add_layer_norm(_attention(layer, qkv_weights, x, group), out.dense, x, out.LayerNorm,
                                      out.dropout)
     hidden = linear_gelu(x, layer.intermediate.dense, layer.intermediate.intermediate_act_fn)
     out = layer.output
@@ -347,14 +396,15 @@ def packed_hidden_states(model: nn.Module, plan: PackPlan) -> Tensor:
     layers = [(layer, tuple(t.to(cast) for t in _fused_qkv(layer)) if cast else _fused_qkv(layer))
               for layer in model.encoder.layer]
     outputs = []
-    for slab in plan.slabs:
-        if slab.slots.device != device:
-            slab.slots, slab.key_mask = slab.slots.to(device), slab.key_mask.to(device)
-        h = x[slab.first:slab.last]
+    for group in plan.groups:
+        for slab in group.slabs:
+            if slab.slots.device != device:
+                slab.slots, slab.key_mask = slab.slots.to(device), slab.key_mask.to(device)
+        h = x[group.first:group.last]
         for layer, qkv_weights in layers:
-            h = _layer(layer, qkv_weights, h, slab)
+            h = _layer(layer, qkv_weights, h, group)
         outputs.append(h)
-    return torch.cat(outputs)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def packed_pool(hidden: Tensor, plan: PackPlan, mode: str) -> Tensor:

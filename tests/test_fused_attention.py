@@ -3,7 +3,6 @@ same mask."""
 
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
@@ -43,7 +42,7 @@ def fused(qkv: torch.Tensor, grad: torch.Tensor, slab, heads: int, p: float, see
     """(context, gradient of qkv) from the kernel, its dropout drawn from `seed`."""
     x = qkv.clone().requires_grad_()
     torch.manual_seed(seed)
-    out = fused_attention.packed_attention(x, slab.starts, slab.lengths, slab.width, heads,
+    out = fused_attention.packed_attention(x, [(slab.starts, slab.lengths, slab.width)], heads,
                                            (qkv.shape[1] // (3 * heads)) ** -0.5, FastDropout(p).train())
     out.backward(grad)
     return out.detach(), x.grad
@@ -301,7 +300,11 @@ def test_where_the_kernel_applies(monkeypatch):
 def test_texts_outside_the_rows_or_the_width_are_refused_before_the_kernel_runs(dtype):
     slab, qkv, _ = slab_inputs([5, 3], 2, 32, dtype=dtype)
     kept = FastDropout(0.1).train()
-    run = functools.partial(fused_attention.packed_attention, qkv, heads=2, scale=0.2, dropout=kept)
+
+    def run(starts, lengths, width, heads=2, more=()):
+        return fused_attention.packed_attention(qkv, [(starts, lengths, width), *more], heads=heads, scale=0.2,
+                                                dropout=kept)
+
     assert run(slab.starts, slab.lengths, width=5).shape == (8, 64)
     with pytest.raises(ValueError, match="1 to width = 4"):
         run(slab.starts, slab.lengths, width=4)  # a text longer than the width
@@ -313,6 +316,10 @@ def test_texts_outside_the_rows_or_the_width_are_refused_before_the_kernel_runs(
         run(slab.starts[:1], slab.lengths, width=5)
     with pytest.raises(ValueError, match="does not apply"):
         run(slab.starts, slab.lengths, width=5, heads=8)  # heads of 8
+    with pytest.raises(ValueError, match="inside the 8 rows"):  # a later slab is checked as well
+        run(slab.starts[:1], slab.lengths[:1], width=5, more=[(torch.tensor([7]), torch.tensor([3]), 3)])
+    with pytest.raises(ValueError, match="does not apply"):
+        fused_attention.packed_attention(qkv, [], heads=2, scale=0.2, dropout=kept)
 
 
 @pytest.mark.skipif(fused_attention.library() is None, reason="needs a C++ compiler")

@@ -88,6 +88,24 @@ def test_plan_lays_every_token_once_longest_first(slab_tokens):
         assert len(plan.slabs) == 5
 
 
+@pytest.mark.parametrize("dense_tokens", [1, 6, 8, 13, 10_000])
+def test_groups_join_consecutive_slabs_up_to_the_dense_token_count(dense_tokens):
+    ids = [[1] * n for n in (5, 3, 3, 2, 1)]  # slabs of 5 padded positions: (5), (3), (3), (2, 1)
+    plan = plan_packing(ids, slab_tokens=5, dense_tokens=dense_tokens)
+    assert [len(slab.sizes) for slab in plan.slabs] == [1, 1, 1, 2]
+    assert [slab for group in plan.groups for slab in group.slabs] == plan.slabs  # each once, in order
+    expected = {1: [[0], [1], [2], [3]], 6: [[0], [1, 2], [3]], 8: [[0, 1], [2, 3]], 13: [[0, 1, 2], [3]],
+                10_000: [[0, 1, 2, 3]]}[dense_tokens]
+    assert [[plan.slabs.index(slab) for slab in group.slabs] for group in plan.groups] == expected
+    for group in plan.groups:
+        assert (group.first, group.last) == (group.slabs[0].first, group.slabs[-1].last)
+        assert group.last - group.first <= dense_tokens or len(group.slabs) == 1
+        for slab, (starts, lengths, width) in zip(group.slabs, group.spans):
+            # each text's first row counted from the group's first row
+            assert starts.tolist() == [slab.first - group.first + int(a) for a in slab.starts]
+            assert lengths is slab.lengths and width == slab.width
+
+
 def test_plan_rejects_nothing_and_empty_texts():
     with pytest.raises(ValueError, match="no texts"):
         plan_packing([])
@@ -118,15 +136,19 @@ def test_packed_embeddings_equal_the_padded_forward(tiny_encoder, pooling, norma
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
 
 
-def test_small_slabs_change_nothing(tiny_encoder):
+@pytest.mark.parametrize("kernel", ["1", "0"], ids=["fused-kernel", "no-fused-kernel"])
+def test_small_slabs_and_groups_change_nothing(tiny_encoder, monkeypatch, kernel):
+    monkeypatch.setenv("CONTRASTKIT_FUSED_ATTENTION", kernel)
     tiny_encoder.eval()
     encoded = tiny_encoder.tokenizer(TEXTS, truncation=True, max_length=64)
+    cuts = [(1, 1), (30, 1), (30, 10_000), (10_000, 10_000)]  # (slab_tokens, dense_tokens)
     with torch.no_grad():
-        hidden = [packed_hidden_states(tiny_encoder.model, plan_packing(encoded["input_ids"], slab_tokens=s))
-                  for s in (1, 30, 10_000)]
-    assert len(plan_packing(encoded["input_ids"], slab_tokens=30).slabs) > 2
-    torch.testing.assert_close(hidden[0], hidden[2], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(hidden[1], hidden[2], rtol=1e-5, atol=1e-6)
+        hidden = [packed_hidden_states(tiny_encoder.model, plan_packing(encoded["input_ids"], slab_tokens=s,
+                                                                        dense_tokens=d)) for s, d in cuts]
+    plan = plan_packing(encoded["input_ids"], slab_tokens=30, dense_tokens=10_000)
+    assert len(plan.slabs) > 2 and len(plan.groups) == 1
+    for other in hidden[:3]:
+        torch.testing.assert_close(other, hidden[3], rtol=1e-5, atol=1e-6)
 
 
 def test_the_default_model_packed_equals_padded(default_encoder):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
 import functools
 import json
@@ -36,8 +37,8 @@ from contrastkit.report.record import clear_records, record_environment, record_
 from contrastkit.train.checkpoint import (checkpoint_due, list_checkpoints, restore_optimization, resume_point,
                                           save_checkpoint, write_atomically)
 from contrastkit.train.config import TrainConfig
-from contrastkit.train.streams import (StreamPool, balanced_cuts, coalesce_sparse_gradients, stream_backward,
-                                       stream_count)
+from contrastkit.train.streams import (Lookahead, StreamPool, balanced_cuts, coalesce_sparse_gradients,
+                                       stream_backward, stream_count)
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, describe_failure,
                                            gather_with_local_grad, join_ranks, leave_ranks)
 from contrastkit.train.evaluation import RetrievalEvaluator
@@ -212,6 +213,9 @@ class Trainer:
         if self.streams > 1:
             coalesce_sparse_gradients(self._kept_grads)
         self._stream_pool: StreamPool | None = None
+        # the next step's texts tokenized and packed in the background (streams only; train/streams.py)
+        self._lookahead: Lookahead | None = None
+        self._lookahead_tokenizer = None
         warmup = int(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, config.scheduler))
@@ -328,7 +332,7 @@ class Trainer:
         with autocast(self.bf16, self.device.type), eager_attention(self.encoder, eager):
             return self.encoder.embed(texts).float()
 
-    def _stream_parts(self, groups: list[list[str]]) -> list[tuple[PackPlan, list[int]]]:
+    def _stream_parts(self, groups: list[list[str]], tokenizer=None) -> list[tuple[PackPlan, list[int]]]:
         """parts[s] = (plan, counts): one packing plan of stream s's shares of every group, in group order,
         and how many texts of each group it holds; shares cut by token counts.
 
@@ -337,9 +341,10 @@ class Trainer:
         cuts left. A stream packs its shares of all groups together: one forward over its texts
         instead of one per group, half the operators, and the short texts fill slabs beside the
         long ones (Cranfield batch 32 +1-1.5 %, docs/benchmarks.md). Tokenized here, on the calling
-        thread: a Hugging Face fast tokenizer is not to be called from two threads at once.
+        thread, by the encoder's tokenizer or `tokenizer` (a copy of it: a Hugging Face fast tokenizer is
+        not to be called from two threads at once).
         """
-        tokenized = [self.encoder.token_ids(g) for g in groups]
+        tokenized = [self.encoder.token_ids(g, tokenizer) for g in groups]
         lengths = [[len(i) for i in ids] for ids, _ in tokenized]
         loads = [0] * self.streams
         shares: list[list[tuple[int, int]]] = [[(0, 0)] * len(groups) for _ in range(self.streams)]
@@ -370,6 +375,28 @@ class Trainer:
             self._stream_pool = StreamPool(self.streams)
         return self._stream_pool
 
+    def _streams_take(self, local: list[list[str]]) -> bool:
+        """Whether a step of these (this rank's) groups runs as parallel streams."""
+        return not self.config.mini_batch_size and self.streams > 1 and min(len(g) for g in local) >= self.streams
+
+    def _local_groups(self, batch: list[int]) -> list[list[str]]:
+        shard = len(batch) // self.dist.world_size
+        return self._groups(batch[self.dist.rank * shard:(self.dist.rank + 1) * shard])
+
+    def _look_ahead(self, step: int) -> None:
+        """Tokenize and pack step `step`'s stream parts in the background (`Lookahead`), where it runs as streams."""
+        if self.streams < 2 or step >= self.total_steps:
+            return
+        epoch, position = self._locate(step)
+        batch = self._batches(epoch)[position]
+        local = self._local_groups(batch)
+        if not self._streams_take(local):
+            return
+        if self._lookahead is None:
+            self._lookahead = Lookahead()
+            self._lookahead_tokenizer = copy.deepcopy(self.encoder.tokenizer)
+        self._lookahead.submit(tuple(batch), self._stream_parts, local, self._lookahead_tokenizer)
+
     def _texts_per_forward(self) -> int | None:
         return texts_per_forward(self.config.mini_batch_size, self.config.chunk_size, self.encoder.packs, self.device)
 
@@ -379,8 +406,7 @@ class Trainer:
         This rank embeds only its shard; the loss sees the whole global batch (gathered embeddings),
         and the encoder's gradients are summed over ranks, so every rank ends with the same ones.
         """
-        shard = len(batch) // self.dist.world_size
-        local = self._groups(batch[self.dist.rank * shard:(self.dist.rank + 1) * shard])
+        local = self._local_groups(batch)
         global_loss = self._loss_on(self._groups(batch))
 
         def loss_on(*local_embeddings: Tensor) -> Tensor:
@@ -390,8 +416,10 @@ class Trainer:
         chunks = [forward_chunks(len(g), per_forward, functools.partial(self._token_length, g)) for g in local]
         if self.config.mini_batch_size:
             loss = grad_cache_backward(self._embed, local, chunks, loss_on)
-        elif self.streams > 1 and min(len(g) for g in local) >= self.streams:
-            loss = stream_backward(self._pool(), self._stream_parts(local), self._embed_parts, loss_on)
+        elif self._streams_take(local):
+            parts = (self._lookahead.take(tuple(batch)) if self._lookahead is not None else None
+                     ) or self._stream_parts(local)
+            loss = stream_backward(self._pool(), parts, self._embed_parts, loss_on)
         else:
             # one autocast region for all groups: autocast casts each weight to bf16 once per region
             with autocast(self.bf16, self.device.type):
@@ -443,6 +471,9 @@ class Trainer:
             if self._stream_pool is not None:
                 self._stream_pool.close()
                 self._stream_pool = None
+            if self._lookahead is not None:
+                self._lookahead.close()
+                self._lookahead = None
         leave_ranks(self.dist)
         self.encoder.eval()
         if main:
@@ -459,6 +490,7 @@ class Trainer:
             epoch, position = self._locate(self.step)
             batch = self._batches(epoch)[position]
             t0 = time.perf_counter()
+            self._look_ahead(self.step + 1)  # while this step computes
             loss = self.compute_gradients(batch)
             record = self._optimizer_step(loss)
             self.step += 1

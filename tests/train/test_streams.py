@@ -13,8 +13,8 @@ from contrastkit.encoder import Encoder
 from contrastkit.errors import ConfigError
 from contrastkit.fast_dropout import draw_seed, seeds_from
 from contrastkit.train import TrainConfig, Trainer
-from contrastkit.train.streams import (StreamPool, balanced_cuts, coalesce_sparse_gradients, stream_backward,
-                                       stream_count)
+from contrastkit.train.streams import (Lookahead, StreamPool, balanced_cuts, coalesce_sparse_gradients,
+                                       stream_backward, stream_count)
 from contrastkit.train.trainer import own_memory
 
 from _support import build_tiny_bert_folder
@@ -261,6 +261,62 @@ def test_a_run_with_streams_trains_and_closes_its_threads(tiny_model_dir, tmp_pa
     assert any(not torch.equal(p.detach(), before[n]) for n, p in trainer.encoder.model.named_parameters())
 
 
+def test_lookahead_gives_back_what_was_submitted_for_a_key_once_at_the_lowest_priority():
+    import os
+    import sys
+
+    ahead = Lookahead()
+    try:
+        def job(x):
+            return x * 2, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), torch.get_num_threads()
+
+        ahead.submit("step 3", job, 21)
+        ahead.submit("step 4", job, 5)  # the trainer submits the next step before it takes this one
+        assert ahead.take("step 2") is None
+        value, nice, threads = ahead.take("step 3")
+        assert value == 42 and threads == 1 and ahead.take("step 4")[0] == 10
+        if sys.platform.startswith("linux"):
+            assert nice == 19 and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # this thread not
+        assert ahead.take("step 3") is None  # taken once
+        for step in (5, 6, 7):
+            ahead.submit(f"step {step}", job, step)
+        assert ahead.take("step 5") is None and ahead.take("step 7")[0] == 14  # two kept: the oldest dropped
+        ahead.submit("step 8", lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            ahead.take("step 8")
+    finally:
+        ahead.close()
+    assert not any(t.name.startswith("contrastkit-lookahead") for t in threading.enumerate())
+
+
+def test_steps_take_the_parts_tokenized_ahead_and_train_the_same_bits(tiny_model_dir, tmp_path, monkeypatch):
+    import contrastkit.train.trainer as trainer_module
+
+    runs = []
+    for ahead in (True, False):
+        trainer = trainer_for(tiny_model_dir, tmp_path / f"ahead{ahead}", 2, max_steps=4)
+        calls = []
+        real_parts = trainer._stream_parts
+        monkeypatch.setattr(trainer, "_stream_parts", lambda groups, tokenizer=None, real=real_parts, calls=calls: (
+            calls.append((threading.current_thread().name, tokenizer)) or real(groups, tokenizer)))
+        if not ahead:
+            monkeypatch.setattr(trainer, "_look_ahead", lambda step: None)
+        trainer.train()
+        if ahead:
+            # step 1 on the main thread with the encoder's tokenizer, steps 2-4 ahead with a copy of it
+            assert len(calls) == 4 and calls.count(("MainThread", None)) == 1
+            assert all(name.startswith("contrastkit-lookahead") and tokenizer is not None
+                       and tokenizer is not trainer.encoder.tokenizer for name, tokenizer in calls
+                       if name != "MainThread")
+            assert trainer._lookahead is None
+            assert not any(t.name.startswith("contrastkit-lookahead") for t in threading.enumerate())
+        else:
+            assert [name for name, _ in calls] == ["MainThread"] * 4
+        runs.append({n: p.detach().clone() for n, p in trainer.encoder.model.named_parameters()})
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+    assert trainer_module.Lookahead is Lookahead
+
+
 def test_a_crashed_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_model_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -292,28 +348,29 @@ def test_one_stream_leaving_autocast_does_not_change_the_others_gradients(tiny_m
     """torch's autocast keeps one cache of weight casts for all threads and empties it when a thread
     leaves its autocast region: a stream still embedding would then cast its weights again and get
     their gradients in two parts, rounded otherwise. Here every stream packs its texts into several
-    slabs, each of which runs every layer, and stream 1 starts its second slab only after stream 0 has
-    left autocast; its gradients must be those of the streams run one after the other."""
+    groups of slabs, each of which runs every layer, and stream 1 starts its second group only after
+    stream 0 has left autocast; its gradients must be those of the streams run one after the other."""
     import functools
 
     import contrastkit.packing as packing_module
     import contrastkit.train.trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "plan_packing", functools.partial(packing_module.plan_packing, slab_tokens=24))
+    monkeypatch.setattr(trainer_module, "plan_packing",
+                        functools.partial(packing_module.plan_packing, slab_tokens=24, dense_tokens=24))
     real_layer = packing_module._layer
     runs = []
     for interleave in (False, True):
         trainer = trainer_for(tiny_model_dir, tmp_path / f"run{interleave}", 2, bf16=True)
         groups = trainer._groups(trainer._batches(0)[0])
         parts = trainer._stream_parts(groups)
-        assert all(len(plan.slabs) >= 2 for plan, _ in parts)
+        assert all(len(plan.groups) >= 2 for plan, _ in parts)
         stream0_done, on_stream1 = threading.Event(), threading.local()
         real_embed_parts = trainer._embed_parts
 
-        def layer(module, qkv_weights, h, slab, parts=parts, done=stream0_done, here=on_stream1):
-            if getattr(here, "active", False) and slab is not parts[1][0].slabs[0]:
-                assert done.wait(timeout=60)  # stream 1's later slabs wait for stream 0 to leave autocast
-            return real_layer(module, qkv_weights, h, slab)
+        def layer(module, qkv_weights, h, group, parts=parts, done=stream0_done, here=on_stream1):
+            if getattr(here, "active", False) and group is not parts[1][0].groups[0]:
+                assert done.wait(timeout=60)  # stream 1's later groups wait for stream 0 to leave autocast
+            return real_layer(module, qkv_weights, h, group)
 
         def embed_parts(part, real=real_embed_parts, parts=parts, done=stream0_done, here=on_stream1):
             here.active = part is parts[1]
