@@ -38,6 +38,42 @@ def test_gradient_norm_is_the_norm_of_all_gradients_together():
     assert float(gradient_norm([torch.nn.Parameter(torch.ones(2))])) == 0.0
 
 
+def _with_grads(*grads):
+    params = [torch.nn.Parameter(torch.zeros(g.shape, dtype=g.dtype)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g
+    return params
+
+
+def test_gradient_norm_of_large_fp32_gradients_is_the_float64_norm():
+    generator = torch.Generator().manual_seed(3)
+    grads = [torch.randn(n, generator=generator) * scale for n, scale in ((3_000_000, 1e-3), (384, 5.0), (1, 0.0))]
+    expected = float(torch.cat([g.double() for g in grads]).norm())
+    assert float(gradient_norm(_with_grads(*grads))) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("case", ["inf", "nan", "squares overflow", "not contiguous", "bf16"])
+def test_gradient_norm_is_torchs_for_non_finite_overflowing_strided_and_bf16_gradients(case):
+    grads = [torch.randn(64), torch.randn(8, 8)]
+    if case == "inf":
+        grads[1][2, 3] = float("inf")
+    elif case == "nan":
+        grads[0][5] = float("nan")
+    elif case == "squares overflow":  # 1e20² is past fp32's range (torch's norm overflows as well)
+        grads[0] = torch.full((64,), 1e20)
+    elif case == "not contiguous":
+        grads[1] = torch.randn(8, 8).t()
+    else:
+        grads = [g.bfloat16() for g in grads]
+    expected = torch.nn.utils.get_total_norm(grads)
+    norm = gradient_norm(_with_grads(*grads))
+    if case in ("inf", "nan", "squares overflow"):
+        assert not torch.isfinite(norm) and (torch.isnan(norm) if case == "nan" else torch.isinf(norm))
+        assert torch.isnan(expected) if case == "nan" else torch.isinf(expected)
+    else:
+        assert torch.isfinite(norm) and float(norm) == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_step_clips_like_clip_grad_norm():
     ours, reference = _params(), _params()
     norm_before = float(torch.nn.utils.clip_grad_norm_(reference, 0.5))
