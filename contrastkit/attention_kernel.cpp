@@ -259,7 +259,7 @@ struct Scratch {
   std::vector<uint32_t> a, b, c;     // bf16 blocks: probabilities or dS by rows; Y and dS in pairs of rows
   std::vector<uint32_t> kp, vp, rp;  // operands in pairs: [d / 2, Lp], [Lp / 2, d] or [d, R2 rounded to 16]
   std::vector<float> out;            // [L, d]
-  std::vector<float> rows_a, rows_b, rows_c;  // [L, d] fp32: a head's columns of q, k, v or dout rows, gathered
+  std::vector<float> rows_a, rows_b, rows_c, rows_d;  // [L, d] fp32: a head's q, k, v or dout rows, gathered
   std::vector<float> factor;         // [L] each output row's scale
   std::vector<uint64_t> words;       // a row's dropout stream
   void fit(int Lp, int d) {
@@ -269,7 +269,7 @@ struct Scratch {
     }
     if (kp.size() < pairs) {
       kp.resize(pairs); vp.resize(pairs); rp.resize(pairs); out.resize(pairs);
-      rows_a.resize(pairs); rows_b.resize(pairs); rows_c.resize(pairs);
+      rows_a.resize(pairs); rows_b.resize(pairs); rows_c.resize(pairs); rows_d.resize(pairs);
     }
     if (words.size() < (size_t)Lp / 4 + 24) words.resize(Lp / 4 + 24);
     if (factor.size() < (size_t)Lp) factor.resize(Lp);
@@ -450,19 +450,31 @@ BF16 void backward_task(const Slab& a, int64_t task, const uint16_t* context, co
   store_transposed(out, Lp, L, d, gq + D, ld);
 }
 
-// rows [L, d] of a head's columns (row stride ld) → out [L, d] contiguous, d a multiple of 16. The
-// products then read a head's 128-byte rows side by side instead of one per 4.6 KB (MiniLM's packed
-// q, k, v rows are 3 · 384 floats long): 5 % off the fp32 forward and backward of 16 × 128 tokens, one
-// core, caches flushed (docs/benchmarks.md)
-inline void gather_rows(const float* rows, int64_t ld, int L, int d, float* out) {
-  for (int i = 0; i < L; i++)
-    for (int c = 0; c < d; c += 16)
-      _mm512_storeu_ps(out + (size_t)i * d + c, _mm512_loadu_ps(rows + (size_t)i * ld + c));
+// rows [L, d] of a head's columns (row stride ld), plus bias[d] where given → out [L, d] contiguous, d a
+// multiple of 16. The products then read a head's 128-byte rows side by side instead of one per 4.6 KB
+// (MiniLM's packed q, k, v rows are 3 · 384 floats long): 5 % off the fp32 forward and backward of
+// 16 × 128 tokens, one core, caches flushed (docs/benchmarks.md)
+inline void gather_rows(const float* rows, int64_t ld, int L, int d, const float* bias, float* out) {
+  for (int c = 0; c < d; c += 16) {
+    const __m512 b = bias == nullptr ? _mm512_setzero_ps() : _mm512_loadu_ps(bias + c);
+    for (int i = 0; i < L; i++)
+      _mm512_storeu_ps(out + (size_t)i * d + c, _mm512_add_ps(_mm512_loadu_ps(rows + (size_t)i * ld + c), b));
+  }
+}
+
+// sums[c] = Σ_i rows[i ld + c] for c < d (d a multiple of 16): a head's share of a bias's gradient
+inline void column_sums(const float* rows, int64_t ld, int L, int d, float* sums) {
+  for (int c = 0; c < d; c += 16) {
+    __m512 total = _mm512_setzero_ps();
+    for (int i = 0; i < L; i++) total = _mm512_add_ps(total, _mm512_loadu_ps(rows + (size_t)i * ld + c));
+    _mm512_storeu_ps(sums + c, total);
+  }
 }
 
 // the fp32 passes: the bf16 ones' steps with fp32 blocks (the scratch's blocks of 32-bit words hold
 // floats), every product on multiply-adds, and the outputs written straight into the packed rows
-void forward_task_f32(const SlabF32& a, int64_t task, float* context, float* stats) {
+// bias [3D] (or null): the q, k, v projection's bias, added here to qkv's rows as they are read
+void forward_task_f32(const SlabF32& a, int64_t task, const float* bias, float* context, float* stats) {
   const HeadOf<float> hd = head_of(a, task);
   const int64_t t = hd.t;
   const int h = hd.h, L = hd.L, Lp = hd.Lp, D = a.heads * a.d, ld = 3 * D, d = a.d;
@@ -471,10 +483,12 @@ void forward_task_f32(const SlabF32& a, int64_t task, float* context, float* sta
   const float scale = a.scale;
   Scratch& sc = scratch;
   float* kt = (float*)sc.kp.data();  // [d, Lp]: kᵀ, keys L .. Lp - 1 zero
-  transpose_words((const uint32_t*)k, ld, L, Lp, d, (uint32_t*)kt, Lp);
-  float *qr = sc.rows_a.data(), *vr = sc.rows_b.data();
-  gather_rows(q, ld, L, d, qr);
-  gather_rows(v, ld, L, d, vr);
+  float *qr = sc.rows_a.data(), *vr = sc.rows_b.data(), *kr = sc.rows_c.data();
+  const float* hb = bias == nullptr ? nullptr : bias + h * d;  // this head's q bias; + D: k's, + 2D: v's
+  gather_rows(q, ld, L, d, hb, qr);
+  gather_rows(k, ld, L, d, hb == nullptr ? nullptr : hb + D, kr);
+  gather_rows(v, ld, L, d, hb == nullptr ? nullptr : hb + 2 * D, vr);
+  transpose_words((const uint32_t*)kr, d, L, Lp, d, (uint32_t*)kt, Lp);
   float* s = sc.s.data();
   gemm_f32(qr, d, 1, kt, Lp, s, Lp, L, Lp, d);
   float* probs = (float*)sc.a.data();  // [L, Lp]: the kept exponentials
@@ -511,7 +525,10 @@ void forward_task_f32(const SlabF32& a, int64_t task, float* context, float* sta
   gemm_f32(probs, Lp, 1, vr, d, context + row0 * D + h * d, D, L, d, L, sc.factor.data());
 }
 
-void backward_task_f32(const SlabF32& a, int64_t task, const float* grad, const float* stats, float* grad_qkv) {
+// bias as the forward's; bias_sums (with bias): [texts, 3D], text t's row gets this head's column sums
+// of dq, dk, dv (its share of the bias's gradient)
+void backward_task_f32(const SlabF32& a, int64_t task, const float* bias, const float* grad, const float* stats,
+                       float* grad_qkv, float* bias_sums) {
   const HeadOf<float> hd = head_of(a, task);
   const int64_t t = hd.t;
   const int h = hd.h, L = hd.L, Lp = hd.Lp, D = a.heads * a.d, ld = 3 * D, d = a.d;
@@ -523,13 +540,15 @@ void backward_task_f32(const SlabF32& a, int64_t task, const float* grad, const 
   float* g = sc.g.data();  // gradient of the dropped probabilities
   float* kt = (float*)sc.kp.data();
   float* vt = (float*)sc.vp.data();
-  float *qr = sc.rows_a.data(), *kr = sc.rows_b.data(), *gr = sc.rows_c.data();
-  gather_rows(q, ld, L, d, qr);
-  gather_rows(k, ld, L, d, kr);
-  gather_rows(go, D, L, d, gr);
+  float *qr = sc.rows_a.data(), *kr = sc.rows_b.data(), *gr = sc.rows_c.data(), *vr = sc.rows_d.data();
+  const float* hb = bias == nullptr ? nullptr : bias + h * d;
+  gather_rows(q, ld, L, d, hb, qr);
+  gather_rows(k, ld, L, d, hb == nullptr ? nullptr : hb + D, kr);
+  gather_rows(v, ld, L, d, hb == nullptr ? nullptr : hb + 2 * D, vr);
+  gather_rows(go, D, L, d, nullptr, gr);
   transpose_words((const uint32_t*)kr, d, L, Lp, d, (uint32_t*)kt, Lp);
   gemm_f32(qr, d, 1, kt, Lp, s, Lp, L, Lp, d);
-  transpose_words((const uint32_t*)v, ld, L, Lp, d, (uint32_t*)vt, Lp);
+  transpose_words((const uint32_t*)vr, d, L, Lp, d, (uint32_t*)vt, Lp);
   gemm_f32(gr, d, 1, vt, Lp, g, Lp, L, Lp, d);
   float* dropped = (float*)sc.a.data();  // [L, Lp] Y
   float* dscores = (float*)sc.b.data();  // [L, Lp] dS (scale included)
@@ -565,6 +584,9 @@ void backward_task_f32(const SlabF32& a, int64_t task, const float* grad, const 
   gemm_f32(dropped, 1, Lp, gr, d, gq + 2 * D, ld, L, d, L);  // dv = Yᵀ dout
   gemm_f32(dscores, Lp, 1, kr, d, gq, ld, L, d, L);          // dq = dS k
   gemm_f32(dscores, 1, Lp, qr, d, gq + D, ld, L, d, L);      // dk = dSᵀ q
+  if (bias_sums != nullptr)
+    for (int part = 0; part < 3; part++)
+      column_sums(gq + part * D, ld, L, d, bias_sums + (size_t)t * ld + part * D + h * d);
 }
 
 }  // namespace
@@ -592,21 +614,25 @@ void attention_backward(const uint16_t* qkv, const uint16_t* context, const uint
 }
 
 // the same in fp32: qkv [n, 3D], context [n, D], grad [n, D], grad_qkv [n, 3D] (the fp32 backward
-// takes each row's Σ_j P_ij dP_ij from its task's own blocks and does not read the context)
+// takes each row's Σ_j P_ij dP_ij from its task's own blocks and does not read the context); bias [3D]
+// or null: the projection's bias, added to every row of qkv as it is read (qkv then holds the product
+// alone); bias_sums [texts, 3D] or null: each text's column sums of grad_qkv, whose sum over the texts
+// is the bias's gradient
 void attention_forward_f32(const float* qkv, int64_t texts, const int64_t* starts, const int64_t* lengths,
                            int heads, int d, int width, float scale, uint64_t seed, uint16_t threshold,
-                           float keep_scale, int threads, float* context, float* stats, int64_t n) {
+                           float keep_scale, int threads, float* context, float* stats, int64_t n,
+                           const float* bias) {
   const SlabF32 a{qkv, n, texts, starts, lengths, heads, d, width, scale, seed, threshold, keep_scale};
-  for_tasks(texts * heads, threads, [&](int64_t task) { forward_task_f32(a, task, context, stats); });
+  for_tasks(texts * heads, threads, [&](int64_t task) { forward_task_f32(a, task, bias, context, stats); });
 }
 
 void attention_backward_f32(const float* qkv, const float* context, const float* grad, const float* stats,
                             int64_t texts, const int64_t* starts, const int64_t* lengths, int heads, int d,
                             int width, float scale, uint64_t seed, uint16_t threshold, float keep_scale,
-                            int threads, float* grad_qkv, int64_t n) {
+                            int threads, float* grad_qkv, int64_t n, const float* bias, float* bias_sums) {
   const SlabF32 a{qkv, n, texts, starts, lengths, heads, d, width, scale, seed, threshold, keep_scale};
   for_tasks(texts * heads, threads,
-            [&](int64_t task) { backward_task_f32(a, task, grad, stats, grad_qkv); });
+            [&](int64_t task) { backward_task_f32(a, task, bias, grad, stats, grad_qkv, bias_sums); });
 }
 
 // keep[e] = 1 where element e of the padded [texts, heads, width, width] block is kept: the mask the

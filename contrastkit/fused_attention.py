@@ -112,8 +112,9 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
                                           pointer, pointer, i64]
     library.attention_backward.argtypes = [pointer, pointer, pointer, pointer, i64, pointer, pointer, i32, i32, i32,
                                            f32, u64, u16, f32, i32, pointer, i64]
-    library.attention_forward_f32.argtypes = library.attention_forward.argtypes
-    library.attention_backward_f32.argtypes = library.attention_backward.argtypes
+    # the fp32 passes take the projection's bias (or null) and, backward, where its column sums go
+    library.attention_forward_f32.argtypes = library.attention_forward.argtypes + [pointer]
+    library.attention_backward_f32.argtypes = library.attention_backward.argtypes + [pointer, pointer]
     library.attention_keep_mask.argtypes = [i64, u64, u16, pointer]
     for function in (library.attention_forward, library.attention_backward, library.attention_forward_f32,
                      library.attention_backward_f32, library.attention_keep_mask):
@@ -185,39 +186,53 @@ def _passes(dtype: torch.dtype):
     return kernel.attention_forward_f32, kernel.attention_backward_f32
 
 
+def _pointer(t: Tensor | None) -> ctypes.c_void_p | None:
+    return None if t is None else _address(t)
+
+
 class _PackedAttention(torch.autograd.Function):
     """qkv [n, 3D] bf16 or fp32 (packed rows of texts laid end to end) → context [n, D], the same dtype; one
-    kernel call per slab (its texts' starts and lengths among the n rows, its width, its seed)."""
+    kernel call per slab (its texts' starts and lengths among the n rows, its width, its seed). fp32
+    only: `bias` [3D] (or None), the projection's bias, which the kernel adds to qkv's rows as it reads
+    them and whose gradient it sums."""
 
     @staticmethod
-    def forward(ctx, qkv: Tensor, slabs: tuple[tuple[Tensor, Tensor, int, int], ...], heads: int,  # type: ignore[override]
-                scale: float, p: float) -> Tensor:
+    def forward(ctx, qkv: Tensor, bias: Tensor | None, slabs: tuple[tuple[Tensor, Tensor, int, int], ...],  # type: ignore[override]
+                heads: int, scale: float, p: float) -> Tensor:
         n, head_size = qkv.shape[0], qkv.shape[1] // (3 * heads)
         threshold, keep_probability = drop_threshold(p)
         context = qkv.new_empty(n, heads * head_size)
         stats = torch.empty(2, heads, n, dtype=torch.float32)
         forward = _passes(qkv.dtype)[0]
+        extra = (_pointer(bias),) if qkv.dtype == torch.float32 else ()
         for starts, lengths, width, seed in slabs:
             forward(_address(qkv), len(lengths), _address(starts), _address(lengths), heads, head_size, width, scale,
                     _unsigned(seed), threshold, 1.0 / keep_probability, _threads(), _address(context), _address(stats),
-                    n)
-        ctx.save_for_backward(qkv, stats, context)
+                    n, *extra)
+        ctx.save_for_backward(qkv, stats, context, bias)
         ctx.slabs, ctx.heads, ctx.scale, ctx.p = slabs, heads, scale, p
         return context
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        qkv, stats, context = ctx.saved_tensors
+        qkv, stats, context, bias = ctx.saved_tensors
         grad = grad.to(qkv.dtype).contiguous()
         threshold, keep_probability = drop_threshold(ctx.p)
         grad_qkv = torch.empty_like(qkv)
         backward = _passes(qkv.dtype)[1]
+        # every (text, head) writes its own columns of its text's row: nothing left unwritten
+        sums = None if bias is None else qkv.new_empty(sum(len(lengths) for _, lengths, _, _ in ctx.slabs),
+                                                       qkv.shape[1])
+        first = 0
         for starts, lengths, width, seed in ctx.slabs:
+            extra = ((_pointer(bias), _pointer(None if sums is None else sums[first:]))
+                     if qkv.dtype == torch.float32 else ())
             backward(_address(qkv), _address(context), _address(grad), _address(stats), len(lengths), _address(starts),
                      _address(lengths), ctx.heads, qkv.shape[1] // (3 * ctx.heads), width, ctx.scale, _unsigned(seed),
-                     threshold, 1.0 / keep_probability, _threads(), _address(grad_qkv), qkv.shape[0])
-        return grad_qkv, None, None, None, None
+                     threshold, 1.0 / keep_probability, _threads(), _address(grad_qkv), qkv.shape[0], *extra)
+            first += len(lengths)
+        return grad_qkv, None if sums is None else sums.sum(0), None, None, None, None
 
 
 def runs_in(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> bool:
@@ -238,26 +253,37 @@ def runs_in(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> bool:
 
 def applies(qkv: Tensor, heads: int, width: int, dropout: nn.Module) -> bool:
     """Whether `packed_attention` runs for these inputs (else the caller keeps its own attention)."""
-    return (qkv.dtype in HEAD_MULTIPLE and qkv.device.type == "cpu" and qkv.dim() == 2
-            and qkv.shape[1] % (3 * heads) == 0 and (qkv.shape[1] // (3 * heads)) % HEAD_MULTIPLE[qkv.dtype] == 0
-            and width <= MAX_WIDTH and fused_dropout_p(dropout) is not None and enabled()
-            and computes_in(qkv.dtype))
+    return qkv.dim() == 2 and applies_to(qkv.dtype, qkv.device, qkv.shape[1], heads, width, dropout)
+
+
+def applies_to(dtype: torch.dtype, device: torch.device, columns: int, heads: int, width: int,
+               dropout: nn.Module) -> bool:
+    """`applies` for a projection not yet computed: rows [n, columns] of `dtype` on `device`."""
+    return (dtype in HEAD_MULTIPLE and device.type == "cpu" and columns % (3 * heads) == 0
+            and (columns // (3 * heads)) % HEAD_MULTIPLE[dtype] == 0 and width <= MAX_WIDTH
+            and fused_dropout_p(dropout) is not None and enabled() and computes_in(dtype))
 
 
 def packed_attention(qkv: Tensor, slabs: Sequence[tuple[Tensor, Tensor, int]], heads: int, scale: float,
-                     dropout: nn.Module) -> Tensor:
+                     dropout: nn.Module, bias: Tensor | None = None) -> Tensor:
     """Multi-head attention of each text over its own tokens, with `dropout` on the probabilities.
 
     qkv [n, 3D] bf16 or fp32: the fused q, k, v projection of n packed rows; slabs: (starts, lengths,
     width) of each slab among those rows: text i of a slab starts at row starts[i] and has lengths[i]
     rows (int64 tensors), and the slab's padded width W indexes its dropout mask as the padded block
-    [b, heads, W, W] (each slab draws a seed of its own, in order). Returns the context [n, D] in qkv's
+    [b, heads, W, W] (each slab draws a seed of its own, in order). bias [3D] (fp32 only): the
+    projection's bias, when qkv holds the product without it: the kernel adds it as it reads the rows
+    (no pass of its own over [n, 3D]) and sums its gradient. Returns the context [n, D] in qkv's
     dtype; rows of no text are left unwritten. Check `applies` with the widest slab first; texts
     that leave the rows or their width are refused here, before the C++ code could read or write past
     them.
     """
     if not slabs or not applies(qkv, heads, max(width for _, _, width in slabs), dropout):
         raise ValueError("packed_attention does not apply to these inputs (see fused_attention.applies)")
+    if bias is not None and (qkv.dtype != torch.float32 or bias.dtype != torch.float32
+                             or tuple(bias.shape) != (qkv.shape[1],) or bias.device.type != "cpu"):
+        raise ValueError(f"bias must be fp32 [{qkv.shape[1]}] on the CPU beside fp32 q, k, v rows, got "
+                         f"{bias.dtype} {tuple(bias.shape)} beside {qkv.dtype} rows")
     p = fused_dropout_p(dropout)
     checked = []
     for starts, lengths, width in slabs:
@@ -270,4 +296,5 @@ def packed_attention(qkv: Tensor, slabs: Sequence[tuple[Tensor, Tensor, int]], h
             raise ValueError(f"texts must have 1 to width = {width} tokens inside the {qkv.shape[0]} rows, got "
                              f"starts {starts.tolist()[:8]}, lengths {lengths.tolist()[:8]}")
         checked.append((starts, lengths, int(width), draw_seed() if p > 0.0 else 0))
-    return _PackedAttention.apply(qkv.contiguous(), tuple(checked), heads, float(scale), p)
+    return _PackedAttention.apply(qkv.contiguous(), None if bias is None else bias.contiguous(), tuple(checked),
+                                  heads, float(scale), p)

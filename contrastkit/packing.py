@@ -333,8 +333,16 @@ def _attention(layer: nn.Module, qkv_weights: tuple[Tensor, Tensor], x: Tensor, 
     each slab's texts attend within the slab."""
     attention = layer.attention.self
     heads = attention.num_attention_heads
-    qkv = linear(x, *qkv_weights)
-    if fused_attention.applies(qkv, heads, group.slabs[0].width, attention.dropout):  # slabs go longest first
+    weight, bias = qkv_weights
+    width = group.slabs[0].width  # slabs go longest first
+    if (x.dtype == weight.dtype == bias.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+            and fused_attention.applies_to(torch.float32, x.device, weight.shape[0], heads, width, attention.dropout)):
+        # fp32 on the kernel: it adds the bias as it reads q, k, v (no copy of the bias into the product's
+        # output) and sums the bias's gradient (no pass of its own over the [n, 3D] gradient)
+        return fused_attention.packed_attention(linear(x, weight), group.spans, heads, attention.scaling,
+                                                attention.dropout, bias=bias)
+    qkv = linear(x, weight, bias)
+    if fused_attention.applies(qkv, heads, width, attention.dropout):
         return fused_attention.packed_attention(qkv, group.spans, heads, attention.scaling, attention.dropout)
     if len(group.slabs) == 1:
         return _slab_attention(attention, qkv, group.slabs[0])

@@ -112,6 +112,43 @@ def test_forward_and_backward_are_float64_attention_with_fast_dropouts_mask(dtyp
 
 
 @needs_kernel
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_the_fp32_kernel_adds_the_projections_bias_and_sums_its_gradient(p):
+    """qkv without its bias + bias in the kernel = qkv with the bias added first, over two slabs of one
+    call; the bias's gradient is the column sums of qkv's."""
+    heads, head_size = 2, 32
+    plan = plan_packing([[1] * n for n in (37, 30, 17, 16, 5, 1)], slab_tokens=64, dense_tokens=10_000)
+    (group,) = plan.groups
+    assert len(group.slabs) > 1
+    generator = torch.Generator().manual_seed(4)
+    product = torch.randn(group.last, 3 * heads * head_size, generator=generator)
+    bias = torch.randn(3 * heads * head_size, generator=generator)
+    grad = torch.randn(group.last, heads * head_size, generator=generator)
+    dropout = FastDropout(p).train()
+
+    def run(with_bias_in_kernel: bool):
+        x, b = product.clone().requires_grad_(), bias.clone().requires_grad_()
+        torch.manual_seed(8)
+        if with_bias_in_kernel:
+            out = fused_attention.packed_attention(x, group.spans, heads, head_size ** -0.5, dropout, bias=b)
+        else:
+            out = fused_attention.packed_attention(x + b, group.spans, heads, head_size ** -0.5, dropout)
+        out.backward(grad)
+        return out.detach(), x.grad, b.grad
+
+    for ours, theirs in zip(run(True), run(False)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    out, _, grad_bias = run(True)
+    torch.manual_seed(8)
+    without = fused_attention.packed_attention(product, group.spans, heads, head_size ** -0.5, dropout)
+    assert grad_bias.abs().sum() > 0 and (out - without).abs().max() > 0.1  # the bias mattered
+    with pytest.raises(ValueError, match="bias must be fp32"):
+        fused_attention.packed_attention(product, group.spans, heads, 0.2, dropout, bias=bias[:-1])
+    with pytest.raises(ValueError, match="bias must be fp32"):
+        fused_attention.packed_attention(product, group.spans, heads, 0.2, dropout, bias=bias.double())
+
+
+@needs_kernel
 def test_the_kernels_mask_is_fast_dropouts():
     for shape, p, seed in (((2, 3, 37, 37), 0.1, 7), ((1, 12, 5, 5), 0.5, -3), ((3, 2, 16, 16), 0.3, 2**62)):
         assert torch.equal(fused_attention.keep_mask(shape, p, seed), keep_mask(shape, p, seed))

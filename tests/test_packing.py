@@ -344,7 +344,7 @@ def test_the_trainers_dropout_takes_the_written_out_attention_and_torchs_the_fus
                         lambda *args: calls.append(1) or written_out_attention(*args))
     packed_attention = fused_attention.packed_attention
     monkeypatch.setattr(fused_attention, "packed_attention",
-                        lambda *args: fused_calls.append(1) or packed_attention(*args))
+                        lambda *args, **kwargs: fused_calls.append(1) or packed_attention(*args, **kwargs))
     tiny_encoder.train()
     with torch.no_grad():
         tiny_encoder.embed(TEXTS)
