@@ -7,7 +7,10 @@ optimizer step after it took another 0.2 s, now 43 ms (bench/optimizer_step.py):
   the fused kernel makes one: 18 ms (Hugging Face's Trainer, so sentence-transformers, uses it too);
 - checking each gradient for inf/nan on its own took 81-103 ms (a small reduction and a Python
   round trip per tensor). The global norm that clipping computes anyway is finite exactly when
-  every gradient is (or when their squares overflow, which is as bad), so one norm does both.
+  every gradient is (or when their squares overflow, which is as bad), so one norm does both;
+- that norm by BLAS dot products (`gradient_norm`): 2.4 against 10-11 ms on the Xeon of 2026-11-29,
+  where the whole step (AdamW 16 ms, zeroing the word embeddings' gradient 3 ms) went from 29-30 to
+  19 ms.
 """
 
 from __future__ import annotations
