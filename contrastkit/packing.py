@@ -51,9 +51,10 @@ from contrastkit.fast_softmax import key_padding, softmax_dropout
 # padded positions per slab; in a round-robin of forward + backward on 64 debian pairs (docs/training.md)
 # 1,024-4,096 ran within 4 % of each other, 512 and one slab for the whole batch 7-9 % slower
 SLAB_TOKENS = 2048
-# real tokens the dense layers take at once (consecutive slabs joined, `Group`): on the Xeon here a
-# Cranfield batch-32 fp32 step ran 1.5-2 % faster with each stream's ~2,300 tokens in one product than
-# in two slabs' (docs/benchmarks.md); 4,096 fp32 rows of the feed-forward's 1,536 columns are 25 MB
+# real tokens the dense layers take at once (consecutive slabs joined, `Group`): on the Xeon here
+# Cranfield batch-32 fp32 steps ran 1-2 % faster with each stream's ~2,300 tokens in one product than
+# in two slabs' (docs/training.md, "The packed forward"; not measured on the Zen 5); 4,096 fp32 rows of
+# the feed-forward's 1,536 columns are 25 MB
 DENSE_TOKENS = 4096
 
 
