@@ -218,7 +218,8 @@ class Encoder(nn.Module):
         `tokenizer`: a copy of this encoder's, for another thread (a Hugging Face fast tokenizer is not
         to be called from two threads at once); this encoder's own by default.
         """
-        encoded = (tokenizer or self.tokenizer)(list(texts), truncation=True, max_length=self.max_seq_length)
+        tokenizer = self.tokenizer if tokenizer is None else tokenizer
+        encoded = tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
         return encoded["input_ids"], encoded.get("token_type_ids")
 
     def embed_packed(self, plan: PackPlan) -> Tensor:
