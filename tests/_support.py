@@ -90,6 +90,18 @@ def naive_similarity(x: list[float], y: list[float], kind: str) -> float:
     return -math.sqrt(sum((u - v) ** 2 for u, v in zip(x, y)))
 
 
+def assert_resumed_from(metrics: Path, checkpoint_step: int, total_steps: int) -> None:
+    """A run's metrics.jsonl after a crash and a resume: the resumed run logged the steps after its
+    checkpoint and no others (a "resume" that starts again from step 1 gives the same final weights
+    when training is repeatable, so the weights alone cannot tell the two apart)."""
+    steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "eval" not in r and "health" not in r]
+    assert steps.count(1) == 1, f"step 1 was logged {steps.count(1)} times: the resume started again"
+    resumed = list(range(checkpoint_step + 1, total_steps + 1))
+    assert steps[-len(resumed):] == resumed, steps
+    assert steps[:-len(resumed)] == list(range(1, len(steps) - len(resumed) + 1)), steps  # the crashed run's
+    assert len(steps) - len(resumed) >= checkpoint_step, steps
+
+
 def record_chunk_sizes(monkeypatch, module) -> list:
     """Wrap `module`'s forward_chunks so each call's texts per forward is appended to the returned list."""
     real, seen = module.forward_chunks, []

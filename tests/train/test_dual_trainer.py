@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from _image_support import tiny_clip_vision_config, tiny_vit_config, write_shapes_dataset
-from _support import make_pairs, record_chunk_sizes
+from _support import assert_resumed_from, make_pairs, record_chunk_sizes
 from contrastkit.data.images import read_image_captions
 from contrastkit.errors import ConfigError
 from contrastkit.towers import DualEncoder, TextTower, VisionTower
@@ -364,6 +364,7 @@ def test_kill_minus_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert any(not torch.equal(at_kill[n], b[n]) for n in b)  # training really went on after the resume
+    assert_resumed_from(killed / "metrics.jsonl", int(killed_at.name.split("-")[1]), 60)
 
 
 def test_a_fresh_run_removes_old_checkpoints_and_resume_refuses_another_run(tmp_path, tiny_encoder):

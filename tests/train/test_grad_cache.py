@@ -102,9 +102,10 @@ def test_without_replayed_rng_the_gradients_differ(encoder64, monkeypatch):
     assert max(diffs) > 1e-6
 
 
-def test_rng_after_step_matches_the_uncached_step(encoder64):
+@pytest.mark.parametrize("groups_used", [2, 3])  # 3: the negatives' group gets no gradient and is not replayed
+def test_rng_after_step_matches_the_uncached_step(encoder64, groups_used):
     encoder64.train()
-    groups = batch_groups()[:2]
+    groups = batch_groups()[:groups_used]
     loss = loss_fn(False, False)
     cached_grads(encoder64, groups, loss, mini_batch=4, seed=7)
     after_cached = torch.get_rng_state()

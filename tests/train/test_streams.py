@@ -17,7 +17,7 @@ from contrastkit.train.streams import (Lookahead, StreamPool, balanced_cuts, coa
                                        stream_backward, stream_count)
 from contrastkit.train.trainer import own_memory
 
-from _support import build_tiny_bert_folder
+from _support import assert_resumed_from, build_tiny_bert_folder
 
 
 def pairs(n=24):
@@ -342,6 +342,7 @@ def test_a_crashed_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(t
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+    assert_resumed_from(tmp_path / "crashed" / "metrics.jsonl", 2, 6)  # from the checkpoint at step 2
 
 
 def test_one_stream_leaving_autocast_does_not_change_the_others_gradients(tiny_model_dir, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from contrastkit.errors import ConfigError
 from contrastkit.train import TrainConfig, Trainer, TrainingError
 from contrastkit.train.checkpoint import checkpoint_due, latest_checkpoint, list_checkpoints
 
-from _support import make_beir, make_pairs, record_chunk_sizes, write_pairs
+from _support import assert_resumed_from, make_beir, make_pairs, record_chunk_sizes, write_pairs
 
 def config(tmp_path, **kw):
     # report=False: these tests are about the loop (tests/report renders reports); health records stay on
@@ -99,9 +99,16 @@ def test_checkpoints_are_pruned_and_complete(tiny_model_dir, tmp_path):
     encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
     (tmp_path / "run" / "checkpoints" / ".tmp-checkpoint-00000099-1").mkdir(parents=True)  # a killed write
     Trainer(config(tmp_path, checkpoint_every=3, keep_checkpoints=2), encoder, make_pairs()).train()
-    names = [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")]
+    checkpoints = tmp_path / "run" / "checkpoints"
+    names = [p.name for p in list_checkpoints(checkpoints)]
     assert names == ["checkpoint-00000009", "checkpoint-00000012"]
-    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+    assert not list(checkpoints.glob(".tmp-*"))
+    for name in names:  # each one whole: the weights, the optimizer and RNG states, and the state written last
+        assert {"model/model.safetensors", "trainer.pt", "trainer_state.json"} <= {
+            str(p.relative_to(checkpoints / name)) for p in (checkpoints / name).rglob("*")}
+    (checkpoints / "checkpoint-00000013" / "model").mkdir(parents=True)  # a folder without its state: not one
+    assert [p.name for p in list_checkpoints(checkpoints)] == names
+    assert latest_checkpoint(checkpoints).name == "checkpoint-00000012"
 
 
 def test_checkpoint_every_null_writes_none_and_still_saves_the_model(tiny_model_dir, tmp_path):
@@ -149,11 +156,19 @@ def test_too_few_negatives_is_refused_before_training(tiny_model_dir, tmp_path):
 
 def test_evaluation_hook_keeps_the_best_model(tiny_model_dir, tmp_path):
     encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
-    scores = iter([0.2, 0.5, 0.3, 0.4])
-    Trainer(config(tmp_path, eval_every=3), encoder, make_pairs(), evaluator=lambda e: {"ndcg@10": next(scores)}).train()
+    scores, seen = iter([0.2, 0.5, 0.3, 0.4]), []
+
+    def evaluator(e):
+        seen.append({k: v.detach().clone() for k, v in e.model.state_dict().items()})
+        return {"ndcg@10": next(scores)}
+
+    Trainer(config(tmp_path, eval_every=3), encoder, make_pairs(), evaluator=evaluator).train()
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval"]["ndcg@10"] for r in log if "eval" in r] == [0.2, 0.5, 0.3, 0.4]
-    assert (tmp_path / "run" / "best" / "modules.json").is_file()
+    best = Encoder.from_pretrained(tmp_path / "run" / "best").model.state_dict()
+    assert len(seen) == 4 and best.keys() == seen[1].keys()
+    assert all(torch.equal(best[k], seen[1][k]) for k in best)  # the weights that scored 0.5, at step 6
+    assert any(not torch.equal(best[k], seen[3][k]) for k in best)  # not the last evaluated ones
 
 
 def _train_cmd(model_dir, data, out, *extra):
@@ -194,6 +209,7 @@ def test_kill_minus_9_then_resume_gives_the_same_weights(tiny_model_dir, tmp_pat
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert any(not torch.equal(at_kill[n], b[n]) for n in b)  # training really went on after the resume
+    assert_resumed_from(tmp_path / "killed" / "metrics.jsonl", int(killed_at.name.split("-")[1]), 40)
 
 
 def test_cli_bad_config_fails_before_training(tiny_model_dir, tmp_path):
@@ -224,11 +240,16 @@ def test_cli_evaluates_during_training_and_keeps_the_best(tiny_model_dir, tmp_pa
     beir = make_beir(tmp_path / "beir")
     out = tmp_path / "run"
     result = subprocess.run(_train_cmd(tiny_model_dir, data, out, "--set", "max_steps=4", "--set", "eval_every=2",
-                                       "--set", f"eval_data={beir}"), capture_output=True, text=True)
+                                       "--set", "checkpoint_every=2", "--set", f"eval_data={beir}"),
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     evals = [json.loads(x)["eval"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert len(evals) == 2 and all("ndcg@10" in e for e in evals)
-    assert (out / "best" / "modules.json").is_file()
+    # best/ holds the weights of the first evaluation with the highest nDCG@10 (checkpoints at the same steps)
+    best_step = 2 * (1 + max(range(2), key=lambda i: (evals[i]["ndcg@10"], -i)))
+    best = load_file(out / "best" / "model.safetensors")
+    at_best = load_file(out / "checkpoints" / f"checkpoint-{best_step:08d}" / "model" / "model.safetensors")
+    assert best.keys() == at_best.keys() and all(torch.equal(best[k], at_best[k]) for k in best)
     missing = subprocess.run(_train_cmd(tiny_model_dir, data, tmp_path / "r2", "--set", "eval_every=2"),
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "eval_every is set but there is nothing to evaluate with" in missing.stderr
