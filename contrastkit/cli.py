@@ -35,6 +35,27 @@ def _load_encoder(model: str, max_seq_length: int | None):
     return Encoder.from_pretrained(model, max_seq_length=max_seq_length)
 
 
+def _writable(path: Path, option: str, *, folder: bool = False) -> Path:
+    """`path` if a file (or, with `folder`, a folder) can be created or replaced there; else a usage error
+    now, before any slow work, instead of a traceback at the end of it."""
+    if folder and path.exists() and not path.is_dir():
+        raise typer.BadParameter(f"{path} is a file; give a folder", param_hint=option)
+    if not folder and path.is_dir():
+        raise typer.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise typer.BadParameter(f"{blocking} is a file, so {path} cannot be written", param_hint=option)
+    return path
+
+
+def _non_empty(texts: list[str], option: str) -> list[str]:
+    """The texts, each checked to hold more than whitespace (as a file's texts are)."""
+    for position, text in enumerate(texts, 1):
+        if not text.strip():
+            raise typer.BadParameter(f"text {position} is empty", param_hint=option)
+    return texts
+
+
 @app.command()
 def encode(
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy file to write [N, D] float32")],
@@ -49,9 +70,13 @@ def encode(
     """Embed texts (given with --text, or a JSONL file) and save them as a .npy matrix."""
     from contrastkit.jsonl import read_texts
 
-    if bool(text) == bool(input):
+    if text and input:
         raise typer.BadParameter("give either --text (one or more) or --input FILE, not both")
-    texts = read_texts(input, field) if input else list(text)
+    if not text and not input:
+        raise typer.BadParameter("give --text (one or more) or --input FILE")
+    output = output if output.suffix == ".npy" else output.with_name(output.name + ".npy")  # as np.save names it
+    _writable(output, "--output")
+    texts = read_texts(input, field) if input else _non_empty(list(text), "--text")
     encoder = _load_encoder(model, max_seq_length)
     embeddings = encoder.encode(texts, batch_size=batch_size, show_progress=True, bf16=bf16)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -72,10 +97,20 @@ def search(
     max_seq_length: SeqOption = None,
 ) -> None:
     """Search a corpus (or a saved index) with one or more queries; print the top-k with scores and titles."""
+    from contrastkit.data.corpus import read_corpus
+    from contrastkit.index import INDEX_KINDS
     from contrastkit.search import CorpusSearcher
 
     if corpus is None and index is None:
         raise typer.BadParameter("give --corpus FILE, --index FOLDER, or both")
+    _non_empty(queries, "QUERIES")
+    if kind not in INDEX_KINDS:
+        raise typer.BadParameter(f"expected one of {', '.join(INDEX_KINDS)}; got {kind!r}", param_hint="--kind")
+    if index is not None:
+        _writable(index, "--index", folder=True)
+    documents = None
+    if corpus is not None and (index is None or not (index / "meta.json").is_file()):
+        documents = read_corpus(corpus)  # to build from: checked before the model loads
     encoder = _load_encoder(model, max_seq_length)
     searcher = None
     if index is not None and (index / "meta.json").is_file():
@@ -88,7 +123,7 @@ def search(
     if searcher is None:
         if corpus is None:
             raise typer.BadParameter(f"{index} holds no index yet: pass --corpus to build it")
-        searcher = CorpusSearcher.build(encoder, corpus, kind=kind, batch_size=batch_size)
+        searcher = CorpusSearcher.build(encoder, corpus, kind=kind, batch_size=batch_size, documents=documents)
         if index is not None:
             searcher.save(index)
             typer.echo(f"saved a {searcher.index.kind} index of {len(searcher.doc_ids):,} documents to {index}")
@@ -163,6 +198,10 @@ def mine(
         num_negatives=num_negatives, rank_range=rank_range, ceiling=ceiling, margin=margin,
         relative_margin=_optional_float(relative_margin, "--relative-margin"), sample=sample, seed=seed,
         index=index, batch_size=batch_size, cache_dir=cache_dir, use_cache=cache, show_progress=True)
+    _writable(output, "--output")
+    if output.resolve() in {data.resolve(), corpus.resolve() if corpus else None}:
+        raise typer.BadParameter(f"{output} is an input of this command; write the mined pairs elsewhere",
+                                 param_hint="--output")
     source = load_beir(data, split=split) if data.is_dir() else read_pairs(data)
     documents = load_corpus(corpus) if corpus else None
     encoder = _load_encoder(model, max_seq_length)
@@ -187,20 +226,23 @@ def train(
     from contrastkit.encoder import Encoder
     from contrastkit.train import Trainer, load_config, load_training_pairs
     from contrastkit.train.config import parse_override
+    from contrastkit.train.trainer import check_examples
 
     overrides = dict(parse_override(item) for item in set_ or [])
     for key, value in (("model", model), ("data", data), ("output_dir", output_dir)):
         if value is not None:
             overrides[key] = value
     settings = load_config(config, overrides)
+    _writable(Path(settings.output_dir), "--output", folder=True)
     pairs = load_training_pairs(settings.data, settings.split)
-    encoder = Encoder.from_pretrained(settings.model, max_seq_length=settings.max_seq_length,
-                                      torch_dtype=getattr(torch, settings.dtype))
+    check_examples(pairs, settings)  # the data against the config, before the model loads
     evaluator = None
-    if settings.eval_data:  # read and checked before training starts
+    if settings.eval_data:  # read and checked before the model loads
         from contrastkit.train.evaluation import RetrievalEvaluator
 
         evaluator = RetrievalEvaluator.from_folder(settings.eval_data, settings.eval_split)
+    encoder = Encoder.from_pretrained(settings.model, max_seq_length=settings.max_seq_length,
+                                      torch_dtype=getattr(torch, settings.dtype))
     trainer = Trainer(settings, encoder, pairs, evaluator=evaluator)
     if trainer.dist.is_main:
         typer.echo(f"training on {len(pairs)} pairs: {trainer.total_steps} steps of {settings.batch_size}"
@@ -226,6 +268,8 @@ def eval_(
 ) -> None:
     """Evaluate a model on a BEIR split: nDCG, MRR, MAP, recall, precision and accuracy at each k."""
     from contrastkit.data.beir import load_beir
+    from contrastkit.encoder import resolve_model_path
+    from contrastkit.errors import DataError
     from contrastkit.evaluate import (HEADLINE_METRICS, bm25_retrieval, compare_results, evaluate_retrieval,
                                       format_comparison, format_table)
 
@@ -237,7 +281,15 @@ def eval_(
         raise typer.BadParameter(f"--k needs at least one cut-off, each 1 or more; got {k!r}")
     if baseline not in (None, "bm25"):
         raise typer.BadParameter(f'--baseline knows only "bm25", got {baseline!r}')
+    if output is not None:
+        _writable(output, "--output")
+    for name in (model, compare):
+        if name is not None and name != "default":
+            resolve_model_path(name)  # a missing model fails now, not after the first model's evaluation
     dataset = load_beir(data, split=split)
+    if not any(grade > 0 for judged in dataset.qrels.values() for grade in judged.values()):
+        raise DataError("no judgement with a grade above 0: no query has a relevant document to find",
+                        path=str(data / "qrels" / f"{split}.tsv"))
     typer.echo(f"{data} [{split}]: {len(dataset.split_queries)} queries, {len(dataset.corpus)} documents")
 
     def run(name: str):

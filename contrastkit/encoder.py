@@ -20,12 +20,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from contrastkit.devices import to_device
-from contrastkit.errors import ModelLoadError
+from contrastkit.errors import ConfigError, ModelLoadError
 from contrastkit.packing import PackPlan, can_pack, packed_hidden_states, packed_pool, plan_packing
 from contrastkit.pooling import POOLING_MODES, pool
 from contrastkit.st_layout import is_st_folder, quiet_hf_progress, read_st_layout, write_st_layout
 
 DEFAULT_MODEL = "default"
+# Names of learned absolute position tables (BERT family, CLIP text, BART, GPT-2): an nn.Embedding
+# indexed by position, so a text longer than the table fails inside torch.embedding.
+POSITION_TABLES = ("position_embeddings", "position_embedding", "embed_positions", "wpe")
 
 # The library never reaches a model hub: only local folders and packaged models load.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,6 +60,27 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
+def position_limit(model: nn.Module) -> int | None:
+    """Tokens per text the model's learned position table can take; None where it has no such table
+    (rotary or relative positions, e.g. ModernBERT, DeBERTa-v2), which bounds nothing here.
+
+    RoBERTa-style tables (RoBERTa, XLM-R, MPNet) start counting after their padding index, so 514
+    rows with padding_idx 1 take 512 tokens; BART's learned positions say their offset themselves.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in POSITION_TABLES:
+            return module.num_embeddings - _position_offset(module)
+    return None
+
+
+def _position_offset(table: nn.Embedding) -> int:
+    """Rows of a position table before the first text position."""
+    offset = getattr(table, "offset", None)
+    if isinstance(offset, int):
+        return offset
+    return table.padding_idx + 1 if table.padding_idx is not None else 0
+
+
 def autocast(bf16: bool, device_type: str = "cpu", cache: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast when asked for, else a no-op.
 
@@ -82,14 +106,12 @@ class Encoder(nn.Module):
         super().__init__()
         if pooling not in POOLING_MODES:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLING_MODES)}")
-        if max_seq_length < 1:
-            raise ValueError(f"max_seq_length must be positive, got {max_seq_length}")
         self.model = model
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.normalize = normalize
-        self.max_seq_length = max_seq_length
         self.name_or_path = name_or_path
+        self.max_seq_length = max_seq_length
         self.prompts = dict(prompts or {})
         # BERT encoders run unpadded (contrastkit/packing.py): the same embeddings, fewer FLOPs.
         # False: every model takes its own padded forward.
@@ -129,6 +151,8 @@ class Encoder(nn.Module):
         model.eval()
 
         limit = getattr(config, "max_position_embeddings", None) or 512
+        positions = position_limit(model)  # RoBERTa: 514 in the config, 512 usable
+        limit = min(limit, positions) if positions is not None else limit
         folder_max = (layout.max_seq_length if layout else None) or min(
             getattr(tokenizer, "model_max_length", limit) or limit, limit)
         return cls(model, tokenizer,
@@ -137,6 +161,27 @@ class Encoder(nn.Module):
                    max_seq_length=max_seq_length or folder_max,
                    name_or_path=str(name_or_path),
                    prompts=layout.prompts if layout else None)
+
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens per text, the rest cut off; at most what the model's position table holds."""
+        return self._max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"max_seq_length must be positive, got {value}")
+        limit = position_limit(self.model)
+        if limit is not None and value > limit:
+            raise ConfigError(f"max_seq_length {value} exceeds what {self._model_label()} can take "
+                              f"({limit} positions); use at most {limit}")
+        self._max_seq_length = value
+
+    def _model_label(self) -> str:
+        """The model as a message names it: its folder, the default model by name, or its class."""
+        if self.name_or_path == DEFAULT_MODEL:
+            return "the default model (all-MiniLM-L6-v2)"
+        return f"'{self.name_or_path}'" if self.name_or_path else type(self.model).__name__
 
     def set_attention_dropout(self, p: float) -> int:
         """Set the dropout on the attention probabilities (training only); return how many layers took it.

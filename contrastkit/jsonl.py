@@ -34,18 +34,34 @@ def iter_text_lines(path: str | Path, *, keep_ends: bool = False) -> Iterator[tu
             yield line_no, text if keep_ends else text.rstrip("\r\n")
 
 
+class _RepeatedKey(Exception):
+    """A JSON object names a key twice (json.loads would silently keep the last value)."""
+
+
+def _object_of(items: list[tuple[str, object]]) -> dict:
+    record = dict(items)
+    if len(record) < len(items):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(key for key, _ in items if key in seen or seen.add(key)))
+    return record
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
     """Yield (line number, parsed value) for each non-blank line; streams, never loads the whole file.
 
-    Raises DataError naming the file and line for a missing file, bad UTF-8 or malformed JSON.
+    Raises DataError naming the file and line for a missing file, bad UTF-8, malformed JSON or an
+    object naming a key twice.
     """
     for line_no, line in iter_text_lines(path):
         if not line.strip():
             continue
         try:
-            yield line_no, json.loads(line)
+            value = json.loads(line, object_pairs_hook=_object_of)
         except json.JSONDecodeError as exc:
             raise DataError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=str(path), line=line_no) from exc
+        except _RepeatedKey as exc:
+            raise DataError("given twice in one object", path=str(path), line=line_no, field=str(exc)) from None
+        yield line_no, value
 
 
 def read_texts(path: str | Path, field: str = "text") -> list[str]:
@@ -62,20 +78,21 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
 
 
 def _text_of(value: object, field: str, path: str | Path, line_no: int, allow_empty: bool = False) -> str:
+    from contrastkit.data.validate import type_name  # here: contrastkit.data imports this module
     if isinstance(value, str):
         text = value
     elif isinstance(value, dict):
         if field not in value:
-            raise DataError("missing", path=str(path), line=line_no, field=field)
+            raise DataError("is missing", path=str(path), line=line_no, field=field)
         text = value[field]
         if not isinstance(text, str):
-            raise DataError(f"expected a string, got {type(text).__name__}", path=str(path), line=line_no,
+            raise DataError(f"expected a string, got {type_name(text)}", path=str(path), line=line_no,
                             field=field)
         title = value.get("title")
         if isinstance(title, str) and title.strip():
             text = f"{title} {text}"
     else:
-        raise DataError(f"expected a JSON object or string, got {type(value).__name__}", path=str(path),
+        raise DataError(f"expected a JSON object or string, got {type_name(value)}", path=str(path),
                         line=line_no)
     if not text.strip() and not allow_empty:
         raise DataError("is empty", path=str(path), line=line_no, field=field)

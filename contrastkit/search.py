@@ -50,11 +50,13 @@ class CorpusSearcher:
 
     @classmethod
     def build(cls, encoder, corpus_path: str | Path, *, kind: str = "auto", batch_size: int = 32,
-              cache_dir: str | Path | None = None, show_progress: bool = True) -> "CorpusSearcher":
+              cache_dir: str | Path | None = None, show_progress: bool = True,
+              documents: tuple[list[str], list[str], list[str]] | None = None) -> "CorpusSearcher":
+        """Embed and index the corpus at `corpus_path` (`documents`: its `read_corpus`, when already read)."""
         from contrastkit.data.corpus import read_corpus
         from contrastkit.mining import default_cache_dir, encode_cached
 
-        ids, titles, texts = read_corpus(corpus_path)
+        ids, titles, texts = documents if documents is not None else read_corpus(corpus_path)
         embeddings, _ = encode_cached(encoder, texts, batch_size=batch_size, show_progress=show_progress,
                                       cache_dir=cache_dir or default_cache_dir())
         index = VectorIndex.build(l2_normalize(embeddings), kind=kind)

@@ -91,8 +91,8 @@ def test_search_with_default_model_finds_the_relevant_abstract(monkeypatch, caps
 @pytest.mark.parametrize("content, message", [
     ("", "in.jsonl: the file is empty: no texts to read"),
     ('{"text": "ok"}\n{"text": "broken"\n', "in.jsonl line 2: not valid JSON"),
-    ('{"text": "ok"}\n{"body": "x"}\n', 'in.jsonl line 2: field "text": missing'),
-    ('{"text": 3}\n', 'in.jsonl line 1: field "text": expected a string, got int'),
+    ('{"text": "ok"}\n{"body": "x"}\n', 'in.jsonl line 2: field "text": is missing'),
+    ('{"text": 3}\n', 'in.jsonl line 1: field "text": expected a string, got number'),
     ('{"text": "  "}\n', 'in.jsonl line 1: field "text": is empty'),
     ('[1, 2]\n', "in.jsonl line 1: expected a JSON object or string, got list"),
 ])
@@ -125,8 +125,9 @@ def test_cli_model_errors(monkeypatch, capsys, tmp_path):
 
 
 def test_encode_needs_exactly_one_source(monkeypatch, capsys, tmp_path):
-    code, _, err = run_cli(monkeypatch, capsys, "encode", "-o", tmp_path / "e.npy")
-    assert code == 2 and "either --text" in err
+    code, _, err = run_cli(monkeypatch, capsys, "encode", "-o", tmp_path / "e.npy", "-t", "x", "-i",
+                           tmp_path / "in.jsonl")
+    assert code == 2 and "give either --text (one or more) or --input FILE, not both" in err
 
 
 def test_eval_writes_metrics_json_with_compare_and_bm25(monkeypatch, capsys, tiny_model_dir, tmp_path):
@@ -181,3 +182,69 @@ def test_demo_precision_flags_reach_the_demo(monkeypatch, capsys, flag, expected
     monkeypatch.setattr("contrastkit.demo.run_demo", lambda config, echo: seen.append(config))
     code, _, _ = run_cli(monkeypatch, capsys, "demo", "--quick", *flag)
     assert code == 0 and seen[0].bf16 is expected
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: the checks under test must come before it."""
+    import contrastkit.encoder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(contrastkit.encoder.Encoder, "from_pretrained", refuse)
+
+
+def test_output_paths_that_cannot_be_written_are_refused_before_the_model_loads(monkeypatch, capsys, tmp_path,
+                                                                                 no_model):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"anchor": "a", "positive": "b"}] * 4)
+    beir = make_beir(tmp_path / "beir")
+    cases = [
+        (["encode", "-t", "x", "-o", a_file / "e.npy"], f"{a_file} is a file, so {a_file / 'e.npy'} cannot be written"),
+        (["encode", "-t", "x", "-o", tmp_path / "d.npy"], "is a folder; give a file name"),
+        (["mine", "-d", pairs, "-o", tmp_path], "is a folder; give a file name"),
+        (["mine", "-d", pairs, "-o", pairs], "is an input of this command"),
+        (["eval", "-d", beir, "-o", tmp_path], "is a folder; give a file name"),
+        (["search", "q", "-c", beir / "corpus.jsonl", "--index", a_file], "is a file; give a folder"),
+        (["train", "-m", "default", "-d", pairs, "-o", a_file], "is a file; give a folder"),
+    ]
+    (tmp_path / "d.npy").mkdir()
+    for args, message in cases:
+        code, _, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 2 and message in err, (args, err)
+    assert a_file.read_text() == "x"
+
+
+def test_encode_names_the_file_it_writes(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    code, out, err = run_cli(monkeypatch, capsys, "encode", "-m", tiny_model_dir, "-t", "x", "-o", tmp_path / "plain")
+    assert code == 0, err
+    assert np.load(tmp_path / "plain.npy").shape == (1, 32) and f"to {tmp_path / 'plain.npy'}" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["encode", "-t", "ok", "-t", " ", "-o", "e.npy"], "text 2 is empty"),
+    (["encode", "-o", "e.npy"], "give --text (one or more) or --input FILE\n"),
+    (["search", "", "-c", "corpus.jsonl"], "text 1 is empty"),
+    (["search", "q", "-c", "corpus.jsonl", "--kind", "annoy"], "expected one of auto, flat, ivf, hnsw; got 'annoy'"),
+    (["search", "q", "-c", "dup.jsonl"], 'dup.jsonl line 2: field "_id": duplicate id "d1" (first on line 1'),
+    (["eval", "-d", "beir", "--compare", "nowhere"], "model path 'nowhere' does not exist"),
+    (["eval", "-d", "ungraded"], "qrels/test.tsv: no judgement with a grade above 0"),
+    (["train", "-m", "default", "-d", "few.jsonl", "-o", "run"], "only 2 training pairs, fewer than batch_size"),
+    (["train", "-m", "default", "-d", "few.jsonl", "-o", "run", "--set", "batch_size=2", "--set",
+      "num_hard_negatives=1"], "num_hard_negatives = 1 but no training pair has negatives"),
+    (["train", "-m", "default", "-d", "few.jsonl", "-o", "run", "--set", "batch_size=2", "--set", "eval_every=1",
+      "--set", "eval_data=ungraded", "--set", "eval_split=nosuch"], "qrels/nosuch.tsv: no such split file"),
+])
+def test_bad_input_is_refused_before_the_model_loads(monkeypatch, capsys, tmp_path, no_model, args, message):
+    monkeypatch.chdir(tmp_path)
+    beir = make_beir(tmp_path / "beir")
+    write_jsonl(tmp_path / "corpus.jsonl", [{"_id": "d1", "text": "x"}])
+    write_jsonl(tmp_path / "dup.jsonl", [{"_id": "d1", "text": "x"}, {"_id": "d1", "text": "y"}])
+    write_jsonl(tmp_path / "few.jsonl", [{"anchor": "a", "positive": "b"}, {"anchor": "c", "positive": "d"}])
+    ungraded = make_beir(tmp_path / "ungraded")
+    (ungraded / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t0\n")
+    assert beir.is_dir()
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and message in err, err

@@ -8,8 +8,8 @@ from sentence_transformers import SentenceTransformer
 from torch import Tensor
 
 from contrastkit import fused_attention
-from contrastkit.encoder import Encoder
-from contrastkit.errors import ModelLoadError
+from contrastkit.encoder import Encoder, position_limit
+from contrastkit.errors import ConfigError, ModelLoadError
 
 TEXTS = [
     "what is the lift of a thin wing",
@@ -202,3 +202,74 @@ def test_model_path_that_is_a_file(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelLoadError, match="is a file; expected a model folder"):
         Encoder.from_pretrained(tmp_path / "model.safetensors")
+
+
+def _save_tiny_model(path, model):
+    """Save `model` with the default model's tokenizer (model_max_length 512, more than these tiny models take)."""
+    from transformers import AutoTokenizer
+
+    from contrastkit.encoder import default_model_path
+
+    model.save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True).save_pretrained(path)
+    return path
+
+
+LONG_TEXT = " ".join(["word"] * 300)
+
+
+def test_max_seq_length_beyond_the_position_table_is_refused_at_load(tiny_model_dir):
+    with pytest.raises(ConfigError) as err:
+        Encoder.from_pretrained(tiny_model_dir, max_seq_length=129)
+    assert str(err.value) == (f"max_seq_length 129 exceeds what '{tiny_model_dir}' can take (128 positions); "
+                              f"use at most 128")
+    at_limit = Encoder.from_pretrained(tiny_model_dir, max_seq_length=128)
+    assert at_limit.token_lengths([LONG_TEXT]) == [128] and at_limit.encode([LONG_TEXT]).shape == (1, 32)
+
+
+def test_max_seq_length_set_later_is_checked_too(tiny_encoder):
+    with pytest.raises(ConfigError, match=r"max_seq_length 1000 exceeds what '.*' can take \(128 positions\)"):
+        tiny_encoder.max_seq_length = 1000
+    with pytest.raises(ValueError, match="max_seq_length must be positive, got 0"):
+        tiny_encoder.max_seq_length = 0
+    assert tiny_encoder.max_seq_length == 64
+    tiny_encoder.max_seq_length = 128
+    assert tiny_encoder.encode([LONG_TEXT]).shape == (1, 32)
+
+
+@pytest.mark.slow
+def test_default_model_takes_at_most_512_tokens(default_encoder):
+    assert position_limit(default_encoder.model) == 512
+    with pytest.raises(ConfigError, match=r"max_seq_length 100000 exceeds what the default model "
+                                          r"\(all-MiniLM-L6-v2\) can take \(512 positions\)"):
+        default_encoder.max_seq_length = 100000
+    assert default_encoder.max_seq_length == 256
+
+
+def test_roberta_position_offset_is_taken_off(tmp_path):
+    """RoBERTa counts positions from padding_idx + 1: 66 rows with padding_idx 1 take 64 tokens."""
+    from transformers import RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=37, max_position_embeddings=66, pad_token_id=1)
+    path = _save_tiny_model(tmp_path, RobertaModel(config))
+    default = Encoder.from_pretrained(path)  # the config says 66 and the tokenizer 512: 64 is what runs
+    assert default.max_seq_length == 64 and default.encode([LONG_TEXT]).shape == (1, 32)
+    with pytest.raises(ConfigError, match=r"max_seq_length 65 exceeds what .* can take \(64 positions\)"):
+        Encoder.from_pretrained(path, max_seq_length=65)
+
+
+def test_a_model_without_a_position_table_takes_any_length(tmp_path):
+    """Relative positions (DeBERTa-v3 style) have no table to run past: nothing to refuse."""
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    torch.manual_seed(0)
+    config = DebertaV2Config(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=37, max_position_embeddings=64, position_biased_input=False,
+                             relative_attention=True, pos_att_type=["p2c", "c2p"])
+    path = _save_tiny_model(tmp_path, DebertaV2Model(config))
+    encoder = Encoder.from_pretrained(path, max_seq_length=256)
+    assert position_limit(encoder.model) is None
+    assert encoder.token_lengths([LONG_TEXT]) == [256] and encoder.encode([LONG_TEXT]).shape == (1, 32)
+    assert position_limit(torch.nn.Linear(2, 2)) is None

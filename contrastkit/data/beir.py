@@ -50,9 +50,15 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("not a folder" if folder.exists() else "folder not found", path=str(folder))
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        if not (folder / name).is_file():
+            raise DataError(f"a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv; {name} "
+                            + ("is not a file" if (folder / name).exists() else "is missing"), path=str(folder))
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
-        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        if qrels_path.exists():
+            raise DataError("is not a file", path=str(qrels_path))
+        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv") if p.is_file())
         raise DataError(f"no such split file (splits here: {', '.join(splits) or 'none'})", path=str(qrels_path))
     corpus = load_corpus(folder / "corpus.jsonl")
     queries = load_queries(folder / "queries.jsonl")

@@ -45,16 +45,25 @@ def iter_corpus_lines(path: str | Path) -> Iterator[tuple[int, str | None, str, 
 def read_corpus(path: str | Path) -> tuple[list[str], list[str], list[str]]:
     """A corpus JSONL → (ids, titles, texts to encode: title + " " + text, as BEIR corpora are encoded).
 
-    A line without an id gets its position ("0", "1", ...). An empty document is kept (real corpora
-    have them: Cranfield has two) so ids and counts stay true to the file; it never matches well.
+    A line without an id gets its position ("0", "1", ...); an id used twice (given, or given and a
+    position) is a DataError naming both lines. Empty documents are left out: there is nothing in
+    them to find, and an empty text embeds close to short queries (Cranfield has two).
     """
-    ids, titles, texts = [], [], []
-    for _, doc_id, title, text in iter_corpus_lines(path):
-        ids.append(doc_id if doc_id is not None else str(len(ids)))
-        titles.append(title)
-        texts.append(f"{title} {text}".strip() if title.strip() else text.strip())
+    ids, titles, texts, first_line, position = [], [], [], {}, 0
+    for line, doc_id, title, text in iter_corpus_lines(path):
+        doc_id = doc_id if doc_id is not None else str(position)
+        position += 1
+        if doc_id in first_line:
+            raise DataError(f'duplicate id "{doc_id}" (first on line {first_line[doc_id]}; a line without an id '
+                            "takes its position as id)", path=str(path), line=line, field="_id")
+        first_line[doc_id] = line
+        if text.strip() or title.strip():
+            ids.append(doc_id)
+            titles.append(title)
+            texts.append(f"{title} {text}".strip() if title.strip() else text.strip())
     if not texts:
-        raise DataError("the file is empty: no documents to read", path=str(path))
+        raise DataError("no non-empty document to search" if first_line else "the file is empty: no documents to read",
+                        path=str(path))
     return ids, titles, texts
 
 

@@ -93,6 +93,11 @@ def check_columns(columns: Iterable[str], *, path: str | None, line: int | None 
 # ---------------------------------------------------------------------- readers
 def pair_format(path: str | Path) -> str:
     """The reader for a file, from its extension."""
+    if not Path(path).exists():
+        raise DataError("file not found", path=str(path))
+    if Path(path).is_dir():
+        raise DataError("is a folder, not a pair file (a BEIR folder needs corpus.jsonl, queries.jsonl and "
+                        "qrels/)", path=str(path))
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise DataError(f"unknown pair file type {Path(path).suffix or '(no extension)'!r}; expected one of "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -16,6 +17,7 @@ from contrastkit.errors import ConfigError
 
 LOSSES = ("infonce", "contrastive", "triplet")
 SCHEDULERS = ("linear", "cosine", "constant")
+STS_METRICS = ("spearman", "pearson")  # what evaluate.sts_correlation reports, for an STS evaluator
 
 
 @dataclass
@@ -96,6 +98,7 @@ class TrainConfig:
     def validate(self, *, check_files: bool = True) -> "TrainConfig":
         """Raise ConfigError for any impossible setting; return self."""
         _check_types(self)
+        _check_finite(self)
         def bad(msg: str) -> None:
             raise ConfigError(msg)
         if self.loss not in LOSSES:
@@ -129,6 +132,14 @@ class TrainConfig:
             bad(f"warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
         if not self.lr > 0:
             bad(f"lr must be > 0; got {self.lr}")
+        if self.weight_decay < 0:
+            bad(f"weight_decay must be >= 0; got {self.weight_decay}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            bad(f"max_grad_norm must be > 0 (or null: no clipping); got {self.max_grad_norm}")
+        if not self.dist_timeout_s > 0:
+            bad(f"dist_timeout_s must be > 0; got {self.dist_timeout_s}")
+        if self.eval_data:  # the built-in retrieval evaluator (a Python evaluator may name its own metrics)
+            _check_metric_for_best(self.metric_for_best)
         if isinstance(self.data, list) and not all(isinstance(p, str) and p for p in self.data):
             bad(f"data must be a path or a list of paths; got {self.data!r}")
         if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
@@ -186,9 +197,35 @@ def _check_types(config: TrainConfig) -> None:
             raise ConfigError(f"key '{f.name}' must be {names}; got {type(value).__name__} ({value!r})")
 
 
+def _check_finite(config: TrainConfig) -> None:
+    """Refuse inf and nan in every float setting (`lr: .inf`, `--set margin=nan`)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number; got {value}")
+
+
+def best_metric_names() -> list[str]:
+    """What metric_for_best may name with `eval_data`: the training RetrievalEvaluator's metrics, or an
+    STS evaluator's."""
+    from contrastkit.evaluate.metrics import DEFAULT_KS, metric_names
+
+    return metric_names(DEFAULT_KS) + list(STS_METRICS)
+
+
+def _check_metric_for_best(name: str) -> None:
+    """An unknown name would never match an evaluation, so `best/` would silently never be written."""
+    from contrastkit.evaluate.metrics import DEFAULT_KS, METRICS
+
+    if name not in best_metric_names():
+        ks = ", ".join(map(str, DEFAULT_KS))
+        raise ConfigError(f"metric_for_best must be <metric>@<k> with metric one of {', '.join(METRICS)} and k "
+                          f"one of {ks} (e.g. ndcg@10), or one of {', '.join(STS_METRICS)}; got {name!r}")
+
+
 def _read_file(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+        raise ConfigError(f"config file '{path}' " + ("is a folder" if path.is_dir() else "does not exist"))
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":

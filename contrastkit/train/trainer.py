@@ -223,6 +223,7 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.best_metric: float | None = None
+        self._warned_best = False  # metric_for_best missing from an evaluation: warned once
         self._lengths: dict[str, int] = {}
         # the report's health signals: a fixed sample of pairs, embedded now and then (main rank only)
         self._health_pairs = [self.examples[i] for i in sample_indices(len(self.examples), config.health_sample,
@@ -578,6 +579,10 @@ class Trainer:
         metrics = self._run_evaluator("after" if self.step == self.total_steps else None)
         self._log_section(log, writer, "eval", metrics)
         value = metrics.get(self.config.metric_for_best)
+        if value is None and self.config.eval_every and not self._warned_best:
+            self._warned_best = True  # a caller's evaluator names its own metrics: say it once, train on
+            warnings.warn(f"metric_for_best {self.config.metric_for_best!r} is not among the evaluator's metrics "
+                          f"({', '.join(sorted(metrics))}): best/ is not kept", stacklevel=2)
         if self.config.eval_every and value is not None and (self.best_metric is None or value > self.best_metric):
             self.best_metric = value
             write_atomically(self.output_dir / "best", lambda tmp: self.encoder.save(tmp))

@@ -94,6 +94,18 @@ def test_missing_split_and_folder(tmp_path):
     with pytest.raises(DataError) as err:
         load_beir(tmp_path / "nowhere")
     assert str(err.value) == f"{tmp_path / 'nowhere'}: folder not found"
+    (folder / "qrels" / "dev.tsv").mkdir()
+    with pytest.raises(DataError) as err:
+        load_beir(folder, split="dev")
+    assert str(err.value) == f"{folder / 'qrels' / 'dev.tsv'}: is not a file"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError) as err:
+        load_beir(tmp_path / "empty")
+    assert str(err.value) == (f"{tmp_path / 'empty'}: a BEIR folder holds corpus.jsonl, queries.jsonl and "
+                              "qrels/<split>.tsv; corpus.jsonl is missing")
+    (folder / "queries.jsonl").unlink()
+    with pytest.raises(DataError, match="queries.jsonl is missing"):
+        load_beir(folder)
 
 
 @pytest.mark.parametrize("name,split,corpus,queries,qrels,judged,pairs", [

@@ -24,13 +24,14 @@ def test_read_documents_takes_a_beir_folder(tmp_path):
         read_documents(tmp_path)  # a folder without corpus.jsonl
 
 
-def test_read_corpus_keeps_empty_documents_and_joins_title_and_text(tmp_path):
+def test_read_corpus_leaves_out_empty_documents_and_joins_title_and_text(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", ["a plain string", {"text": "body", "title": "T1", "_id": "x"},
-                                              {"text": "", "title": ""}, {"text": " no title ", "id": 7}])
+                                              {"text": "", "title": ""}, {"text": " no title ", "id": 7},
+                                              {"text": "last"}])
     ids, titles, texts = read_corpus(path)
-    assert ids == ["0", "x", "2", "7"]  # a line without an id gets its position
+    assert ids == ["0", "x", "7", "4"]  # a line without an id gets its position, empty ones counted
     assert titles == ["", "T1", "", ""]
-    assert texts == ["a plain string", "T1 body", "", "no title"]
+    assert texts == ["a plain string", "T1 body", "no title", "last"]
 
 
 @pytest.mark.parametrize("reader, lines, message", [
@@ -44,6 +45,11 @@ def test_read_corpus_keeps_empty_documents_and_joins_title_and_text(tmp_path):
     (read_corpus, ['{"text": "ok", "title": 3}'], 'line 1: field "title": expected a string, got number'),
     (read_corpus, ['{"text": "ok", "_id": "a", "id": "b"}'], 'line 1: field "_id": given twice'),
     (read_corpus, [""], "the file is empty"),
+    (read_corpus, ['{"text": " ", "_id": "a"}'], "no non-empty document to search"),
+    (read_corpus, ['{"text": "a", "_id": "d1"}', '{"text": "b", "_id": "d1"}'],
+     'line 2: field "_id": duplicate id "d1" (first on line 1'),
+    (read_corpus, ['{"text": "a", "_id": "1"}', '{"text": "b"}'],
+     'line 2: field "_id": duplicate id "1" (first on line 1; a line without an id takes its position'),
 ])
 def test_errors_name_file_line_field(tmp_path, reader, lines, message):
     path = tmp_path / "bad.jsonl"

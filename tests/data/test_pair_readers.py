@@ -114,6 +114,7 @@ BAD_JSONL = [
      'line 1: field "negatives": given twice, as "negatives" and "negative"'),
     ('{"anchor": "a", "positive": "b", "anchor_id": 7}', 'line 1: field "anchor_id": expected a string, got number'),
     ('{"anchor": "a", "positive": "b", "source": ""}', 'line 1: field "source": is empty'),
+    ('{"anchor": "a", "positive": "b", "anchor": "c"}', 'line 1: field "anchor": given twice in one object'),
 ]
 
 
@@ -174,10 +175,14 @@ def test_bad_parquet_value_and_non_parquet_bytes(tmp_path):
     ("header_only.tsv", "query\tpositive\n", "the file is empty: no pairs to read"),
     ("pairs.txt", "a b\n", "unknown pair file type '.txt'; expected one of .jsonl, .ndjson, .csv, .tsv, .parquet"),
     ("missing.jsonl", None, "file not found"),
+    ("nowhere", None, "file not found"),  # not "unknown pair file type '(no extension)'"
+    ("folder", "dir", "is a folder, not a pair file (a BEIR folder needs corpus.jsonl, queries.jsonl and qrels/)"),
 ])
 def test_empty_unknown_and_missing_files(tmp_path, name, content, message):
     path = tmp_path / name
-    if content is not None:
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(DataError) as err:
         read_pairs(path)

@@ -48,6 +48,8 @@ def test_bad_configs_are_refused_before_training(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file '.*nope.yaml' does not exist"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=f"config file '{tmp_path}' is a folder"):
+        load_config(tmp_path)
 
 
 def test_overrides_are_typed_like_yaml():
@@ -69,3 +71,64 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     path = write(tmp_path, "c.yaml", f"data: {data}\nlr: 1e-3\n")
     assert load_config(path).lr == 1e-3
     assert load_config(path, dict([parse_override("lr=5e-5")])).lr == 5e-5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=inf", "lr must be a finite number; got inf"),
+    ("lr=.inf", "lr must be a finite number; got inf"),
+    ("weight_decay=nan", "weight_decay must be a finite number; got nan"),
+    ("temperature=inf", "temperature must be a finite number; got inf"),
+    ("margin=nan", "margin must be a finite number; got nan"),
+    ("mask_margin=-inf", "mask_margin must be a finite number; got -inf"),
+    ("max_grad_norm=inf", "max_grad_norm must be a finite number; got inf"),
+    ("dist_timeout_s=inf", "dist_timeout_s must be a finite number; got inf"),
+    ("weight_decay=-1", "weight_decay must be >= 0; got -1.0"),
+    ("max_grad_norm=-1", "max_grad_norm must be > 0 (or null: no clipping); got -1.0"),
+    ("max_grad_norm=0", "max_grad_norm must be > 0 (or null: no clipping); got 0.0"),
+    ("dist_timeout_s=0", "dist_timeout_s must be > 0; got 0.0"),
+])
+def test_non_finite_and_negative_floats_are_refused(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, dict([parse_override(override)]), check_files=False)
+    assert str(err.value) == f"config: {message}"
+
+
+def test_contrastive_margin_nan_is_refused_from_a_file(tmp_path):
+    data = write(tmp_path, "pairs.jsonl", '{"anchor": "a", "positive": "b"}\n')
+    path = write(tmp_path, "c.yaml", f"data: {data}\nloss: contrastive\nmargin: .nan\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: margin must be a finite number; got nan"):
+        load_config(path)
+
+
+def test_unknown_metric_for_best_is_refused_with_what_is_valid():
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(data="x", eval_data="b", metric_for_best="foo@10").validate(check_files=False)
+    message = str(err.value)
+    assert "got 'foo@10'" in message and "\n" not in message
+    for part in ("ndcg", "mrr", "map", "recall", "precision", "accuracy", "1, 3, 5, 10, 100", "spearman", "pearson"):
+        assert part in message
+    with pytest.raises(ConfigError, match="got 'ndcg@7'"):  # a cut-off the training evaluator does not compute
+        TrainConfig(data="x", eval_data="b", metric_for_best="ndcg@7").validate(check_files=False)
+    # without eval_data the evaluator is the caller's own (Trainer(evaluator=...)): its names are its own
+    assert TrainConfig(data="x", metric_for_best="mine").validate(check_files=False).metric_for_best == "mine"
+
+
+def test_every_metric_the_training_evaluator_reports_is_a_valid_metric_for_best(tiny_encoder, tmp_path):
+    from _support import make_beir
+
+    from contrastkit.train.config import best_metric_names
+    from contrastkit.train.evaluation import RetrievalEvaluator
+
+    reported = RetrievalEvaluator.from_folder(make_beir(tmp_path / "beir"))(tiny_encoder)
+    assert "ndcg@10" in reported
+    assert set(reported) <= set(best_metric_names())
+    for name in [*reported, "spearman", "pearson"]:
+        config = TrainConfig(data="x", eval_data="b", metric_for_best=name)
+        assert config.validate(check_files=False).metric_for_best == name
+
+
+def test_valid_float_settings_are_kept():
+    config = TrainConfig(data="x", weight_decay=0, max_grad_norm=None, mask_margin=0.1).validate(check_files=False)
+    assert (config.weight_decay, config.max_grad_norm, config.mask_margin) == (0.0, None, 0.1)
+    defaults = TrainConfig(data="x").validate(check_files=False)
+    assert (defaults.weight_decay, defaults.max_grad_norm, defaults.metric_for_best) == (0.01, 1.0, "ndcg@10")

@@ -353,3 +353,13 @@ def test_the_packed_word_embedding_gradient_stays_allocated_across_steps(tiny_en
     trainer.train()
     assert weight.grad is held and not weight.grad.any()  # zeroed after the last step, not freed
     assert not torch.equal(weight.detach(), before)  # and the embeddings were trained
+
+
+def test_a_metric_for_best_the_evaluator_does_not_report_warns_once(tiny_model_dir, tmp_path):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    trainer = Trainer(config(tmp_path, eval_every=3, metric_for_best="mine"), encoder, make_pairs(),
+                      evaluator=lambda e: {"ndcg@10": 0.5})
+    with pytest.warns(UserWarning, match="metric_for_best 'mine' is not among the evaluator's metrics") as caught:
+        trainer.train()
+    assert len([w for w in caught if "metric_for_best" in str(w.message)]) == 1
+    assert not (tmp_path / "run" / "best").exists()
