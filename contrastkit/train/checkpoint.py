@@ -59,6 +59,30 @@ def write_atomically(target: Path, write: callable) -> Path:
     return target
 
 
+def drop_log_records_after(log: Path, step: int) -> None:
+    """Keep the records of metrics.jsonl up to `step` (the checkpoint a run resumes from), so that the
+    steps the crashed run logged after it, which the resumed run does again, are not logged twice
+    (the report would draw them twice). A line that does not parse, as a kill mid-write can leave, goes
+    too. The file is rewritten through a temporary file and renamed: a kill here loses nothing."""
+    log = Path(log)
+    if not log.is_file():
+        return
+    kept = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    tmp = log.with_name(f".{log.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        out.writelines(kept)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, log)
+
+
 def checkpoint_due(step: int, total_steps: int, every: int | None) -> bool:
     """A checkpoint follows `step` every `every` steps and after the last one; never when `every` is None."""
     return every is not None and (step % every == 0 or step == total_steps)

@@ -47,7 +47,7 @@ from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.fast_linear import use_fast_linear
 from contrastkit.losses import info_nce
 from contrastkit.towers import SIDES, DualEncoder, ModuleTower, TextTower
-from contrastkit.train.checkpoint import (checkpoint_due, list_checkpoints, restore_optimization, resume_point,
+from contrastkit.train.checkpoint import (checkpoint_due, drop_log_records_after, list_checkpoints, restore_optimization, resume_point,
                                           save_checkpoint)
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, gather_with_local_grad,
@@ -305,6 +305,8 @@ class DualTrainer:
         restore_optimization(tensors, self.optimizer, self.scheduler, self.dist.rank)
         self.step = state["step"]
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+        if self.dist.is_main:
+            drop_log_records_after(self.output_dir / "metrics.jsonl", self.step)
 
 
 def _key(item: object, index: int, side: str) -> str:

@@ -34,7 +34,7 @@ from contrastkit.fast_linear import onednn_linear_enabled, use_fast_linear
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.packing import PackPlan, plan_packing, sparse_gradient_parameters
 from contrastkit.report.record import clear_records, record_environment, record_similarities
-from contrastkit.train.checkpoint import (checkpoint_due, list_checkpoints, restore_optimization, resume_point,
+from contrastkit.train.checkpoint import (checkpoint_due, drop_log_records_after, list_checkpoints, restore_optimization, resume_point,
                                           save_checkpoint, write_atomically)
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.streams import (Lookahead, StreamPool, balanced_cuts, coalesce_sparse_gradients,
@@ -646,4 +646,6 @@ class Trainer:
         self.step = state["step"]
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         self.nonfinite_total = state["nonfinite_total"]
+        if self.dist.is_main:
+            drop_log_records_after(self.output_dir / "metrics.jsonl", self.step)
         self.best_metric = state["best_metric"]

@@ -363,3 +363,16 @@ def test_a_metric_for_best_the_evaluator_does_not_report_warns_once(tiny_model_d
         trainer.train()
     assert len([w for w in caught if "metric_for_best" in str(w.message)]) == 1
     assert not (tmp_path / "run" / "best").exists()
+
+
+def test_resume_drops_the_log_records_after_its_checkpoint(tmp_path):
+    from contrastkit.train.checkpoint import drop_log_records_after
+
+    log = tmp_path / "metrics.jsonl"
+    records = [{"step": 0, "eval": {"ndcg@10": 0.4}}, {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5},
+               {"step": 2, "health": {"alignment": 0.3}}, {"step": 3, "loss": 1.2}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "lo')  # killed mid-write
+    drop_log_records_after(log, 2)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == records[:4]
+    drop_log_records_after(tmp_path / "absent.jsonl", 2)  # nothing logged yet: nothing to do
+    assert not (tmp_path / "absent.jsonl").exists()
