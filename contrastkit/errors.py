@@ -8,15 +8,15 @@ class ContrastkitError(Exception):
 
 
 class DataError(ContrastkitError, ValueError):
-    """Input data is malformed: the message names the file, line and field."""
+    """Input data is malformed: the message names the file, line (a Parquet file's row) and field."""
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
                  field: str | None = None) -> None:
         where = []
         if path is not None:
             where.append(str(path))
-        if line is not None:
-            where.append(f"line {line}")
+        if line is not None:  # a Parquet file has rows, not lines
+            where.append(f"{'row' if str(path).lower().endswith('.parquet') else 'line'} {line}")
         prefix = " ".join(where)
         if field is not None:
             message = f'field "{field}": {message}'

@@ -159,11 +159,11 @@ def test_bad_parquet_value_and_non_parquet_bytes(tmp_path):
     pq.write_table(pa.table({"anchor": ["a", "b"], "positive": ["x", None]}), path)
     with pytest.raises(DataError) as err:
         read_pairs(path)
-    assert str(err.value) == f'{path} line 2: field "positive": is missing (also accepted: "pos")'
+    assert str(err.value) == f'{path} row 2: field "positive": is missing (also accepted: "pos")'
     pq.write_table(pa.table({"anchor": ["a"], "positive": [1]}), path)
     with pytest.raises(DataError) as err:
         read_pairs(path)
-    assert str(err.value) == f'{path} line 1: field "positive": expected a string, got number'
+    assert str(err.value) == f'{path} row 1: field "positive": expected a string, got number'
     path.write_text("anchor,positive\n")
     with pytest.raises(DataError) as err:
         read_pairs(path)
