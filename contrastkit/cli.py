@@ -241,6 +241,7 @@ def train(
         from contrastkit.train.evaluation import RetrievalEvaluator
 
         evaluator = RetrievalEvaluator.from_folder(settings.eval_data, settings.eval_split)
+    Path(settings.output_dir).mkdir(parents=True, exist_ok=True)  # an unwritable place fails now, not after loading
     encoder = Encoder.from_pretrained(settings.model, max_seq_length=settings.max_seq_length,
                                       torch_dtype=getattr(torch, settings.dtype))
     trainer = Trainer(settings, encoder, pairs, evaluator=evaluator)
@@ -396,7 +397,8 @@ def _shorten(text: str, width: int) -> str:
 
 
 def main() -> None:
-    """Console entry point: run the app; our errors become one clear line and exit code 2."""
+    """Console entry point: run the app; our errors become one clear line and exit code 2, the file
+    system's (permissions, a full disk) one line and exit code 1."""
     try:
         app(standalone_mode=False)
     except ContrastkitError as exc:
@@ -409,6 +411,10 @@ def main() -> None:
         sys.exit(getattr(exc, "exit_code", 2))
     except typer.Abort:
         sys.exit(130)
+    except OSError as exc:  # the file system said no (permissions, a full disk, a path under /proc)
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in str(exc) else ""
+        typer.secho(f"error: {exc}{where}", err=True, fg=typer.colors.RED)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

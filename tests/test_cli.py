@@ -248,3 +248,10 @@ def test_bad_input_is_refused_before_the_model_loads(monkeypatch, capsys, tmp_pa
     assert beir.is_dir()
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 2 and message in err, err
+
+
+def test_a_place_the_file_system_refuses_is_one_line_not_a_traceback(monkeypatch, capsys, tmp_path, no_model):
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"anchor": "a", "positive": "b"}] * 8)
+    code, _, err = run_cli(monkeypatch, capsys, "train", "-m", "default", "-d", pairs, "-o", "/proc/contrastkit-run",
+                           "--set", "batch_size=4")
+    assert code == 1 and err.startswith("error: ") and "/proc/contrastkit-run" in err and "Traceback" not in err
