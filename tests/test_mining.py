@@ -133,13 +133,16 @@ def cos(deg: float) -> float:
     return math.cos(math.radians(deg))
 
 
-@pytest.mark.parametrize("kwargs,expected", [
+HAND_MADE_CASES = [
     (dict(relative_margin=None), ["a", "b", "c"]),
     (dict(relative_margin=None, rank_range=(2, 100)), ["c", "d", "e"]),
     (dict(relative_margin=None, ceiling=cos(35)), ["d", "e", "f"]),
     (dict(relative_margin=None, margin=cos(20) - cos(45)), ["e", "f", "g"]),
     (dict(relative_margin=1 - cos(55) / cos(20)), ["f", "g"]),
-])
+]
+
+
+@pytest.mark.parametrize("kwargs,expected", HAND_MADE_CASES)
 def test_mining_hand_made_case(kwargs, expected):
     """The positive sits at 20°; its copy (same text, another id) is never a negative either."""
     corpus = {f"id-{t}": t for t in ANGLES if t != "query"} | {"id-copy": "pos"}
@@ -147,6 +150,74 @@ def test_mining_hand_made_case(kwargs, expected):
     mined, summary = mine_hard_negatives(TableEncoder(ANGLES), pairs, corpus, quiet(**kwargs))
     assert mined[0].negatives == expected
     assert summary.corpus == 8 and summary.removed["positive"] == 1  # the copy is merged into "pos"
+
+
+class ScaledEncoder:
+    """Another encoder's vectors, each text's scaled by its own factor: same cosines, other lengths."""
+
+    def __init__(self, inner, scale: dict[str, float]) -> None:
+        self.inner, self.scale, self.name_or_path = inner, scale, "scaled-" + inner.name_or_path
+
+    def encode(self, texts, batch_size=32, show_progress=False):
+        factors = np.float32([self.scale[t] for t in texts])[:, None]
+        return self.inner.encode(texts, batch_size, show_progress) * factors
+
+
+@pytest.mark.parametrize("kwargs,expected", HAND_MADE_CASES)
+def test_mining_uses_cosines_whatever_the_encoders_vector_lengths(kwargs, expected):
+    """Lengths grow with the angle (1 + angle / 5): a raw inner product would rank e, d, f first and
+    a, b last, and would put the positive's similarity (4.7) far above every margin."""
+    corpus = {f"id-{t}": t for t in ANGLES if t != "query"} | {"id-copy": "pos"}
+    encoder = ScaledEncoder(TableEncoder(ANGLES), {t: 1 + a / 5 for t, a in ANGLES.items()})
+    pairs = [Pair("query", "pos", positive_id="id-pos")]
+    mined, _ = mine_hard_negatives(encoder, pairs, corpus, quiet(**kwargs))
+    assert mined[0].negatives == expected
+
+
+def test_margins_use_the_real_similarity_of_a_positive_missing_from_the_corpus():
+    """"pos" (20°, cosine 0.940) is not in the corpus: it is encoded on its own. With margin 0.1 the
+    bound is 0.840, so c (30°, 0.866) goes and d (40°, 0.766) stays; taking the anchor's own vector
+    (cosine 1) as the positive's would raise the bound to 0.9 and keep c."""
+    corpus = [t for t in ANGLES if t not in ("query", "pos")]
+    for anchors_before in ([], [Pair("far query", "g")]):  # the positive's row comes after every anchor
+        angles = ANGLES | {"far query": 180}
+        pairs = [*anchors_before, Pair("query", "pos")]
+        mined, summary = mine_hard_negatives(TableEncoder(angles), pairs, corpus,
+                                             quiet(relative_margin=None, margin=0.1))
+        assert mined[-1].negatives == ["d", "e", "f"]
+        assert summary.corpus == 7
+
+
+def test_positives_at_the_top_ranks_do_not_use_up_the_rank_window():
+    """a (5°) and b (10°) are the two nearest documents and both positives of "query": rank_range 0:3
+    counts ranks among the other documents, so c, d and e, not just c."""
+    corpus = [t for t in ANGLES if t not in ("query", "pos")]
+    pairs = [Pair("query", "a"), Pair("query", "b")]
+    mined, summary = mine_hard_negatives(TableEncoder(ANGLES), pairs, corpus,
+                                         quiet(rank_range=(0, 3), relative_margin=None))
+    assert [m.negatives for m in mined] == [["c", "d", "e"], ["c", "d", "e"]]
+    assert summary.short == 0 and summary.negatives == 6
+
+
+def test_random_sampling_of_a_whole_run_follows_the_seed():
+    """Six anchors spread round the circle, 60 documents 6° apart: each pair draws 4 of its 40 nearest
+    non-positive documents. The same seed gives the same draw; another seed another one."""
+    docs = {f"d{i}": 6.0 * i for i in range(60)}
+    queries = {f"q{j}": 60.0 * j + 1.0 for j in range(6)}
+    encoder = TableEncoder(docs | queries)
+    pairs = [Pair(f"q{j}", f"d{10 * j}") for j in range(6)]
+
+    def run(seed):
+        mined, _ = mine_hard_negatives(encoder, pairs, list(docs),
+                                       quiet(num_negatives=4, rank_range=(0, 40), relative_margin=None,
+                                             sample="random", seed=seed))
+        return [m.negatives for m in mined]
+
+    first = run(3)
+    assert run(3) == first
+    assert run(4) != first
+    assert all(len(n) == len(set(n)) == 4 for n in first)
+    assert first != [[f"d{(10 * j + s) % 60}" for s in (1, -1, 2, -2)] for j in range(6)]  # not just the top
 
 
 def test_existing_negatives_are_kept_first_and_not_repeated():
@@ -216,6 +287,19 @@ def test_cache_key_depends_on_model_and_texts_and_bad_files_are_rewritten(tmp_pa
     path.write_bytes(b"not numpy")
     emb, hit = encode_cached(a, ["x", "y"], cache_dir=tmp_path)
     assert not hit and np.array_equal(np.load(path), emb)
+
+
+def test_a_cache_file_with_the_wrong_number_of_rows_is_a_miss_and_is_rewritten(tmp_path):
+    encoder = HashEncoder()
+    path = embedding_cache_path(encoder, ["red fox", "blue car"], tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.ones((3, 64), np.float32))  # right dtype and width, one row too many
+    emb, hit = encode_cached(encoder, ["red fox", "blue car"], cache_dir=tmp_path)
+    assert not hit and encoder.calls == [2] and emb.shape == (2, 64)
+    assert np.array_equal(emb, HashEncoder().encode(["red fox", "blue car"]))
+    assert np.array_equal(np.load(path), emb)
+    again, hit = encode_cached(encoder, ["red fox", "blue car"], cache_dir=tmp_path)
+    assert hit and encoder.calls == [2] and np.array_equal(again, emb)
 
 
 def test_cache_dir_follows_contrastkit_cache(monkeypatch, tmp_path):
