@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from contrastkit.errors import ConfigError
-from contrastkit.index import VectorIndex, default_nlist
+from contrastkit.index import VectorIndex, default_nlist, default_nprobe
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -66,6 +66,33 @@ def test_save_and_load_keep_kind_settings_and_results(tmp_path, kind):
     for a, b in zip(index.search(docs[:50], 10), loaded.search(docs[:50], 10)):
         np.testing.assert_array_equal(a, b)
     assert [p.name for p in path.parent.iterdir()] == ["docs.faiss"]
+
+
+def test_default_nprobe_visits_an_eighth_of_the_lists_but_at_least_8():
+    assert default_nprobe(4) == 4      # never more than there are lists
+    assert default_nprobe(20) == 8     # 20 // 8 = 2, raised to the floor of 8
+    assert default_nprobe(160) == 20   # 160 // 8
+    assert default_nprobe(1000) == 125
+    docs = clustered(160 * 40, 8, 50, 0.5, seed=4)
+    assert VectorIndex.build(docs, kind="ivf", nlist=160).index.nprobe == 20
+    assert VectorIndex.build(docs, kind="ivf", nlist=160, nprobe=3).index.nprobe == 3
+
+
+def test_places_an_ivf_search_cannot_fill_hold_id_minus_one_and_score_minus_inf():
+    # One probe of 20 lists reaches about 1/20 of 2000 docs, far fewer than k = 500.
+    docs = clustered(2000, 8, 20, 0.5, seed=5)
+    index = VectorIndex.build(docs, kind="ivf", nlist=20, nprobe=1)
+    scores, ids = index.search(docs[:10], k=500)
+    missing = ids < 0
+    assert missing.any() and (~missing).any()
+    assert np.all(ids[missing] == -1)
+    assert np.all(np.isneginf(scores[missing]))
+    # The rows that were found are real docs with their true cosine, best first, then the gaps.
+    found = np.where(missing, 0, ids)
+    true = np.einsum("qd,qkd->qk", docs[:10], docs[found])
+    np.testing.assert_allclose(scores[~missing], true[~missing], rtol=1e-5, atol=1e-6)
+    assert np.all(np.diff(missing.astype(int), axis=1) >= 0)
+    assert all(np.all(np.diff(row[~gap]) <= 0) for row, gap in zip(scores, missing))
 
 
 def test_k_is_capped_and_bad_input_is_refused():

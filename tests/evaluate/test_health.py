@@ -90,9 +90,54 @@ def test_positive_negative_similarity_by_hand():
     assert s["neg_mean"] == pytest.approx((0 - 1 + 0 + 0 + r + r) / 6)
     assert s["separated"] == pytest.approx(2 / 3)
     assert s["gap"] == pytest.approx(s["pos_mean"] - s["hardneg_mean"])
+    # Spreads are population standard deviations (ddof=0), over the N values themselves.
+    assert s["pos_std"] == pytest.approx(np.std([1, 1, -r]))
+    assert s["hardneg_std"] == pytest.approx(np.std([0, 0, r]))
     # Pairs of one group are not negatives of each other: a0's only negative is now p2.
     g = positive_negative_similarity(a, p, groups=["x", "x", "y"])
     assert g["hardneg_mean"] == pytest.approx((-1 + 0 + r) / 3)
+
+
+def test_a_positive_tied_with_its_hardest_negative_is_not_separated():
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    p = np.array([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    # cos matrix rows: a0 -> (1, 1, -1): positive 1 ties negative 1; a1 -> (0, 0, 0): tie at 0;
+    # a2 -> (-1, -1, 1): positive 1 beats both negatives. Only a2 counts.
+    s = positive_negative_similarity(a, p)
+    assert s["separated"] == pytest.approx(1 / 3)
+    assert s["hardneg_mean"] == pytest.approx((1 + 0 - 1) / 3)
+
+
+def test_health_uniformity_averages_anchors_and_positives():
+    # Anchors: 4 orthonormal vectors, every pair at ||x - y||^2 = 2 -> log exp(-2t) = -2t.
+    # Positives: one point repeated -> uniformity 0. The report is the mean of the two.
+    anchors = np.eye(4)
+    positives = np.full((4, 4), 0.5)
+    assert embedding_health(anchors, positives).uniformity == pytest.approx((-4.0 + 0.0) / 2)
+    assert embedding_health(anchors, positives, t=1.0).uniformity == pytest.approx((-2.0 + 0.0) / 2)
+
+
+def test_health_effective_rank_counts_anchors_and_positives_together():
+    # Anchors use directions e0, e1 and positives e2, e3: stacked they are a permuted 4 x 4
+    # identity, so 4 directions are in use although each side alone spans only 2.
+    eye = np.eye(4)
+    report = embedding_health(eye[:2], eye[2:])
+    assert report.effective_rank == pytest.approx(4.0)
+    assert embedding_health(eye[:2], eye[:2]).effective_rank == pytest.approx(2.0)
+
+
+def test_duplicate_pairs_in_a_batch_do_not_flag_lost_separation():
+    # Pairs 2k and 2k+1 are one pair duplicated (a_i = p_i = e_k, k = 0..3): each anchor's hardest
+    # negative is its duplicate's positive, a tie at cos 1, yet positives are far closer than the
+    # average negative (cos 1 against negatives (1, 0, 0, 0, 0, 0, 0) -> mean 1/7).
+    x = np.repeat(np.eye(4), 2, axis=0)
+    report = embedding_health(x, x)
+    assert report.pos_mean == pytest.approx(1.0)
+    assert report.hardneg_mean == pytest.approx(1.0)
+    assert report.neg_mean == pytest.approx(1 / 7)
+    assert report.separated == 0.0
+    assert report.effective_rank == pytest.approx(4.0)
+    assert report.flags == []
 
 
 def test_health_flags_collapse_and_lost_separation():
