@@ -137,6 +137,39 @@ def test_span_masking_masks_one_contiguous_span():
     assert span_masking("single", np.random.default_rng(0)) == "single"
 
 
+def test_span_masking_can_mask_any_position_including_the_last():
+    text = "lift drag wing shock"  # 4 words, ratio 0.25: one masked word, its position uniform in 0..3
+    seen = set()
+    for seed in range(100):
+        out = span_masking(text, np.random.default_rng(seed), ratio=0.25).split()
+        seen.update(i for i, w in enumerate(out) if w == MASK_TOKEN)
+    assert seen == {0, 1, 2, 3}
+    ends = [span_masking(" ".join(WORDS[:10]), np.random.default_rng(s), ratio=0.3).split()[-3:] for s in range(100)]
+    assert [MASK_TOKEN] * 3 in ends  # a 3-word span can end at the last word (start 7 of 0..7)
+
+
+def test_the_strength_in_the_spec_is_used():
+    text = " ".join(WORDS[:20])
+    masked = parse_augmentation("span_masking:0.5")(text, np.random.default_rng(0)).split()
+    assert masked.count(MASK_TOKEN) == 10  # round(0.5 × 20), not the default 10 %
+    keep_all = parse_augmentation("word_deletion:0.0")
+    assert all(keep_all(text, np.random.default_rng(seed)) == text for seed in range(10))  # p = 0 deletes nothing
+    default = parse_augmentation("span_masking")(text, np.random.default_rng(0)).split()
+    assert default.count(MASK_TOKEN) == 2  # no strength: the function's default ratio 0.1
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_both_views_of_a_pair_are_augmented(strategy):
+    docs = make_documents()
+    pairs = self_supervised_pairs(docs, strategy, seed=2, augment=parse_augmentation("span_masking:0.2"))
+    assert all(MASK_TOKEN in p.anchor.split() and MASK_TOKEN in p.positive.split() for p in pairs)
+    if strategy in ("dropout", "title-body"):  # views drawn without the generator: compare with the plain pairs
+        for pair, original in zip(pairs, self_supervised_pairs(docs, strategy, seed=2)):
+            for view, before in ((pair.anchor, original.anchor), (pair.positive, original.positive)):
+                words, masked = before.split(), view.split()
+                assert len(masked) == len(words) and all(m in (w, MASK_TOKEN) for w, m in zip(words, masked))
+
+
 def test_parse_augmentation_and_views_augmented_independently():
     augment = parse_augmentation("word_deletion:0.3,span_masking:0.2")
     pairs = dropout_views(make_documents(8), seed=0, augment=augment)
