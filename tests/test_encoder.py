@@ -273,3 +273,28 @@ def test_a_model_without_a_position_table_takes_any_length(tmp_path):
     assert position_limit(encoder.model) is None
     assert encoder.token_lengths([LONG_TEXT]) == [256] and encoder.encode([LONG_TEXT]).shape == (1, 32)
     assert position_limit(torch.nn.Linear(2, 2)) is None
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_saved_folder_reloads_in_ours_with_its_pooling_normalisation_and_prompts(tiny_model_dir, tmp_path,
+                                                                                 pooling, normalize):
+    ours = Encoder.from_pretrained(tiny_model_dir, pooling=pooling, normalize=normalize, max_seq_length=48)
+    ours.prompts = {"query": "query: ", "document": "passage: "}
+    ours.save(tmp_path / "m")
+    reloaded = Encoder.from_pretrained(tmp_path / "m")
+    assert (reloaded.pooling, reloaded.normalize, reloaded.max_seq_length) == (pooling, normalize, 48)
+    assert reloaded.prompts == {"query": "query: ", "document": "passage: "}
+    np.testing.assert_allclose(reloaded.encode(TEXTS), ours.encode(TEXTS), atol=1e-6)
+
+
+@pytest.mark.parametrize("flag,pooling", [("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
+                                          ("pooling_mode_lasttoken", "last")])
+def test_classic_sentence_transformers_pooling_flags_are_read(tiny_model_dir, tmp_path, flag, pooling):
+    """The pooling config of sentence-transformers 2.x-5.x: one boolean flag per mode, written here by hand."""
+    Encoder.from_pretrained(tiny_model_dir).save(tmp_path)
+    flags = ["pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+             "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"]
+    config = {"word_embedding_dimension": 32, **{f: f == flag for f in flags}, "include_prompt": True}
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    assert Encoder.from_pretrained(tmp_path).pooling == pooling

@@ -389,3 +389,19 @@ def test_dual_trainer_checkpoint_every_null_writes_no_checkpoint(tmp_path, tiny_
     config = TrainConfig(output_dir=str(out), batch_size=8, max_steps=2, checkpoint_every=None, show_progress=False)
     DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents).train()
     assert list_checkpoints(out / "checkpoints") == [] and (out / "metrics.jsonl").is_file()
+
+
+def test_weight_decay_falls_on_weight_matrices_only(tiny_encoder, tmp_path):
+    model = DualEncoder.shared(tiny_encoder, project=True)  # projections too: matrices without a bias
+    config = TrainConfig(output_dir=str(tmp_path), batch_size=8, weight_decay=0.05, show_progress=False)
+    trainer = DualTrainer(config, model, *sides_from_pairs(make_pairs(16)))
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["weight_decay"]: {name_of[id(p)] for p in g["params"]} for g in trainer.optimizer.param_groups}
+    assert set(groups) == {0.05, 0.0}
+    no_decay = {n for n in name_of.values()
+                if n.endswith(".bias") or ".LayerNorm." in n or n == "log_logit_scale"}
+    assert "log_logit_scale" in no_decay and any(n.endswith("LayerNorm.weight") for n in no_decay)
+    assert {"projections.query.weight", "projections.document.weight"} <= groups[0.05]
+    assert any(n.endswith("word_embeddings.weight") for n in groups[0.05])
+    assert groups[0.0] == no_decay
+    assert groups[0.05] == set(name_of.values()) - no_decay

@@ -119,3 +119,18 @@ def test_refill_works_source_by_source():
     batches = no_duplicate_batches(texts, 8, seed=0, epoch=0, sources=sources, refill=True)
     assert sorted(sources[b[0]] for b in batches) == ["a"] * 6 + ["b"] * 2
     assert all(len({sources[i] for i in b}) == 1 for b in batches)
+
+
+def test_batches_of_different_sources_are_shuffled_together_deterministically():
+    texts = [(f"q{i}", f"d{i}") for i in range(80)]
+    sources = ["a"] * 40 + ["b"] * 40  # 10 batches of 4 each
+    orders = []
+    for seed in range(3):
+        batches = no_duplicate_batches(texts, 4, seed=seed, epoch=0, sources=sources)
+        assert batches == no_duplicate_batches(texts, 4, seed=seed, epoch=0, sources=sources)
+        order = [sources[b[0]] for b in batches]
+        assert sorted(order) == ["a"] * 10 + ["b"] * 10
+        # not one source's batches and then the other's: 2 of the C(20, 10) = 184,756 orders
+        assert order not in (["a"] * 10 + ["b"] * 10, ["b"] * 10 + ["a"] * 10), order
+        orders.append(order)
+    assert len({tuple(o) for o in orders}) > 1  # and the order follows the seed
