@@ -47,8 +47,8 @@ from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.fast_linear import use_fast_linear
 from contrastkit.losses import info_nce
 from contrastkit.towers import SIDES, DualEncoder, ModuleTower, TextTower
-from contrastkit.train.checkpoint import (checkpoint_due, drop_log_records_after, list_checkpoints, restore_optimization, resume_point,
-                                          save_checkpoint)
+from contrastkit.train.checkpoint import (checkpoint_due, drop_log_records_after, list_checkpoints,
+                                          restore_optimization, resume_point, save_checkpoint)
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.distributed import (all_gather_objects, all_reduce_gradients, barrier, gather_with_local_grad,
                                            join_ranks, leave_ranks)

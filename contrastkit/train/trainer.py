@@ -34,8 +34,8 @@ from contrastkit.fast_linear import onednn_linear_enabled, use_fast_linear
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.packing import PackPlan, plan_packing, sparse_gradient_parameters
 from contrastkit.report.record import clear_records, record_environment, record_similarities
-from contrastkit.train.checkpoint import (checkpoint_due, drop_log_records_after, list_checkpoints, restore_optimization, resume_point,
-                                          save_checkpoint, write_atomically)
+from contrastkit.train.checkpoint import (checkpoint_due, drop_log_records_after, list_checkpoints,
+                                          restore_optimization, resume_point, save_checkpoint, write_atomically)
 from contrastkit.train.config import TrainConfig
 from contrastkit.train.streams import (Lookahead, StreamPool, balanced_cuts, coalesce_sparse_gradients,
                                        stream_backward, stream_count)
