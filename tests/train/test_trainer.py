@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -376,3 +377,22 @@ def test_resume_drops_the_log_records_after_its_checkpoint(tmp_path):
     assert [json.loads(line) for line in log.read_text().splitlines()] == records[:4]
     drop_log_records_after(tmp_path / "absent.jsonl", 2)  # nothing logged yet: nothing to do
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+@pytest.mark.parametrize("kind, expected", [  # 10 steps, 2 of warm-up; worked out by hand
+    ("linear", [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]),
+    ("cosine", [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]),
+    ("constant", [0.5, 1.0] + [1.0] * 8),
+])
+def test_lr_warms_up_then_follows_its_schedule(kind, expected):
+    from contrastkit.train.trainer import lr_factor
+
+    assert [lr_factor(step, 10, 2, kind) for step in range(10)] == pytest.approx(expected)
+
+
+def test_the_trainer_warms_up_over_its_share_of_the_steps(tiny_model_dir, tmp_path):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    Trainer(config(tmp_path, max_steps=8, warmup_ratio=0.25, checkpoint_every=None), encoder, make_pairs()).train()
+    lrs = [r["lr"] for r in step_records(tmp_path / "run" / "metrics.jsonl")]
+    # logged after each step: the next step's rate; 2 warm-up steps (1e-3 / 2, 1e-3), then linear to 0 over 6
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3 * 5 / 6, 1e-3 * 4 / 6, 1e-3 * 3 / 6, 1e-3 * 2 / 6, 1e-3 / 6, 0.0])
