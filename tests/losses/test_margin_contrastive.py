@@ -140,3 +140,15 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="'mean' or 'sum'"):
         online_contrastive(a, a, torch.tensor([1, 0, 1]), reduction="none")
     assert math.isfinite(online_contrastive(a, a, torch.tensor([1, 1, 1])).item())
+
+
+def test_the_module_passes_squared_on():
+    from contrastkit.losses import MarginContrastiveLoss
+
+    a, b = noise(12, 8, seed=5), noise(12, 8, seed=6)
+    labels = LABELS.double()
+    for squared in (True, False):
+        module = MarginContrastiveLoss(0.5, squared=squared)
+        assert torch.equal(module(a, b, labels), margin_contrastive(a, b, labels, margin=0.5, squared=squared))
+    assert not torch.equal(MarginContrastiveLoss(0.5, squared=False)(a, b, labels),
+                           MarginContrastiveLoss(0.5, squared=True)(a, b, labels))

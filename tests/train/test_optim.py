@@ -184,3 +184,12 @@ def test_zero_grad_keeping_zeroes_the_kept_gradients_in_place_and_frees_the_othe
     held = kept.grad
     zero_grad_keeping(optimizer, [kept])
     assert kept.grad is held and torch.equal(kept.grad, torch.zeros(3)) and other.grad is None
+
+
+def test_a_skipped_step_reports_the_gradients_real_norm():
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.tensor([1.0, math.inf, 0.0])
+    optimizer = adamw([{"params": [p]}], lr=0.1, device=torch.device("cpu"))
+    result = step_if_finite(optimizer, torch.tensor(1.0), max_grad_norm=1.0)
+    assert bool(result.skipped) and math.isinf(float(result.grad_norm))  # not the 0 used for its clip factor
+    assert torch.equal(p.detach(), torch.ones(3))

@@ -396,3 +396,37 @@ def test_the_trainer_warms_up_over_its_share_of_the_steps(tiny_model_dir, tmp_pa
     lrs = [r["lr"] for r in step_records(tmp_path / "run" / "metrics.jsonl")]
     # logged after each step: the next step's rate; 2 warm-up steps (1e-3 / 2, 1e-3), then linear to 0 over 6
     assert lrs == pytest.approx([1e-3, 1e-3, 1e-3 * 5 / 6, 1e-3 * 4 / 6, 1e-3 * 3 / 6, 1e-3 * 2 / 6, 1e-3 / 6, 0.0])
+
+
+def test_the_config_reaches_the_loss():
+    from contrastkit.train.trainer import build_loss
+
+    loss = build_loss(TrainConfig(data="x", symmetric=True, mask_margin=0.1, similarity="dot", temperature=0.1))
+    assert (loss.options["symmetric"], loss.options["mask_margin"], loss.options["similarity"]) == (True, 0.1, "dot")
+    triplet = build_loss(TrainConfig(data="x", loss="triplet", margin=0.3, similarity="neg_euclidean"))
+    assert (type(triplet).__name__, triplet.margin, triplet.distance) == ("TripletLoss", 0.3, "euclidean")
+
+
+def test_weight_decay_falls_on_weight_matrices_and_embeddings_only(tiny_model_dir, tmp_path):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    trainer = Trainer(config(tmp_path, weight_decay=0.05), encoder, make_pairs())
+    decay, no_decay = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in encoder.named_parameters()}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(not n.endswith(".bias") and "LayerNorm" not in n for n in (names[id(p)] for p in decay["params"]))
+    assert {names[id(p)] for p in no_decay["params"] if id(p) in names} == {
+        n for n, _ in encoder.named_parameters() if n.endswith(".bias") or "LayerNorm" in n}
+    assert any("word_embeddings" in names[id(p)] for p in decay["params"])
+
+
+def test_the_first_k_negatives_of_each_pair_are_used_and_a_negative_that_is_a_positive_is_masked(
+        tiny_model_dir, tmp_path):
+    pairs = [Pair("a0", "p0", negatives=("p1", "x0")), Pair("a1", "p1", negatives=("n1", "y1"))] * 4
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    trainer = Trainer(config(tmp_path, batch_size=2, num_hard_negatives=1, mask_known_positives=False), encoder, pairs)
+    groups = trainer._groups([0, 1])
+    assert groups == [["a0", "a1"], ["p0", "p1"], ["p1", "n1"]]
+    embeddings = [torch.randn(len(g), 32, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(groups)]
+    trainer._loss_on(groups)(*embeddings)
+    # row 0's hard negative "p1" is row 1's positive: masked for row 1 (by text id), and nothing else
+    assert int(trainer._stats["masked"]) == 1
