@@ -390,3 +390,15 @@ def test_one_stream_leaving_autocast_does_not_change_the_others_gradients(tiny_m
     assert loss1 == loss0
     for name in grads0:
         assert torch.equal(grads1[name], grads0[name]), name
+
+
+def test_each_stream_draws_under_a_seed_of_its_own():
+    first_draws = []
+
+    def embed(part):
+        first_draws.append(draw_seed())  # the first draw of this stream's own generator
+        return [torch.ones(1, 2, requires_grad=True) * part]
+
+    torch.manual_seed(3)
+    stream_backward(_SerialPool(), [1.0, 2.0], embed, lambda embeddings: embeddings.sum())
+    assert len(first_draws) == 2 and first_draws[0] != first_draws[1]
