@@ -138,3 +138,12 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="shapes must match"):
         triplet_margin(e, e, e[:2])
     assert math.isfinite(triplet_margin(e, e, e, reduction="sum").item())
+
+
+def test_semi_hard_skips_a_negative_exactly_as_far_as_the_positive():
+    """Points on a line, labels 0 0 1 1 at 0, 1, -1, 2; worked by hand with m = 0.5. Pair (0, 1): d_ap 1;
+    the negative at -1 is as far (1), not farther, so n* is the one at 2: loss 0. Pair (1, 0) likewise.
+    Pairs (2, 3) and (3, 2): d_ap 3, no negative farther, the farthest (2 away): loss 1.5 each."""
+    points = torch.tensor([[0.0], [1.0], [-1.0], [2.0]], dtype=torch.float64)
+    loss = batch_semi_hard_triplet(points, torch.tensor([0, 0, 1, 1]), margin=0.5)
+    assert loss.item() == pytest.approx((0 + 0 + 1.5 + 1.5) / 4)
