@@ -430,3 +430,15 @@ def test_the_first_k_negatives_of_each_pair_are_used_and_a_negative_that_is_a_po
     trainer._loss_on(groups)(*embeddings)
     # row 0's hard negative "p1" is row 1's positive: masked for row 1 (by text id), and nothing else
     assert int(trainer._stats["masked"]) == 1
+
+
+def test_the_first_step_moves_the_weights_at_the_warm_up_rate(tiny_model_dir, tmp_path):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    trainer = Trainer(config(tmp_path, max_steps=4, warmup_ratio=0.5, weight_decay=0.0, max_grad_norm=None), encoder,
+                      make_pairs())
+    before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
+    trainer._optimizer_step(trainer.compute_gradients(trainer._batches(0)[0]))
+    moved = max((p.detach() - before[n]).abs().max().item() for n, p in encoder.named_parameters())
+    # AdamW's first update is lr · g / (|g| + eps) for each weight: the rate itself where g is not tiny,
+    # and the first of 2 warm-up steps runs at half of 1e-3
+    assert moved == pytest.approx(1e-3 / 2, rel=1e-3)
