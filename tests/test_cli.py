@@ -1,5 +1,6 @@
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +256,21 @@ def test_a_place_the_file_system_refuses_is_one_line_not_a_traceback(monkeypatch
     code, _, err = run_cli(monkeypatch, capsys, "train", "-m", "default", "-d", pairs, "-o", "/proc/contrastkit-run",
                            "--set", "batch_size=4")
     assert code == 1 and err.startswith("error: ") and "/proc/contrastkit-run" in err and "Traceback" not in err
+
+
+def test_encode_failing_midway_leaves_the_old_file_whole(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "e.npy"
+    np.save(out, np.zeros((1, 2), dtype=np.float32))
+
+    def killed(file, array):  # np.save cut short: half a matrix written, then the disk is full
+        handle = open(file, "wb") if isinstance(file, (str, Path)) else file
+        handle.write(b"\x93NUMPY half")
+        handle.flush()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", killed)
+    code, _, err = run_cli(monkeypatch, capsys, "encode", "-m", tiny_model_dir, "-t", "x", "-o", out)
+    monkeypatch.undo()
+    assert code == 1 and "disk full" in err
+    assert np.array_equal(np.load(out), np.zeros((1, 2), dtype=np.float32))
+    assert not list(tmp_path.glob(".e.npy*"))  # nothing half-written left beside it
