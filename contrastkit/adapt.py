@@ -67,7 +67,9 @@ class AdaptConfig:
         if self.max_docs is not None and self.max_docs < 1:
             raise ConfigError(f"max_docs must be at least 1 (or unset); got {self.max_docs}")
         if self.eval_data is not None and not Path(self.eval_data).is_dir():
-            raise ConfigError(f"eval folder '{self.eval_data}' does not exist (give a BEIR folder)")
+            raise ConfigError(f"eval folder '{self.eval_data}' "
+                              + ("is a file" if Path(self.eval_data).exists() else "does not exist")
+                              + " (give a BEIR folder)")
         parse_augmentation(self.augment)
         self.train_config().validate(check_files=False)
         return self

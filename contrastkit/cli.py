@@ -350,6 +350,7 @@ def demo(
     """Evaluate the default model, mine hard negatives, fine-tune, evaluate again: the before/after table."""
     from contrastkit.demo import DemoConfig, run_demo
 
+    _writable(Path(output_dir), "--output", folder=True)
     settings = dict(model=model, output_dir=output_dir, pairs=pairs, seed=seed, bf16=bf16)
     if epochs:
         settings["epochs"] = epochs
@@ -384,6 +385,7 @@ def adapt(
     """Adapt a model to a domain from documents alone (no queries): self-supervised pairs + InfoNCE."""
     from contrastkit.adapt import AdaptConfig, run_adapt
 
+    _writable(Path(output_dir), "--output", folder=True)
     config = AdaptConfig(corpus=corpus, model=model, output_dir=output_dir, strategy=strategy, augment=augment,
                          max_docs=max_docs, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                          mini_batch_size=mini_batch_size, temperature=temperature, lr=lr, seed=seed,
@@ -399,6 +401,8 @@ def report(
     """Write the run's self-contained HTML report: curves, before/after retrieval, embedding health."""
     from contrastkit.report import write_report
 
+    if output is not None:
+        _writable(output, "--output")
     typer.echo(f"wrote {write_report(run_dir, output)}")
 
 

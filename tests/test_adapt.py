@@ -45,6 +45,7 @@ def refuse_model_loading(monkeypatch):
     (dict(temperature=0.0), "temperature must be > 0"),
     (dict(max_docs=0), "max_docs must be at least 1"),
     (dict(eval_data="/no/such/folder"), "eval folder '/no/such/folder' does not exist"),
+    (dict(eval_data=__file__), "is a file \\(give a BEIR folder\\)"),
 ])
 def test_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

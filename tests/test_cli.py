@@ -210,6 +210,9 @@ def test_output_paths_that_cannot_be_written_are_refused_before_the_model_loads(
         (["eval", "-d", beir, "-o", tmp_path], "is a folder; give a file name"),
         (["search", "q", "-c", beir / "corpus.jsonl", "--index", a_file], "is a file; give a folder"),
         (["train", "-m", "default", "-d", pairs, "-o", a_file], "is a file; give a folder"),
+        (["adapt", "-c", beir, "-o", a_file], "is a file; give a folder"),
+        (["demo", "-o", a_file / "sub"], f"{a_file} is a file, so {a_file / 'sub'} cannot be written"),
+        (["report", tmp_path, "-o", tmp_path], "is a folder; give a file name"),
     ]
     (tmp_path / "d.npy").mkdir()
     for args, message in cases:

@@ -73,7 +73,7 @@ def parse_augmentation(spec: str | None) -> Augmentation | None:
         return None
     parts: list[Augmentation] = []
     for item in spec.split(","):
-        name, _, value = item.strip().partition(":")
+        name, _, value = (part.strip() for part in item.partition(":"))
         if name not in AUGMENTATIONS:
             raise ConfigError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
         if not value:

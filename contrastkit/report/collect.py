@@ -8,12 +8,14 @@ demo_results.json next to it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from contrastkit.data.validate import type_name
 from contrastkit.errors import DataError
 from contrastkit.jsonl import iter_jsonl
 from contrastkit.report import ReportError
@@ -63,6 +65,10 @@ def read_log(path: Path) -> tuple[list[dict], list[tuple[int, dict]], list[tuple
         for line_no, record in iter_jsonl(path):
             if not isinstance(record, dict) or "step" not in record:
                 raise ReportError(f"{path} line {line_no}: expected a JSON object with a \"step\"")
+            for section in ("eval", "health"):
+                if section in record and not isinstance(record[section], dict):
+                    raise ReportError(f'{path} line {line_no}: field "{section}": expected a JSON object, '
+                                      f"got {type_name(record[section])}")
             if "eval" in record:
                 evals.append((record["step"], record["eval"]))
             elif "health" in record:
@@ -72,6 +78,30 @@ def read_log(path: Path) -> tuple[list[dict], list[tuple[int, dict]], list[tuple
     except DataError as exc:
         raise ReportError(str(exc)) from exc
     return steps, evals, health
+
+
+def read_object(path: Path) -> dict:
+    """A JSON object file of the run ({} when it is absent); a ReportError naming the file otherwise."""
+    try:
+        data = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type_name(data)}")
+    return data
+
+
+def read_config(path: Path) -> dict:
+    """The run's train_config.yaml ({} when absent); a ReportError naming the file when it is not a mapping."""
+    if not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from exc
+    if config is not None and not isinstance(config, dict):
+        raise ReportError(f"{path}: expected a mapping of settings, got {type_name(config)}")
+    return config or {}
 
 
 def merge_evaluations(logged: list[tuple[int, dict]], systems: dict[str, dict]) -> list[tuple[int, dict]]:
@@ -91,12 +121,14 @@ def collect_run(run_dir: str | Path) -> RunData:
     steps, evals, health = read_log(train_dir / LOG_FILE)
 
     def first(name: str) -> dict:  # the demo's own files sit in run_dir, the trainer's in train_dir
-        return read_json(run_dir / name) or read_json(train_dir / name)
+        return read_object(run_dir / name) or read_object(train_dir / name)
 
-    config_path = train_dir / CONFIG_FILE
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    retrieval = first(RETRIEVAL_FILE)
+    retrieval, similarities = first(RETRIEVAL_FILE), first(SIMILARITIES_FILE)
+    systems = retrieval.get("systems", {})
+    for name, roles in ((f'{RETRIEVAL_FILE}: "systems"', systems), (SIMILARITIES_FILE, similarities)):
+        if not isinstance(roles, dict) or not all(isinstance(v, dict) for v in roles.values()):
+            raise ReportError(f"{run_dir}: {name} must map each role (before, after) to a JSON object")
     return RunData(run_dir=run_dir, train_dir=train_dir, steps=steps,
-                   evals=merge_evaluations(evals, retrieval.get("systems", {})), health=health,
-                   similarities=first(SIMILARITIES_FILE), retrieval=retrieval, config=config or {},
-                   environment=first(ENVIRONMENT_FILE), demo=read_json(run_dir / DEMO_FILE))
+                   evals=merge_evaluations(evals, systems), health=health, similarities=similarities,
+                   retrieval=retrieval, config=read_config(train_dir / CONFIG_FILE),
+                   environment=first(ENVIRONMENT_FILE), demo=read_object(run_dir / DEMO_FILE))

@@ -176,6 +176,8 @@ def test_parse_augmentation_and_views_augmented_independently():
     assert pairs == dropout_views(make_documents(8), seed=0, augment=augment)
     assert any(p.anchor != p.positive for p in pairs) and all(MASK_TOKEN in p.anchor for p in pairs)
     assert parse_augmentation("none") is None and parse_augmentation(None) is None
+    spaced = parse_augmentation(" word_deletion : 0.3 , span_masking: 0.2 ")  # spaces around names and values
+    assert dropout_views(make_documents(8), seed=0, augment=spaced) == pairs
     with pytest.raises(ConfigError, match="unknown augmentation 'shuffle'"):
         parse_augmentation("shuffle")
     with pytest.raises(ConfigError, match=r"in \[0, 1\)"):

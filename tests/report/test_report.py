@@ -148,3 +148,22 @@ def test_without_matplotlib_training_still_finishes_and_warns(tiny_model_dir, tm
         out = Trainer(config, Encoder.from_pretrained(tiny_model_dir, max_seq_length=32), make_pairs()).train()
     assert (out / "modules.json").is_file() and not (out / "report.html").exists()
     assert [s for s, _ in records(out, "health")] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("retrieval.json", '{"systems": ', "retrieval.json: not valid JSON (Expecting value"),
+    ("retrieval.json", "[1, 2]", "retrieval.json: expected a JSON object, got list"),
+    ("retrieval.json", '{"systems": {"before": 5}}', '"systems" must map each role (before, after) to a JSON object'),
+    ("similarities.json", '{"before": [1], "after": [2]}', "similarities.json must map each role"),
+    ("environment.json", "{bad", "environment.json: not valid JSON"),
+    ("train_config.yaml", "a: [", "train_config.yaml: not valid YAML"),
+    ("train_config.yaml", "- a\n", "train_config.yaml: expected a mapping of settings, got list"),
+    ("metrics.jsonl", '{"step": 1, "loss": 1.0}\n{"step": 2, "health": 7}\n',
+     'metrics.jsonl line 2: field "health": expected a JSON object, got number'),
+])
+def test_a_broken_run_file_is_named_not_a_traceback(tmp_path, name, content, message):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ReportError) as err:
+        collect_run(tmp_path)
+    assert message in str(err.value) and str(tmp_path) in str(err.value)
