@@ -11,6 +11,7 @@ import numpy as np
 import typer
 
 from contrastkit.errors import ContrastkitError
+from contrastkit.files import write_text_whole, write_whole
 
 app = typer.Typer(
     name="contrastkit",
@@ -48,19 +49,6 @@ def _writable(path: Path, option: str, *, folder: bool = False) -> Path:
     return path
 
 
-def _write_whole(path: Path, write) -> None:
-    """write(binary handle) into a hidden file beside `path`, then rename it there: a kill or a full disk
-    never leaves half a file at `path` (an old one stays whole until the new one is)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with partial.open("wb") as handle:
-            write(handle)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def _non_empty(texts: list[str], option: str) -> list[str]:
     """The texts, each checked to hold more than whitespace (as a file's texts are)."""
     for position, text in enumerate(texts, 1):
@@ -92,7 +80,7 @@ def encode(
     texts = read_texts(input, field) if input else _non_empty(list(text), "--text")
     encoder = _load_encoder(model, max_seq_length)
     embeddings = encoder.encode(texts, batch_size=batch_size, show_progress=True, bf16=bf16)
-    _write_whole(output, lambda handle: np.save(handle, embeddings))
+    write_whole(output, lambda handle: np.save(handle, embeddings))  # never half a matrix at `output`
     typer.echo(f"wrote {embeddings.shape[0]} × {embeddings.shape[1]} embeddings to {output}")
 
 
@@ -330,7 +318,7 @@ def eval_(
         payload["baselines"] = {"bm25": results["bm25"].metrics}
     payload["per_query"] = main.per_query
     if output:
-        _write_whole(output, lambda handle: handle.write((json.dumps(payload, indent=2) + "\n").encode()))
+        write_text_whole(output, json.dumps(payload, indent=2) + "\n")
         typer.echo(f"wrote {output}")
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from contrastkit.errors import DataError
+from contrastkit.files import write_text_whole
 from contrastkit.index import VectorIndex
 from contrastkit.vectors import l2_normalize
 
@@ -70,8 +70,8 @@ class CorpusSearcher:
         self.index.save(folder / "index.faiss")
         docs = "".join(json.dumps({"_id": i, "title": t, "snippet": s}) + "\n"
                        for i, t, s in zip(self.doc_ids, self.titles, self.snippets))
-        _write_text(folder / "docs.jsonl", docs)
-        _write_text(folder / "meta.json", json.dumps(self.meta, indent=2) + "\n")  # last: marks it complete
+        write_text_whole(folder / "docs.jsonl", docs)
+        write_text_whole(folder / "meta.json", json.dumps(self.meta, indent=2) + "\n")  # last: marks it complete
         return folder
 
     @classmethod
@@ -97,7 +97,3 @@ class CorpusSearcher:
                 for row_scores, row_ids in zip(scores, ids)]
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from contrastkit.files import write_text_whole
+
 RETRIEVAL_FILE = "retrieval.json"
 SIMILARITIES_FILE = "similarities.json"
 ENVIRONMENT_FILE = "environment.json"
@@ -51,10 +53,7 @@ def read_json(path: Path) -> dict:
 
 def write_json(path: Path, data: Mapping) -> None:
     """Write through a temporary file and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_whole(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def retrieval_snapshot(result: Any, *, label: str, step: int | None = None,

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from contrastkit.errors import ConfigError
+from contrastkit.files import write_text_whole
 from contrastkit.train.grad_cache import RandState
 
 PREFIX = "checkpoint-"
@@ -63,7 +64,7 @@ def drop_log_records_after(log: Path, step: int) -> None:
     """Keep the records of metrics.jsonl up to `step` (the checkpoint a run resumes from), so that the
     steps the crashed run logged after it, which the resumed run does again, are not logged twice
     (the report would draw them twice). A line that does not parse, as a kill mid-write can leave, goes
-    too. The file is rewritten through a temporary file and renamed: a kill here loses nothing."""
+    too. The file is rewritten whole (`files.write_whole`): a kill here loses nothing."""
     log = Path(log)
     if not log.is_file():
         return
@@ -75,12 +76,7 @@ def drop_log_records_after(log: Path, step: int) -> None:
             continue
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
             kept.append(line + "\n")
-    tmp = log.with_name(f".{log.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        out.writelines(kept)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, log)
+    write_text_whole(log, "".join(kept))
 
 
 def checkpoint_due(step: int, total_steps: int, every: int | None) -> bool:
