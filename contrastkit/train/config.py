@@ -17,7 +17,6 @@ from contrastkit.errors import ConfigError
 
 LOSSES = ("infonce", "contrastive", "triplet")
 SCHEDULERS = ("linear", "cosine", "constant")
-STS_METRICS = ("spearman", "pearson")  # what evaluate.sts_correlation reports, for an STS evaluator
 
 
 @dataclass
@@ -206,11 +205,11 @@ def _check_finite(config: TrainConfig) -> None:
 
 
 def best_metric_names() -> list[str]:
-    """What metric_for_best may name with `eval_data`: the training RetrievalEvaluator's metrics, or an
-    STS evaluator's."""
+    """What metric_for_best may name with `eval_data`, a BEIR folder: the metrics of the training
+    RetrievalEvaluator that reads it."""
     from contrastkit.evaluate.metrics import DEFAULT_KS, metric_names
 
-    return metric_names(DEFAULT_KS) + list(STS_METRICS)
+    return metric_names(DEFAULT_KS)
 
 
 def _check_metric_for_best(name: str) -> None:
@@ -220,7 +219,7 @@ def _check_metric_for_best(name: str) -> None:
     if name not in best_metric_names():
         ks = ", ".join(map(str, DEFAULT_KS))
         raise ConfigError(f"metric_for_best must be <metric>@<k> with metric one of {', '.join(METRICS)} and k "
-                          f"one of {ks} (e.g. ndcg@10), or one of {', '.join(STS_METRICS)}; got {name!r}")
+                          f"one of {ks} (e.g. ndcg@10), what the evaluation of eval_data reports; got {name!r}")
 
 
 def _read_file(path: Path) -> dict:
