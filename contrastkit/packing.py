@@ -114,13 +114,15 @@ class PackPlan:
     groups: list[Group]     # the slabs, joined up to `dense_tokens` real tokens
 
 
-def group_slabs(slabs: Sequence[Slab], dense_tokens: int = DENSE_TOKENS) -> list[Group]:
-    """Consecutive slabs joined while their real tokens total at most `dense_tokens` (a larger slab alone).
+def group_slabs(slabs: Sequence[Slab], dense_tokens: int | None = None) -> list[Group]:
+    """Consecutive slabs joined while their real tokens total at most `dense_tokens` (a larger slab alone;
+    None: the module's DENSE_TOKENS, read at the call, so that setting it takes effect).
 
     A slab's padded block bounds attention's work and memory; the dense layers see no padding and run
     as well or better on more rows: one product per layer instead of one per slab, and one weight
     gradient to add into `.grad` instead of one per slab.
     """
+    dense_tokens = DENSE_TOKENS if dense_tokens is None else dense_tokens
     groups: list[list[Slab]] = []
     for slab in slabs:
         if groups and slab.last - groups[-1][0].first <= dense_tokens:
@@ -134,12 +136,14 @@ def group_slabs(slabs: Sequence[Slab], dense_tokens: int = DENSE_TOKENS) -> list
 
 
 def plan_packing(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None = None,
-                 slab_tokens: int = SLAB_TOKENS, dense_tokens: int = DENSE_TOKENS) -> PackPlan:
+                 slab_tokens: int | None = None, dense_tokens: int | None = None) -> PackPlan:
     """Sort texts longest first, lay their tokens end to end, cut slabs of ≤ slab_tokens padded positions
     and join consecutive slabs into groups of ≤ dense_tokens real tokens (`group_slabs`).
 
-    A text longer than slab_tokens gets a slab of its own.
+    A text longer than slab_tokens gets a slab of its own. None takes the module's SLAB_TOKENS and
+    DENSE_TOKENS as they are at the call (setting them changes every later plan).
     """
+    slab_tokens = SLAB_TOKENS if slab_tokens is None else slab_tokens
     if not input_ids:
         raise ValueError("nothing to pack: no texts")
     lengths = [len(ids) for ids in input_ids]

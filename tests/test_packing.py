@@ -88,6 +88,19 @@ def test_plan_lays_every_token_once_longest_first(slab_tokens):
         assert len(plan.slabs) == 5
 
 
+def test_the_module_settings_take_effect_when_set_after_import(monkeypatch):
+    """docs/training.md: `packing.DENSE_TOKENS = 1` restores the slab-by-slab order (and SLAB_TOKENS cuts)."""
+    import contrastkit.packing as packing
+
+    ids = [[1] * n for n in (5, 3, 3, 2, 1)]
+    assert len(plan_packing(ids).groups) == 1 and len(plan_packing(ids).slabs) == 1
+    monkeypatch.setattr(packing, "SLAB_TOKENS", 5)
+    assert [len(slab.sizes) for slab in plan_packing(ids).slabs] == [1, 1, 1, 2]
+    assert len(plan_packing(ids).groups) == 1
+    monkeypatch.setattr(packing, "DENSE_TOKENS", 1)
+    assert [len(group.slabs) for group in plan_packing(ids).groups] == [1, 1, 1, 1]
+
+
 @pytest.mark.parametrize("dense_tokens", [1, 6, 8, 13, 10_000])
 def test_groups_join_consecutive_slabs_up_to_the_dense_token_count(dense_tokens):
     ids = [[1] * n for n in (5, 3, 3, 2, 1)]  # slabs of 5 padded positions: (5), (3), (3), (2, 1)

@@ -39,7 +39,7 @@ class TrainConfig:
     similarity: str = "cosine"
     margin: float = 0.5                 # contrastive / triplet margin
     num_hard_negatives: int = 0         # per pair, from the data's `negatives` (InfoNCE: up to this many,
-                                        # pooled over the batch; contrastive/triplet: exactly); 0: in-batch only
+                                        # pooled over the batch; contrastive/triplet: exactly, at least 1); 0: in-batch only
     mask_margin: float | None = None    # false-negative masking by similarity (InfoNCE)
     mask_known_positives: bool = True   # InfoNCE: a candidate the data pairs with this anchor too (another
                                         # relevant document of the same query) is not its negative
@@ -79,7 +79,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     eval_every: int | None = None
-    eval_data: str | None = None        # BEIR folder evaluated every eval_every steps (contrastkit train)
+    eval_data: str | None = None        # BEIR folder evaluated every eval_every steps (and before and after)
     eval_split: str = "test"
     metric_for_best: str = "ndcg@10"
     tensorboard: bool = False
@@ -123,6 +123,9 @@ class TrainConfig:
                 f"the mini-batch is a slice of the batch")
         if self.loss == "infonce" and self.batch_size < 2 and self.num_hard_negatives == 0:
             bad("InfoNCE with in-batch negatives needs batch_size >= 2 (or hard negatives)")
+        if self.loss == "contrastive" and self.num_hard_negatives < 1:
+            bad("the contrastive loss learns from dissimilar pairs, each pair's negatives: set "
+                "num_hard_negatives >= 1 (mine them with contrastkit mine), or use infonce for in-batch negatives")
         if self.loss == "triplet" and self.num_hard_negatives != 1:
             bad("the triplet loss takes exactly one negative per pair: set num_hard_negatives = 1")
         if not self.temperature > 0:

@@ -96,7 +96,18 @@ UNUSED_SETTINGS = {
     "eval_every": "no evaluation during training here",
     "eval_data": "no evaluation during training here",
     "tensorboard": "metrics.jsonl only",
+    "eval_split": "no evaluation during training here",
+    "metric_for_best": "no evaluation during training here",
+    "health_every": "no embedding-health records here",
+    "health_sample": "no embedding-health records here",
+    "report": "no report.html here",
+    "cpu_streams": "the two-tower step runs as one stream",
+    "dtype": "load each tower in the dtype you want",
 }
+
+
+# an unused setting asked for what the loop does anyway is accepted: fp32, no report, no health, one stream
+WHAT_IT_DOES = {"bf16": False, "report": False, "health_sample": 0, "cpu_streams": 1}
 
 
 def check_dual_settings(config: TrainConfig) -> None:
@@ -104,7 +115,7 @@ def check_dual_settings(config: TrainConfig) -> None:
     defaults = TrainConfig()
     unused = [f"{name} ({why})" for name, why in UNUSED_SETTINGS.items()
               if getattr(config, name) != getattr(defaults, name)
-              and not (name == "bf16" and config.bf16 is False)]  # asking for fp32 is what it does
+              and getattr(config, name) != WHAT_IT_DOES.get(name, getattr(defaults, name))]
     if unused:
         raise ConfigError("the two-tower trainer does not use these settings; leave them at their defaults: "
                           + "; ".join(unused))
@@ -245,6 +256,7 @@ class DualTrainer:
                     break
                 started = time.perf_counter()
                 loss = self.compute_gradients(batch)
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
                 result = step_if_finite(self.optimizer, loss, config.max_grad_norm)
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -257,7 +269,7 @@ class DualTrainer:
                 if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
                     raise TrainingError(f"the loss or gradients were not finite for {self.nonfinite_in_a_row} steps "
                                         f"in a row (last at step {self.step}); lower lr")
-                record = {"step": self.step, "epoch": epoch, "loss": numbers["loss"], "lr": self.scheduler.get_last_lr()[0],
+                record = {"step": self.step, "epoch": epoch, "loss": numbers["loss"], "lr": lr,
                           "logit_scale": numbers["logit_scale"], "grad_norm": numbers["grad_norm"],
                           "skipped": not finite, "pairs_per_s": len(batch) / (time.perf_counter() - started)}
                 progress.update(1)

@@ -171,6 +171,15 @@ class Trainer:
                  evaluator: Evaluator | None = None) -> None:
         config.validate(check_files=False)
         check_examples(examples, config)
+        weights = next(encoder.parameters()).dtype
+        if weights != getattr(torch, config.dtype):
+            raise ConfigError(f"the encoder's weights are {str(weights).removeprefix('torch.')} but dtype is "
+                              f"{config.dtype}: load the encoder in {config.dtype} (Encoder.from_pretrained(..., "
+                              f"torch_dtype=torch.{config.dtype})) or set dtype to match it")
+        if evaluator is None and config.eval_data:  # read and checked here, before any training
+            from contrastkit.train.evaluation import RetrievalEvaluator
+
+            evaluator = RetrievalEvaluator.from_folder(config.eval_data, config.eval_split)
         if config.eval_every and evaluator is None:
             raise ConfigError("eval_every is set but there is nothing to evaluate with: set eval_data (a BEIR "
                               "folder) or pass an evaluator")
@@ -319,12 +328,12 @@ class Trainer:
         if config.loss == "triplet":
             return lambda a, p, n: self.loss_fn(a, p, n)
 
-        def contrastive(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
-            others = positives if negatives is None else torch.cat([positives, negatives])
-            k = 0 if negatives is None else len(negatives) // len(anchors)
-            left = torch.cat([anchors, anchors.repeat_interleave(k, dim=0)]) if k else anchors
-            labels = torch.cat([torch.ones(len(anchors)), torch.zeros(len(others) - len(anchors))]).to(anchors.device)
-            return self.loss_fn(left, others, labels.to(anchors.dtype))
+        def contrastive(anchors: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
+            # (anchor, positive) labelled similar, (anchor, each of its k negatives) dissimilar; k >= 1 (config)
+            k = len(negatives) // len(anchors)
+            left = torch.cat([anchors, anchors.repeat_interleave(k, dim=0)])
+            labels = torch.cat([torch.ones(len(anchors)), torch.zeros(len(negatives))]).to(anchors.device)
+            return self.loss_fn(left, torch.cat([positives, negatives]), labels.to(anchors.dtype))
         return contrastive
 
     def _embed(self, texts: list[str]) -> Tensor:
@@ -514,6 +523,7 @@ class Trainer:
 
     def _optimizer_step(self, loss: Tensor) -> dict:
         config = self.config
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler then moves to the next)
         result = step_if_finite(self.optimizer, loss, config.max_grad_norm)
         self.scheduler.step()
         zero_grad_keeping(self.optimizer, self._kept_grads)
@@ -534,7 +544,7 @@ class Trainer:
                     f"(last at step {self.step + 1}); lower lr, raise temperature or try --fp32")
         if "masked" in record:
             record["masked"] = int(record["masked"])
-        return {**record, "lr": self.scheduler.get_last_lr()[0], "skipped": not finite,
+        return {**record, "lr": lr, "skipped": not finite,
                 "nonfinite_total": self.nonfinite_total}
 
     def _log(self, log, writer, record: dict) -> None:

@@ -28,6 +28,7 @@ def test_yaml_and_toml_load_with_overrides(tmp_path):
      "c.yaml: batch_size (8) is smaller than mini_batch_size (32)"),
     ("data: {data}\nloss: hinge\n", "c.yaml: loss must be one of infonce, contrastive, triplet; got 'hinge'"),
     ("data: {data}\nloss: triplet\n", "num_hard_negatives = 1"),
+    ("data: {data}\nloss: contrastive\n", "the contrastive loss learns from dissimilar pairs"),
     ("data: {data}\ntemperature: 0\n", "temperature must be > 0"),
     ("- a\n- b\n", "c.yaml: expected a mapping of keys to values"),
     ("data: [unclosed\n", "c.yaml: cannot parse"),

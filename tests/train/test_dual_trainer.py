@@ -97,6 +97,7 @@ def test_clip_training_of_tiny_towers_learns_shapes_and_colours(tiny_model_dir, 
 
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 25))
+    assert [r["lr"] for r in log] == pytest.approx([1.5e-3] + [3e-3] * 23)  # the rate each step used (2 warm-up)
     first, last = np.mean([r["loss"] for r in log[:3]]), np.mean([r["loss"] for r in log[-3:]])
     assert last < 0.6 * first, (first, last)
     assert log[0]["logit_scale"] != pytest.approx(1 / 0.07, rel=1e-4)  # the scale is learnt
@@ -183,13 +184,38 @@ def clip_tower_pair(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("setting", [{"temperature": 0.02}, {"bf16": True}, {"attention_dropout": 0.0},
-                                     {"eval_every": 5, "eval_data": "some/beir"}])
+                                     {"eval_every": 5, "eval_data": "some/beir"}, {"health_every": 3},
+                                     {"health_sample": 8},
+                                     {"cpu_streams": 2}, {"dtype": "float64"}, {"metric_for_best": "mrr@10"},
+                                     {"eval_split": "dev"}])
 def test_settings_the_loop_would_ignore_are_refused(tiny_encoder, tmp_path, setting):
     queries, documents = sides_from_pairs(make_pairs(16))
     config = TrainConfig(output_dir=str(tmp_path), batch_size=8, **setting)
     with pytest.raises(ConfigError, match="does not use these settings") as refused:
         DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents)
     assert all(name in str(refused.value) for name in setting)
+
+
+def test_every_setting_is_used_by_the_loop_or_refused():
+    """A TrainConfig field the two-tower loop neither reads nor lists in UNUSED_SETTINGS would be ignored."""
+    import dataclasses
+    import inspect
+
+    from contrastkit.train import dual_trainer
+
+    source = inspect.getsource(dual_trainer.DualTrainer)
+    where_from = {"model", "data", "split"}  # what the command line loads; the trainers are handed the result
+    ignored = [f.name for f in dataclasses.fields(TrainConfig)
+               if f"config.{f.name}" not in source and f.name not in dual_trainer.UNUSED_SETTINGS
+               and f.name not in where_from]
+    assert ignored == []
+
+
+def test_asking_for_what_the_loop_does_anyway_is_accepted(tiny_encoder, tmp_path):
+    queries, documents = sides_from_pairs(make_pairs(16))
+    config = TrainConfig(output_dir=str(tmp_path), batch_size=8, bf16=False, report=False, health_sample=0,
+                         cpu_streams=1)
+    DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents)
 
 
 def test_bad_settings_stop_before_training(tiny_encoder, tmp_path):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from contrastkit.data import Pair
 from contrastkit.encoder import Encoder
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, DataError
 from contrastkit.train import TrainConfig, Trainer, TrainingError
 from contrastkit.train.checkpoint import checkpoint_due, latest_checkpoint, list_checkpoints
 
@@ -256,6 +256,28 @@ def test_cli_evaluates_during_training_and_keeps_the_best(tiny_model_dir, tmp_pa
     assert missing.returncode == 2 and "eval_every is set but there is nothing to evaluate with" in missing.stderr
 
 
+def test_the_python_trainer_evaluates_eval_data_as_the_cli_does(tiny_model_dir, tmp_path):
+    beir = make_beir(tmp_path / "beir")
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    out = Trainer(config(tmp_path, max_steps=4, eval_every=2, checkpoint_every=None, eval_data=str(beir)),
+                  encoder, make_pairs(32)).train()
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval" in r] == [2, 4]
+    assert set(json.loads((out / "retrieval.json").read_text())["systems"]) >= {"before", "after"}
+    assert (out / "best" / "model.safetensors").is_file()
+    with pytest.raises(DataError, match="queries.jsonl"):  # read before any training, not at the first evaluation
+        Trainer(config(tmp_path, eval_data=str(tmp_path)), encoder, make_pairs(32))
+
+
+def test_the_encoders_dtype_must_be_the_configs(tiny_model_dir, tmp_path):
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    with pytest.raises(ConfigError, match="weights are float32 but dtype is float64"):
+        Trainer(config(tmp_path, dtype="float64"), encoder, make_pairs())
+    with pytest.raises(ConfigError, match="weights are float64 but dtype is float32"):
+        Trainer(config(tmp_path), encoder.double(), make_pairs())
+    Trainer(config(tmp_path, dtype="float64"), encoder, make_pairs())  # matching: accepted
+
+
 def test_a_fresh_run_in_an_old_folder_starts_clean(tiny_model_dir, tmp_path):
     Trainer(config(tmp_path, max_steps=12, checkpoint_every=6), Encoder.from_pretrained(tiny_model_dir), make_pairs()).train()
     Trainer(config(tmp_path, max_steps=4, checkpoint_every=2), Encoder.from_pretrained(tiny_model_dir), make_pairs()).train()
@@ -394,8 +416,9 @@ def test_the_trainer_warms_up_over_its_share_of_the_steps(tiny_model_dir, tmp_pa
     encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
     Trainer(config(tmp_path, max_steps=8, warmup_ratio=0.25, checkpoint_every=None), encoder, make_pairs()).train()
     lrs = [r["lr"] for r in step_records(tmp_path / "run" / "metrics.jsonl")]
-    # logged after each step: the next step's rate; 2 warm-up steps (1e-3 / 2, 1e-3), then linear to 0 over 6
-    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3 * 5 / 6, 1e-3 * 4 / 6, 1e-3 * 3 / 6, 1e-3 * 2 / 6, 1e-3 / 6, 0.0])
+    # each step's record holds the rate that step used: 2 warm-up steps (1e-3 / 2, 1e-3), then linear to 0
+    assert lrs == pytest.approx([1e-3 / 2, 1e-3, 1e-3, 1e-3 * 5 / 6, 1e-3 * 4 / 6, 1e-3 * 3 / 6, 1e-3 * 2 / 6,
+                                 1e-3 / 6])
 
 
 def test_the_config_reaches_the_loss():
