@@ -117,8 +117,9 @@ def search(
         searcher = CorpusSearcher.load(index)
         if not searcher.is_for(encoder, corpus):
             if corpus is None:
-                raise typer.BadParameter(f"the index in {index} was built with model {searcher.meta.get('model')!r}; "
-                                         f"pass --corpus to rebuild it for {model!r}")
+                raise typer.BadParameter(f"the index in {index} was built with model {searcher.meta.get('model')!r}"
+                                         f" (weights and max_seq_length as they were then); pass --corpus to "
+                                         f"rebuild it for {model!r} as it is now")
             searcher = None
     if searcher is None:
         if corpus is None:
@@ -403,7 +404,7 @@ def main() -> None:
     """Console entry point: run the app; our errors become one clear line and exit code 2, the file
     system's (permissions, a full disk) one line and exit code 1."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except ContrastkitError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)
@@ -413,11 +414,17 @@ def main() -> None:
         exc.show()
         sys.exit(getattr(exc, "exit_code", 2))
     except typer.Abort:
+        typer.secho("interrupted", err=True, fg=typer.colors.RED)
         sys.exit(130)
     except OSError as exc:  # the file system said no (permissions, a full disk, a path under /proc)
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in str(exc) else ""
         typer.secho(f"error: {exc}{where}", err=True, fg=typer.colors.RED)
         sys.exit(1)
+    # without standalone mode click hands back the exit code of an Exit, Ctrl-C's 130 included
+    if isinstance(code, int) and code != 0:
+        if code == 130:
+            typer.secho("interrupted", err=True, fg=typer.colors.RED)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

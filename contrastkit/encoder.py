@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -146,8 +147,15 @@ class Encoder(nn.Module):
             model = AutoModel.from_pretrained(model_dir, config=config, use_safetensors=True,
                                               dtype=torch_dtype or torch.float32, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(model_dir, **kwargs)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or damaged file
             raise ModelLoadError(f"cannot load the model in '{model_dir}': {exc}") from exc
+        vocabulary = getattr(config, "vocab_size", None)
+        if vocabulary and len(tokenizer) < vocabulary // 2:
+            # without its tokenizer files transformers falls back to a tokenizer of special tokens only,
+            # and every text becomes the same few ids (the same embedding)
+            raise ModelLoadError(f"the tokenizer in '{model_dir}' knows {len(tokenizer)} tokens but the model has "
+                                 f"{vocabulary}: its tokenizer files (tokenizer.json, vocab.txt, ...) are missing "
+                                 f"or belong to another model")
         model.eval()
 
         limit = getattr(config, "max_position_embeddings", None) or 512

@@ -211,6 +211,11 @@ def _model_key(encoder: TextEncoder) -> str:
     return "\n".join(parts)
 
 
+def model_fingerprint(encoder: TextEncoder) -> str:
+    """16 hex digits of what an encoder's embeddings depend on: name, weight files (size, time), truncation."""
+    return hashlib.sha256(_model_key(encoder).encode("utf-8")).hexdigest()[:16]
+
+
 def embedding_cache_path(encoder: TextEncoder, texts: Sequence[str], cache_dir: str | Path) -> Path:
     """The cache file for these texts under this model: <model>-<sha256 of model key and texts>.npy."""
     h = hashlib.sha256(_model_key(encoder).encode("utf-8"))

@@ -2,7 +2,7 @@
 
 `CorpusSearcher.build(encoder, corpus_path)` encodes the corpus (through the embedding cache, so a
 second build is instant) and indexes it; `.save(folder)` writes `index.faiss`, `docs.jsonl` (id,
-title, a snippet) and `meta.json` (model, corpus hash, size); `CorpusSearcher.load(folder)` reads them
+title, a snippet) and `meta.json` (model and its fingerprint, corpus hash, size); `CorpusSearcher.load(folder)` reads them
 back without touching the model's corpus pass again.
 """
 
@@ -54,13 +54,14 @@ class CorpusSearcher:
               documents: tuple[list[str], list[str], list[str]] | None = None) -> "CorpusSearcher":
         """Embed and index the corpus at `corpus_path` (`documents`: its `read_corpus`, when already read)."""
         from contrastkit.data.corpus import read_corpus
-        from contrastkit.mining import default_cache_dir, encode_cached
+        from contrastkit.mining import default_cache_dir, encode_cached, model_fingerprint
 
         ids, titles, texts = documents if documents is not None else read_corpus(corpus_path)
         embeddings, _ = encode_cached(encoder, texts, batch_size=batch_size, show_progress=show_progress,
                                       cache_dir=cache_dir or default_cache_dir())
         index = VectorIndex.build(l2_normalize(embeddings), kind=kind)
-        meta = {"model": str(getattr(encoder, "name_or_path", "")), "corpus": str(corpus_path),
+        meta = {"model": str(getattr(encoder, "name_or_path", "")), "model_fingerprint": model_fingerprint(encoder),
+                "corpus": str(corpus_path),
                 "corpus_sha256": file_digest(corpus_path), "documents": len(ids), "index": index.kind}
         return cls(index, ids, titles, [" ".join(t.split())[:SNIPPET_CHARS] for t in texts], meta)
 
@@ -85,8 +86,12 @@ class CorpusSearcher:
         return cls(index, [r["_id"] for r in rows], [r["title"] for r in rows], [r["snippet"] for r in rows], meta)
 
     def is_for(self, encoder, corpus_path: str | Path | None) -> bool:
-        """True when this index was built by this model (name) from this corpus file (bytes)."""
-        same_model = self.meta.get("model") == str(getattr(encoder, "name_or_path", ""))
+        """True when this index was built by this model from this corpus file (bytes): the same name,
+        weight files (a folder trained again in place differs) and max_seq_length."""
+        from contrastkit.mining import model_fingerprint
+
+        same_model = (self.meta.get("model") == str(getattr(encoder, "name_or_path", ""))
+                      and self.meta.get("model_fingerprint") == model_fingerprint(encoder))
         return same_model and (corpus_path is None or self.meta.get("corpus_sha256") == file_digest(corpus_path))
 
     def search(self, query_embeddings: np.ndarray, k: int) -> list[list[Hit]]:

@@ -97,7 +97,10 @@ def read_st_layout(path: Path) -> STLayout:
     for config_dir in {transformer_dir, path}:
         sbert = config_dir / "sentence_bert_config.json"
         if sbert.is_file():
-            max_seq_length = _read_json(sbert).get("max_seq_length") or max_seq_length
+            value = _read_json(sbert).get("max_seq_length")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ModelLoadError(f"{sbert}: max_seq_length must be a positive whole number; got {value!r}")
+            max_seq_length = value or max_seq_length
     prompts = {}
     st_config = path / "config_sentence_transformers.json"
     if st_config.is_file():

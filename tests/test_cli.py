@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from contrastkit import cli
 from contrastkit.demo import DEMO_DIR
@@ -175,6 +176,27 @@ def test_search_index_built_by_another_model_is_refused(monkeypatch, capsys, tin
     Encoder.from_pretrained(tiny_model_dir).save(other)
     code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", tmp_path / "idx", "-m", other)
     assert code == 2 and "was built with model" in err
+
+
+def test_search_index_of_a_model_trained_again_in_place_is_not_reused(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"text number {i}"} for i in range(6)])
+    model = tmp_path / "model"
+    Encoder.from_pretrained(tiny_model_dir).save(model)
+    index = tmp_path / "idx"
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", model)
+    assert code == 0, err
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", model, "--max-seq-length", "8")
+    assert code == 2 and "weights and max_seq_length as they were then" in err  # another truncation
+    encoder = Encoder.from_pretrained(model)
+    with torch.no_grad():
+        next(encoder.model.parameters()).add_(0.5)
+    encoder.save(model)  # trained again, in place
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", model)
+    assert code == 2 and "pass --corpus to rebuild it" in err
+    code, out, err = run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", model)
+    assert code == 0 and "saved a flat index of 6 documents" in out  # rebuilt, not reused
+    code, out, err = run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", model)
+    assert code == 0 and "saved a" not in out  # and now reused
 
 
 @pytest.mark.parametrize("flag, expected", [((), None), (("--fp32",), False), (("--bf16",), True)])

@@ -198,6 +198,31 @@ def test_unsupported_sentence_transformers_pipeline(tiny_model_dir, tmp_path):
         Encoder.from_pretrained(tmp_path)
 
 
+def test_a_folder_without_its_tokenizer_files_is_refused(tiny_model_dir, tmp_path):
+    """transformers would fall back to a tokenizer of special tokens only: every text the same embedding."""
+    Encoder.from_pretrained(tiny_model_dir).save(tmp_path / "model")
+    Encoder.from_pretrained(tmp_path / "model")  # whole: loads
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (tmp_path / "model" / name).unlink(missing_ok=True)
+    with pytest.raises(ModelLoadError, match="tokenizer files .* are missing"):
+        Encoder.from_pretrained(tmp_path / "model")
+
+
+def test_a_damaged_weights_file_or_config_is_one_clear_error(tiny_model_dir, tmp_path):
+    Encoder.from_pretrained(tiny_model_dir).save(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[: len(intact) // 3])  # a save cut short
+    with pytest.raises(ModelLoadError, match="cannot load the model in"):
+        Encoder.from_pretrained(tmp_path / "model")
+    weights.write_bytes(intact)
+    config = tmp_path / "model" / "sentence_bert_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "max_seq_length": "abc"}))
+    with pytest.raises(ModelLoadError, match="sentence_bert_config.json: max_seq_length must be a positive whole "
+                                             "number; got 'abc'"):
+        Encoder.from_pretrained(tmp_path / "model")
+
+
 def test_model_path_that_is_a_file(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelLoadError, match="is a file; expected a model folder"):

@@ -179,6 +179,22 @@ def _train_cmd(model_dir, data, out, *extra):
             "mini_batch_size=4", "--set", "report=false", *extra]
 
 
+def test_ctrl_c_stops_training_with_exit_code_130_and_says_so(tiny_model_dir, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", make_pairs(64))
+    proc = subprocess.Popen(_train_cmd(tiny_model_dir, data, tmp_path / "run", "--set", "max_steps=100000"),
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "run" / "checkpoints" / "checkpoint-00000004").exists():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]  # a script sees the run did not finish
+    assert "interrupted" in stderr
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 def test_kill_minus_9_then_resume_gives_the_same_weights(tiny_model_dir, tmp_path):
     data = write_pairs(tmp_path / "pairs.jsonl", make_pairs(64))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
