@@ -133,7 +133,11 @@ def run_adapt(config: AdaptConfig, echo: Callable[[str], None] = print, *, befor
     trainer = Trainer(train_config, encoder, pairs)
     model_dir = trainer.train()
     timings["train_s"] = round(time.perf_counter() - started, 1)
-    echo(f"model saved to {model_dir} (loads with SentenceTransformer('{model_dir}'))")
+    if eval_length != encoder.max_seq_length:  # the trainer saved its training length; users get the evaluated one
+        encoder.max_seq_length = eval_length
+        encoder.save(model_dir)
+    echo(f"model saved to {model_dir} with max_seq_length {eval_length} (trained at {config.max_seq_length}; "
+         f"loads with SentenceTransformer('{model_dir}'))")
 
     results: dict = {"config": asdict(config), "documents": len(documents), "pairs": len(pairs),
                      "steps": trainer.total_steps, "model_dir": str(model_dir), "eval_max_seq_length": eval_length,

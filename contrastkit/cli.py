@@ -292,29 +292,40 @@ def eval_(
     if not any(grade > 0 for judged in dataset.qrels.values() for grade in judged.values()):
         raise DataError("no judgement with a grade above 0: no query has a relevant document to find",
                         path=str(data / "qrels" / f"{split}.tsv"))
-    typer.echo(f"{data} [{split}]: {len(dataset.split_queries)} queries, {len(dataset.corpus)} documents")
+    queries = dataset.split_queries
+    scored = sum(any(grade > 0 for grade in dataset.qrels.get(q, {}).values()) for q in queries)
+    unscored = f" ({scored} with a relevant document, which the metrics average over)" if scored < len(queries) else ""
+    typer.echo(f"{data} [{split}]: {len(queries)} queries{unscored}, {len(dataset.corpus)} documents")
+    lengths: dict[str, int] = {}
 
     def run(name: str):
-        return evaluate_retrieval(_load_encoder(name, max_seq_length), dataset, ks, batch_size=batch_size)
+        encoder = _load_encoder(name, max_seq_length)
+        lengths[name] = encoder.max_seq_length
+        typer.echo(f"{name}: texts cut at {encoder.max_seq_length} tokens")
+        return evaluate_retrieval(encoder, dataset, ks, batch_size=batch_size)
 
     results = {model: run(model)}
     compare_name = None
     if compare:
         compare_name = compare if compare != model else f"{compare} (2)"
         results[compare_name] = run(compare)
+        if lengths[compare] != lengths[model]:
+            typer.echo(f"note: the two models cut texts at different lengths ({lengths[model]} and "
+                       f"{lengths[compare]} tokens); --max-seq-length N evaluates both at N")
     if baseline == "bm25":
         results["bm25"] = bm25_retrieval(dataset, ks)
     typer.echo(format_table({name: r.metrics for name, r in results.items()}))
 
     main = results[model]
-    payload = {**main.metrics, "model": model, "data": str(data), "split": split, "ks": ks,
-               "num_queries": main.num_queries}
+    payload = {**main.metrics, "model": model, "max_seq_length": lengths[model], "data": str(data), "split": split,
+               "ks": ks, "num_queries": main.num_queries}
     if compare_name:
         comparison = compare_results(main, results[compare_name])
         shown = {m: c for m, c in comparison.items() if m in HEADLINE_METRICS}
         typer.echo(f"\n{compare_name} vs {model}: per-query wins / losses")
         typer.echo(format_comparison(shown or comparison, model, compare_name))
-        payload["compare"] = {"model": compare, "metrics": results[compare_name].metrics, "per_metric": comparison}
+        payload["compare"] = {"model": compare, "max_seq_length": lengths[compare],
+                              "metrics": results[compare_name].metrics, "per_metric": comparison}
     if baseline == "bm25":
         payload["baselines"] = {"bm25": results["bm25"].metrics}
     payload["per_query"] = main.per_query

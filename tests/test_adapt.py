@@ -102,6 +102,11 @@ def test_cli_adapt_trains_saves_and_reports_before_after(monkeypatch, capsys, ti
     assert (out / "modules.json").is_file()
     changed = [not torch.equal(a, b) for a, b in zip(adapted.model.parameters(), base.model.parameters())]
     assert any(changed)
+    # the saved model gives the printed numbers: saved with the evaluation's length, not the training's 32
+    assert adapted.max_seq_length == results["eval_max_seq_length"] == base.max_seq_length != 32
+    from contrastkit.data import load_beir
+    from contrastkit.evaluate import evaluate_retrieval
+    assert evaluate_retrieval(adapted, load_beir(folder, "test")).metrics == pytest.approx(results["metrics"]["after"])
     retrieval = json.loads((out / "retrieval.json").read_text())  # the report gets the before / after
     assert set(retrieval["systems"]) == {"bm25", "before", "after"}
     assert retrieval["systems"]["after"]["label"] == "adapted (dropout)"

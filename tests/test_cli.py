@@ -146,6 +146,27 @@ def test_eval_writes_metrics_json_with_compare_and_bm25(monkeypatch, capsys, tin
     assert "bm25" in stdout and "2 queries, 4 documents" in stdout
 
 
+def test_eval_names_unscored_queries_and_unequal_lengths(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    data = make_beir(tmp_path / "beir")
+    (data / "queries.jsonl").write_text((data / "queries.jsonl").read_text() + '{"_id": "q3", "text": "drag"}\n')
+    (data / "qrels" / "test.tsv").write_text((data / "qrels" / "test.tsv").read_text() + "q3\td2\t0\n")
+    other = tmp_path / "short"
+    Encoder.from_pretrained(tiny_model_dir, max_seq_length=16).save(other)
+    out = tmp_path / "m.json"
+    code, stdout, err = run_cli(monkeypatch, capsys, "eval", "-m", tiny_model_dir, "-d", data, "--compare", other,
+                                "-o", out)
+    assert code == 0, err
+    assert "3 queries (2 with a relevant document, which the metrics average over)" in stdout
+    long = Encoder.from_pretrained(tiny_model_dir).max_seq_length
+    assert f"texts cut at {long} tokens" in stdout and "texts cut at 16 tokens" in stdout
+    assert f"cut texts at different lengths ({long} and 16 tokens)" in stdout
+    metrics = json.loads(out.read_text())
+    assert (metrics["num_queries"], metrics["max_seq_length"], metrics["compare"]["max_seq_length"]) == (2, long, 16)
+    code, stdout, err = run_cli(monkeypatch, capsys, "eval", "-m", tiny_model_dir, "-d", data, "--compare", other,
+                                "--max-seq-length", "16")
+    assert code == 0 and "different lengths" not in stdout
+
+
 def test_eval_bad_k_is_a_usage_error(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "eval", "-d", make_beir(tmp_path / "b"), "--k", "ten")
     assert code == 2 and "--k takes comma-separated whole numbers" in err
