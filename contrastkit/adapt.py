@@ -23,6 +23,7 @@ from contrastkit.data.corpus import Document, read_documents
 from contrastkit.data.selfsup import STRATEGIES, self_supervised_pairs
 from contrastkit.data.subset import sample_indices
 from contrastkit.errors import ConfigError
+from contrastkit.files import save_files_whole, write_text_whole
 from contrastkit.train.config import TrainConfig
 
 ADAPT_METRICS = ("ndcg@10", "recall@10", "mrr@10")
@@ -135,7 +136,7 @@ def run_adapt(config: AdaptConfig, echo: Callable[[str], None] = print, *, befor
     timings["train_s"] = round(time.perf_counter() - started, 1)
     if eval_length != encoder.max_seq_length:  # the trainer saved its training length; users get the evaluated one
         encoder.max_seq_length = eval_length
-        encoder.save(model_dir)
+        save_files_whole(model_dir, encoder.save)
     echo(f"model saved to {model_dir} with max_seq_length {eval_length} (trained at {config.max_seq_length}; "
          f"loads with SentenceTransformer('{model_dir}'))")
 
@@ -156,7 +157,7 @@ def run_adapt(config: AdaptConfig, echo: Callable[[str], None] = print, *, befor
         results["ndcg@10_change"] = change
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "adapt_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_whole(out / "adapt_results.json", json.dumps(results, indent=2) + "\n")
     if test is not None and config.report:  # the trainer's report, now with the before/after retrieval
         from contrastkit.evaluate import bm25_retrieval
         from contrastkit.report import write_report_or_note

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,6 +47,16 @@ def _writable(path: Path, option: str, *, folder: bool = False) -> Path:
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise typer.BadParameter(f"{blocking} is a file, so {path} cannot be written", param_hint=option)
+    # outputs are written beside their target and renamed (contrastkit/files.py): try that folder, or
+    # the nearest one that exists, with a probe file (permissions, a read-only disk, /proc)
+    start = path if folder and path.is_dir() else path.parent
+    existing = next(p for p in (start, *start.parents) if p.exists())
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".contrastkit-probe-"):
+            pass
+    except OSError as exc:
+        raise typer.BadParameter(f"{path} cannot be written: {existing} does not take new files "
+                                 f"({exc.strerror or exc})", param_hint=option) from None
     return path
 
 
@@ -75,6 +86,8 @@ def encode(
         raise typer.BadParameter("give either --text (one or more) or --input FILE, not both")
     if not text and not input:
         raise typer.BadParameter("give --text (one or more) or --input FILE")
+    if output.is_dir():
+        raise typer.BadParameter(f"{output} is a folder; give a file name", param_hint="--output")
     output = output if output.suffix == ".npy" else output.with_name(output.name + ".npy")  # as np.save names it
     _writable(output, "--output")
     texts = read_texts(input, field) if input else _non_empty(list(text), "--text")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contrastkit.files import write_text_whole
+
 DEMO_DIR = Path(__file__).resolve().parent / "demo_data" / "cranfield"
 TABLE_METRICS = ("ndcg@10", "recall@10", "mrr@10", "recall@100")
 
@@ -146,7 +148,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     results = {"config": asdict(config), "metrics": rows, "ndcg@10_change": change, "timings": timings,
                "mining": summary.to_dict(), "training_steps": trainer.total_steps}
     output.mkdir(parents=True, exist_ok=True)
-    (output / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_whole(output / "demo_results.json", json.dumps(results, indent=2) + "\n")
     for role, result, label, step in (("bm25", bm25, "BM25", None), ("before", before, "base model", 0),
                                       ("after", after, "fine-tuned", trainer.total_steps)):
         record_retrieval(output, role, result, test, label=label, step=step)

@@ -30,3 +30,14 @@ class ModelLoadError(ContrastkitError, ValueError):
 
 class ConfigError(ContrastkitError, ValueError):
     """A training or evaluation configuration is invalid."""
+
+
+def parse_error_text(exc: Exception) -> str:
+    """A YAML or TOML parse error in one line: "line 3, column 7: <problem>" where the parser marks it
+    (PyYAML's own message spans lines and names "<unicode string>" instead of the file)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        problem = getattr(exc, "problem", None) or "cannot parse"
+        context = getattr(exc, "context", None)
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+    return "cannot parse: " + " ".join(str(exc).split())

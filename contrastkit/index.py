@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from contrastkit.errors import ConfigError
+from contrastkit.files import default_file_mode
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 # Below this many vectors exact search takes well under a millisecond per query on 2 cores, and
@@ -133,6 +134,7 @@ class VectorIndex:
         os.close(fd)
         try:
             faiss.write_index(self.index, tmp)
+            os.chmod(tmp, default_file_mode())  # mkstemp's 0600 would hide the index from other users
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -256,8 +256,18 @@ def test_output_paths_that_cannot_be_written_are_refused_before_the_model_loads(
         (["adapt", "-c", beir, "-o", a_file], "is a file; give a folder"),
         (["demo", "-o", a_file / "sub"], f"{a_file} is a file, so {a_file / 'sub'} cannot be written"),
         (["report", tmp_path, "-o", tmp_path], "is a folder; give a file name"),
+        (["encode", "-t", "x", "-o", tmp_path / "folder"], "is a folder; give a file name"),  # not folder.npy
+        # a place that takes no new files (even for root): refused before any work, naming the path given
+        (["eval", "-d", beir, "-o", "/proc/m.json"], "/proc/m.json cannot be written: /proc does not take new files"),
+        (["mine", "-d", pairs, "-o", "/proc/sub/x.jsonl"], "/proc/sub/x.jsonl cannot be written: /proc does not"),
+        (["encode", "-t", "x", "-o", "/proc/x.npy"], "/proc/x.npy cannot be written"),
+        (["search", "q", "-c", beir / "corpus.jsonl", "--index", "/proc/idx"], "/proc/idx cannot be written"),
+        (["train", "-m", "default", "-d", pairs, "-o", "/proc/run"], "/proc/run cannot be written"),
+        (["adapt", "-c", beir, "-o", "/proc/run"], "/proc/run cannot be written"),
+        (["report", tmp_path, "-o", "/proc/r.html"], "/proc/r.html cannot be written"),
     ]
     (tmp_path / "d.npy").mkdir()
+    (tmp_path / "folder").mkdir()
     for args, message in cases:
         code, _, err = run_cli(monkeypatch, capsys, *args)
         assert code == 2 and message in err, (args, err)

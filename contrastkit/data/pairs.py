@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from contrastkit.data.validate import check_object, check_text, check_text_list, pick_field
 from contrastkit.errors import DataError
+from contrastkit.files import write_whole
 from contrastkit.jsonl import iter_jsonl, iter_text_lines, require_file
 
 ANCHOR = ("anchor", "query")
@@ -207,16 +206,8 @@ def pairs_from_dataset(dataset, *, name: str = "dataset") -> list[Pair]:
 
 # ---------------------------------------------------------------------- writer
 def write_pairs(pairs: Iterable[Pair], path: str | Path) -> Path:
-    """Write pairs as JSONL (see `Pair.to_dict`), atomically: a temp file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for pair in pairs:
-                handle.write(json.dumps(pair.to_dict(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write pairs as JSONL (see `Pair.to_dict`), whole: a hidden file renamed into place (`write_whole`)."""
+    def write(handle) -> None:
+        for pair in pairs:
+            handle.write((json.dumps(pair.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
+    return write_whole(path, write)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contrastkit.errors import ContrastkitError
+from contrastkit.files import write_text_whole
 
 REPORT_FILE = "report.html"
 
@@ -26,8 +27,7 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
 
     run = collect_run(run_dir)
     target = Path(output) if output is not None else run.run_dir / REPORT_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_report(run), encoding="utf-8")
+    write_text_whole(target, render_report(run))
     return target
 
 

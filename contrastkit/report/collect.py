@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from contrastkit.data.validate import type_name
-from contrastkit.errors import DataError
+from contrastkit.errors import DataError, parse_error_text
 from contrastkit.jsonl import iter_jsonl
 from contrastkit.report import ReportError
 from contrastkit.report.record import ENVIRONMENT_FILE, RETRIEVAL_FILE, SIMILARITIES_FILE, read_json
@@ -98,7 +98,7 @@ def read_config(path: Path) -> dict:
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from exc
+        raise ReportError(f"{path}: not valid YAML ({parse_error_text(exc)})") from exc
     if config is not None and not isinstance(config, dict):
         raise ReportError(f"{path}: expected a mapping of settings, got {type_name(config)}")
     return config or {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import sys
 import types
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, parse_error_text
 
 LOSSES = ("infonce", "contrastive", "triplet")
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -148,6 +149,8 @@ class TrainConfig:
             bad(f"attention_dropout must be in [0, 1) (or null); got {self.attention_dropout}")
         if self.num_hard_negatives < 0:
             bad(f"num_hard_negatives must be >= 0; got {self.num_hard_negatives}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            bad("tensorboard = true needs the tensorboard package (pip install tensorboard)")
         if self.health_sample < 0:
             bad(f"health_sample must be >= 0 (0: no health signals); got {self.health_sample}")
         if check_files:
@@ -228,16 +231,18 @@ def _check_metric_for_best(name: str) -> None:
 def _read_file(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' " + ("is a folder" if path.is_dir() else "does not exist"))
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
             import tomllib
 
             data = tomllib.loads(text)
         else:
             data = yaml.safe_load(text) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError
-        raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+        raise ConfigError(f"{path}: {parse_error_text(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
     return data

@@ -45,6 +45,7 @@ from contrastkit.devices import to_device
 from contrastkit.errors import ConfigError
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.fast_linear import use_fast_linear
+from contrastkit.files import save_files_whole, write_text_whole
 from contrastkit.losses import info_nce
 from contrastkit.towers import SIDES, DualEncoder, ModuleTower, TextTower
 from contrastkit.train.checkpoint import (checkpoint_due, drop_log_records_after, list_checkpoints,
@@ -237,14 +238,15 @@ class DualTrainer:
         config, main = self.config, self.dist.is_main
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         torch.manual_seed(config.seed + self.dist.rank)
         self.nonfinite_in_a_row = 0
         if resume:
-            self._resume()
+            self._resume()  # first: a checkpoint this run cannot take stops it with the old run's files intact
         elif main:  # a fresh run: an old run's checkpoints must never be resumed into this one
             for stale in list_checkpoints(self.checkpoint_dir):
                 shutil.rmtree(stale)
+        if main:
+            write_text_whole(self.output_dir / "train_config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         barrier(self.dist)
         self.model.train()
         log = (self.output_dir / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8") if main else None
@@ -286,7 +288,7 @@ class DualTrainer:
         leave_ranks(self.dist)
         self.model.eval()
         if main:
-            self.model.save(self.output_dir)
+            save_files_whole(self.output_dir, self.model.save)  # each file whole, even if killed mid-save
         return self.output_dir
 
     @property

@@ -31,6 +31,7 @@ from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.fast_linear import onednn_linear_enabled, use_fast_linear
+from contrastkit.files import save_files_whole, write_text_whole
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.packing import PackPlan, plan_packing, sparse_gradient_parameters
 from contrastkit.report.record import clear_records, record_environment, record_similarities
@@ -177,8 +178,6 @@ class Trainer:
                               f"{config.dtype}: load the encoder in {config.dtype} (Encoder.from_pretrained(..., "
                               f"torch_dtype=torch.{config.dtype})) or set dtype to match it")
         if evaluator is None and config.eval_data:  # read and checked here, before any training
-            from contrastkit.train.evaluation import RetrievalEvaluator
-
             evaluator = RetrievalEvaluator.from_folder(config.eval_data, config.eval_split)
         if config.eval_every and evaluator is None:
             raise ConfigError("eval_every is set but there is nothing to evaluate with: set eval_data (a BEIR "
@@ -445,17 +444,19 @@ class Trainer:
         config, main = self.config, self.dist.is_main
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        torch.manual_seed(config.seed + self.dist.rank)
+        if resume:
+            self._resume()  # first: a checkpoint this run cannot take stops it with the old run's records intact
+        elif main:  # a fresh run: an old run's checkpoints and best model must never pass for this one's
+            for stale in list_checkpoints(self.checkpoint_dir):
+                shutil.rmtree(stale)
+            shutil.rmtree(self.output_dir / "best", ignore_errors=True)
+            clear_records(self.output_dir)
+        if main:
+            write_text_whole(self.output_dir / "train_config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
             record_environment(self.output_dir, model=str(self.encoder.name_or_path), device=str(self.device),
                                world_size=self.dist.world_size, cpu_streams=self.streams,
                                precision=self.precision)  # as resolved: `bf16: null` is never written here
-        torch.manual_seed(config.seed + self.dist.rank)
-        if resume:
-            self._resume()
-        elif main:  # a fresh run: an old run's checkpoints must never be resumed into this one
-            for stale in list_checkpoints(self.checkpoint_dir):
-                shutil.rmtree(stale)
-            clear_records(self.output_dir)
         barrier(self.dist)
         if self.device.type == "cpu":
             own_memory(self.encoder)
@@ -487,7 +488,7 @@ class Trainer:
         leave_ranks(self.dist)
         self.encoder.eval()
         if main:
-            self.encoder.save(self.output_dir)
+            save_files_whole(self.output_dir, self.encoder.save)  # each file whole, even if killed mid-save
             self._write_report()
         # the weights are now those of the output folder: caches keyed by model must not see the old name
         self.encoder.name_or_path = str(self.output_dir)

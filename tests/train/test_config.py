@@ -31,7 +31,9 @@ def test_yaml_and_toml_load_with_overrides(tmp_path):
     ("data: {data}\nloss: contrastive\n", "the contrastive loss learns from dissimilar pairs"),
     ("data: {data}\ntemperature: 0\n", "temperature must be > 0"),
     ("- a\n- b\n", "c.yaml: expected a mapping of keys to values"),
-    ("data: [unclosed\n", "c.yaml: cannot parse"),
+    ("data: [unclosed\n", "c.yaml: line 2, column 1: expected ',' or ']', but got '<stream end>'"),
+    ("lr: 1\n  bad: : x\n", "c.yaml: line 2, column 6: mapping values are not allowed here"),
+    ("data: {data}\ntensorboard: true\n", "tensorboard = true needs the tensorboard package"),
     ("data: [{data}, {data}/gone.jsonl]\n", "c.yaml: data file '{data}/gone.jsonl' does not exist"),
     ("data: [{data}, 3]\n", "c.yaml: data must be a path or a list of paths; got ["),
     ("data: {{a: 1}}\n", "c.yaml: key 'data' must be str or list; got dict"),
@@ -39,11 +41,24 @@ def test_yaml_and_toml_load_with_overrides(tmp_path):
     ("data: {data}\nattention_dropout: 1.5\n", "c.yaml: attention_dropout must be in [0, 1) (or null); got 1.5"),
     ("data: {data}\ncheckpoint_every: 0\n", "c.yaml: checkpoint_every must be at least 1 (or null); got 0"),
 ])
-def test_bad_configs_are_refused_before_training(tmp_path, text, message):
+def test_bad_configs_are_refused_before_training(tmp_path, monkeypatch, text, message):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec  # whether or not tensorboard is installed here
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
     path = write(tmp_path, "c.yaml", text.format(data=tmp_path))
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert message.format(data=tmp_path) in str(err.value)
+
+
+def test_a_toml_parse_error_and_a_file_not_in_utf8_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.toml: cannot parse: .*line 1"):
+        load_config(write(tmp_path, "c.toml", "data = \n"))
+    (tmp_path / "l.yaml").write_bytes("data: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="l.yaml: not UTF-8 text"):
+        load_config(tmp_path / "l.yaml")
 
 
 def test_missing_config_file(tmp_path):

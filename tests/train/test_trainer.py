@@ -303,6 +303,26 @@ def test_a_fresh_run_in_an_old_folder_starts_clean(tiny_model_dir, tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3, 4]
 
 
+def test_an_old_best_model_does_not_survive_a_fresh_run(tiny_model_dir, tmp_path):
+    seen = iter([0.2, 0.5])
+    Trainer(config(tmp_path, max_steps=4, eval_every=2), Encoder.from_pretrained(tiny_model_dir), make_pairs(),
+            evaluator=lambda encoder: {"ndcg@10": next(seen)}).train()
+    assert (tmp_path / "run" / "best").is_dir()
+    Trainer(config(tmp_path, max_steps=4), Encoder.from_pretrained(tiny_model_dir), make_pairs()).train()
+    assert not (tmp_path / "run" / "best").exists()  # it was the other run's
+
+
+def test_a_resume_the_checkpoint_refuses_leaves_the_run_as_it_was(tiny_model_dir, tmp_path):
+    Trainer(config(tmp_path, max_steps=4, checkpoint_every=2), Encoder.from_pretrained(tiny_model_dir),
+            make_pairs()).train()
+    run = tmp_path / "run"
+    before = {name: (run / name).read_bytes() for name in ("train_config.yaml", "environment.json", "metrics.jsonl")}
+    with pytest.raises(ConfigError, match="the checkpoint was made for 4 steps, this run has 6"):
+        Trainer(config(tmp_path, max_steps=6, checkpoint_every=2, lr=5e-4), Encoder.from_pretrained(tiny_model_dir),
+                make_pairs()).train(resume=True)
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
 def test_group_by_source_keeps_each_batch_to_one_data_set(tiny_model_dir, tmp_path):
     from contrastkit.train import load_training_pairs
 
