@@ -355,6 +355,8 @@ def demo(
     model: ModelOption = "default",
     output_dir: Annotated[str, typer.Option("--output", "-o", help="where the model and results go")] = "demo_output",
     epochs: Annotated[Optional[int], typer.Option(min=1, help="fine-tuning epochs (default 3; --quick 1)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=2, help="training pairs per step (default 64; --quick 32)")] = None,
     seed: Annotated[int, typer.Option(help="seed of mining, batching and dropout: rerun to see the spread")] = 0,
     bf16: Annotated[Optional[bool], typer.Option(
         "--bf16/--fp32", help="training precision (default: bf16 autocast where the hardware multiplies bf16, "
@@ -367,6 +369,8 @@ def demo(
     settings = dict(model=model, output_dir=output_dir, pairs=pairs, seed=seed, bf16=bf16)
     if epochs:
         settings["epochs"] = epochs
+    if batch_size:
+        settings["batch_size"] = batch_size
     if data:
         settings["data"] = data
     config = DemoConfig.quick(**settings) if quick else DemoConfig(**settings)

@@ -110,12 +110,12 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     lap("mine_s")
     encoder.max_seq_length = config.train_max_seq_length
 
-    how = (f"gradient caching (mini-batch {config.mini_batch_size})" if config.mini_batch_size
-           else "length-sorted chunks, no caching")
+    mini = min(config.mini_batch_size, config.batch_size) if config.mini_batch_size else None  # a smaller batch
+    how = f"gradient caching (mini-batch {mini})" if mini else "length-sorted chunks, no caching"
     settings = dict(
         data="(in memory)", output_dir=str(output / "model"), max_seq_length=config.train_max_seq_length,
         loss="infonce", temperature=config.temperature, num_hard_negatives=config.num_hard_negatives,
-        batch_size=config.batch_size, mini_batch_size=config.mini_batch_size, epochs=config.epochs,
+        batch_size=config.batch_size, mini_batch_size=mini, epochs=config.epochs,
         max_steps=config.max_steps, lr=config.lr, bf16=config.bf16, seed=config.seed,
         attention_dropout=config.attention_dropout,
         checkpoint_every=50, report=False)  # the demo's report, with its own before/after, goes in output
@@ -123,7 +123,11 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     masked = " (a query's other relevant documents masked)" if train_config.mask_known_positives else ""
     echo(f"\n[3/5] fine-tuning: InfoNCE (τ={train_config.temperature}), in-batch + hard negatives{masked}, "
          f"batch {train_config.batch_size} with {how}")
-    trainer = Trainer(train_config, encoder, mined)
+    try:
+        trainer = Trainer(train_config, encoder, mined)
+    except ConfigError as exc:  # the demo's flags, not the trainer's settings, are what the user can change
+        raise ConfigError(f"{exc} (the demo's batch size is {train_config.batch_size}: "
+                          f"contrastkit demo --batch-size N)") from exc
     echo(f"      {trainer.precision} on {trainer.device}"
          + (" (the hardware multiplies bf16; --fp32 or bf16=False: fp32)" if trainer.bf16 and config.bf16 is None
             else ""))

@@ -292,8 +292,9 @@ class MiningSummary:
                  f"documents, {self.index} index, top {self.k}",
                  f"  candidates retrieved   {self.candidates:>12,}"]
         lines += [f"  removed: {name:<15} {count:>10,}" for name, count in self.removed.items()]
-        lines.append(f"  negatives kept         {self.negatives:>12,}  ({self.short:,} pairs got fewer than "
-                     f"{self.num_negatives}, {self.without:,} got none)")
+        short = (f"{self.without:,} pairs got none" if self.num_negatives == 1 else
+                 f"{self.short:,} pairs got fewer than {self.num_negatives}, {self.without:,} got none")
+        lines.append(f"  negatives kept         {self.negatives:>12,}  ({short})")
         lines.append(f"  time: encode corpus {t.get('encode_corpus_s', 0):.1f} s "
                      f"({'cached' if self.cache_hit else 'encoded'}), encode anchors "
                      f"{t.get('encode_anchors_s', 0):.1f} s, index {t.get('index_s', 0):.1f} s, "

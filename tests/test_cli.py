@@ -228,6 +228,14 @@ def test_demo_precision_flags_reach_the_demo(monkeypatch, capsys, flag, expected
     assert code == 0 and seen[0].bf16 is expected
 
 
+def test_demo_batch_size_flag_reaches_the_demo(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr("contrastkit.demo.run_demo", lambda config, echo: seen.append(config))
+    assert run_cli(monkeypatch, capsys, "demo", "--quick", "--batch-size", "8")[0] == 0
+    assert run_cli(monkeypatch, capsys, "demo")[0] == 0
+    assert [c.batch_size for c in seen] == [8, 64]
+
+
 @pytest.fixture
 def no_model(monkeypatch):
     """Loading a model fails the test: the checks under test must come before it."""

@@ -86,3 +86,21 @@ def test_train_overrides_reach_the_trainer_and_unknown_ones_stop_first(tiny_mode
     assert used["mask_known_positives"] is False and used["symmetric"] is True and used["batch_size"] == 4
     step = next(line for line in lines if line.startswith("\n[3/5]"))
     assert "masked" not in step and "batch 4 " in step
+
+
+def test_a_batch_the_data_cannot_fill_names_the_demos_flag_and_a_small_one_runs(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    import pytest
+
+    from contrastkit.errors import ConfigError
+
+    monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path / "cache"))
+    data = make_beir(tmp_path / "beir")
+    base = dict(data=str(data), model=str(tiny_model_dir), max_seq_length=32, train_max_seq_length=32,
+                max_steps=1, mine_range="0:20", relative_margin=None)
+    with pytest.raises(ConfigError, match=r"fewer than batch_size 64 \(the demo's batch size is 64: contrastkit "
+                                          r"demo --batch-size N\)"):
+        run_demo(DemoConfig(**base, output_dir=str(tmp_path / "big")), echo=lambda line: None)
+    lines = []
+    run_demo(DemoConfig(**base, output_dir=str(tmp_path / "small"), batch_size=4), echo=lines.append)  # mini 16 > 4
+    assert any("batch 4 with gradient caching (mini-batch 4)" in line for line in lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -151,6 +152,17 @@ def check_examples(examples: Sequence, config: TrainConfig) -> None:
             raise ConfigError(f"training pair {i + 1} has {len(ex.negatives)} negatives but the {config.loss} "
                               f"loss takes exactly num_hard_negatives = {k}; mine negatives first "
                               f"(contrastkit mine) or drop such pairs")
+
+
+@contextlib.contextmanager
+def _saying(progress, what: str):
+    """The progress bar's label says `what` while the block runs (work between steps), then goes back."""
+    label = progress.desc
+    progress.set_description_str(what, refresh=True)
+    try:
+        yield
+    finally:
+        progress.set_description_str(label, refresh=True)
 
 
 def own_memory(module: nn.Module) -> None:
@@ -467,7 +479,8 @@ class Trainer:
                         disable=not (config.show_progress and main), dynamic_ncols=True)
         try:
             if main and self.step == 0:
-                self._before_training(log, writer)
+                with _saying(progress, "training (evaluating before the first step)"):
+                    self._before_training(log, writer)
             self._loop(log, writer, progress)
         except (dist.DistError, RuntimeError) as exc:
             if not self.dist.enabled or isinstance(exc, ContrastkitError):
@@ -496,7 +509,7 @@ class Trainer:
 
     def _loop(self, log, writer, progress) -> None:
         config = self.config
-        pairs_seen, started = 0, time.perf_counter()
+        pairs_seen, stepping_s = 0, 0.0  # the steps' own time: evaluations and checkpoints are not training speed
         while self.step < self.total_steps:
             epoch, position = self._locate(self.step)
             batch = self._batches(epoch)[position]
@@ -506,19 +519,23 @@ class Trainer:
             record = self._optimizer_step(loss)
             self.step += 1
             pairs_seen += len(batch)
-            record.update(step=self.step, epoch=epoch, pairs_per_s=len(batch) / (time.perf_counter() - t0))
+            step_s = time.perf_counter() - t0
+            stepping_s += step_s
+            record.update(step=self.step, epoch=epoch, pairs_per_s=len(batch) / step_s)
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}", tau=f"{record['temperature']:.4f}",
-                                 pairs_s=f"{pairs_seen / (time.perf_counter() - started):.1f}")
+                                 pairs_s=f"{pairs_seen / stepping_s:.1f}")
             if log is not None and (self.step % config.log_every == 0 or self.step == self.total_steps):
                 self._log(log, writer, record)
             final = self.step == self.total_steps
             if self.dist.is_main and self.evaluator and (
                     (config.eval_every and self.step % config.eval_every == 0)
                     or (final and isinstance(self.evaluator, RetrievalEvaluator))):
-                self._evaluate(log, writer)
+                with _saying(progress, "training (evaluating)"):  # an evaluation may take a minute
+                    self._evaluate(log, writer)
             if self.dist.is_main and (self.step % self.health_every == 0 or final):
-                self._record_health(log, writer)
+                with _saying(progress, "training (embedding health)"):
+                    self._record_health(log, writer)
             if checkpoint_due(self.step, self.total_steps, config.checkpoint_every):
                 self._checkpoint(epoch, position + 1)
 

@@ -303,6 +303,43 @@ def test_a_fresh_run_in_an_old_folder_starts_clean(tiny_model_dir, tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3, 4]
 
 
+def test_the_progress_bar_says_when_it_evaluates_and_its_speed_leaves_evaluations_out(tiny_model_dir, tmp_path,
+                                                                                      monkeypatch):
+    bars = []
+
+    class Bar:  # stands in for tqdm: records what the bar says
+        def __init__(self, *args, desc="", **kwargs):
+            self.desc, self.postfix = desc, {}
+            bars.append(self)
+
+        def set_description_str(self, text, refresh=True):
+            self.desc = text
+
+        def set_postfix(self, **values):
+            self.postfix = values
+
+        def update(self, n=1):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("contrastkit.train.trainer.tqdm", Bar)
+    said = []
+
+    def slow_evaluator(encoder):
+        said.append(bars[0].desc)
+        time.sleep(0.5)  # an evaluation far longer than a tiny step
+        return {"ndcg@10": 0.1}
+
+    Trainer(config(tmp_path, max_steps=4, eval_every=2, checkpoint_every=None), Encoder.from_pretrained(tiny_model_dir),
+            make_pairs(), evaluator=slow_evaluator).train()
+    assert said == ["training (evaluating)"] * 2 and bars[0].desc == "training"
+    steps = step_records(tmp_path / "run" / "metrics.jsonl")
+    slowest_step = min(r["pairs_per_s"] for r in steps)
+    assert float(bars[0].postfix["pairs_s"]) >= 0.9 * slowest_step  # not dragged down by the 1 s of evaluations
+
+
 def test_an_old_best_model_does_not_survive_a_fresh_run(tiny_model_dir, tmp_path):
     seen = iter([0.2, 0.5])
     Trainer(config(tmp_path, max_steps=4, eval_every=2), Encoder.from_pretrained(tiny_model_dir), make_pairs(),
