@@ -317,9 +317,15 @@ def test_bad_input_is_refused_before_the_model_loads(monkeypatch, capsys, tmp_pa
 
 def test_a_place_the_file_system_refuses_is_one_line_not_a_traceback(monkeypatch, capsys, tmp_path, no_model):
     pairs = write_jsonl(tmp_path / "p.jsonl", [{"anchor": "a", "positive": "b"}] * 8)
-    code, _, err = run_cli(monkeypatch, capsys, "train", "-m", "default", "-d", pairs, "-o", "/proc/contrastkit-run",
+    out = tmp_path / "run"
+
+    def refused(self, *args, **kwargs):  # the probe passed, then the file system said no
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    code, _, err = run_cli(monkeypatch, capsys, "train", "-m", "default", "-d", pairs, "-o", out,
                            "--set", "batch_size=4")
-    assert code == 1 and err.startswith("error: ") and "/proc/contrastkit-run" in err and "Traceback" not in err
+    assert code == 1 and err.startswith("error: ") and str(out) in err and "Traceback" not in err
 
 
 def test_encode_failing_midway_leaves_the_old_file_whole(monkeypatch, capsys, tiny_model_dir, tmp_path):

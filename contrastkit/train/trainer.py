@@ -157,6 +157,9 @@ def check_examples(examples: Sequence, config: TrainConfig) -> None:
 @contextlib.contextmanager
 def _saying(progress, what: str):
     """The progress bar's label says `what` while the block runs (work between steps), then goes back."""
+    if getattr(progress, "disable", False):  # a disabled tqdm has no label
+        yield
+        return
     label = progress.desc
     progress.set_description_str(what, refresh=True)
     try:
