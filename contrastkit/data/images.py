@@ -71,7 +71,7 @@ def check_image(image: Path, *, relative: str, path: str | None = None, line: in
         raise DataError(f"image '{relative}' {what} (looked for {image})", path=path, line=line, field=field)
     try:
         with Image.open(image) as opened:
-            opened.verify()
+            opened.load()  # decodes the data too: verify() reads a JPEG's header only, not a file cut short
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"image '{relative}' cannot be read: {exc}", path=path, line=line, field=field) from exc
 
@@ -82,6 +82,19 @@ def load_image(image: str | Path):
 
     try:
         with Image.open(image) as opened:
+            if opened.mode.startswith("I;16") or opened.mode == "I":
+                return _sixteen_bit_to_rgb(opened)
             return opened.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read the image: {exc}", path=str(image)) from exc
+
+
+def _sixteen_bit_to_rgb(opened):
+    """A 16-bit grayscale image (Pillow's "I;16" or "I") as 8-bit RGB, 0-65535 scaled to 0-255: Pillow's
+    own convert("RGB") clips every value above 255 to white."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(opened, dtype=np.float64)
+    gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")  # uint8, two axes: mode "L"

@@ -56,6 +56,30 @@ def test_an_unreadable_image_is_refused_before_training(tmp_path):
         load_image(record.image)
 
 
+def test_a_jpeg_cut_short_is_refused_before_training(tmp_path):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.effect_noise((128, 128), 64).convert("RGB").save(buffer, "JPEG", quality=95)
+    (tmp_path / "whole.jpg").write_bytes(buffer.getvalue())
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # its header is whole
+    read_image_captions(write_rows(tmp_path / "ok.jsonl", [{"image": "whole.jpg", "caption": "noise"}]))
+    with pytest.raises(DataError, match=r"line 1: field \"image\": image 'cut.jpg' cannot be read"):
+        read_image_captions(write_rows(tmp_path / "c.jsonl", [{"image": "cut.jpg", "caption": "noise"}]))
+
+
+def test_a_sixteen_bit_grayscale_image_keeps_its_values(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    values = np.array([[0, 40000], [65535, 257 * 100]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    rgb = np.asarray(load_image(tmp_path / "deep.png"))
+    assert rgb.shape == (2, 2, 3) and rgb[..., 0].tolist() == [[0, 156], [255, 100]]  # not all white
+
+
 @pytest.mark.parametrize("row, expected", [
     ({"caption": "a cat"}, 'field "image": is missing'),
     ({"image": "a.png"}, 'field "caption": is missing'),
