@@ -113,13 +113,41 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int,
 
 
 
+def exact_trec_top(queries: np.ndarray, docs: np.ndarray, query_ids: Sequence[str], doc_ids: Sequence[str],
+                   k: int, max_chunk_elements: int = 1 << 25) -> dict[str, list[tuple[str, float]]]:
+    """The k best docs per query by inner product, ties at the cut broken as trec_eval orders them.
+
+    `torch.topk` keeps an arbitrary few of the documents tied at the k-th score, so the same model
+    could score differently at @10 depending on how deep the search went (duplicate documents, empty
+    ones). Here every document scoring at least the k-th score is a candidate, and candidates are
+    ranked by (score, doc id) descending, the order pytrec_eval gives a run, before the cut.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    docs = np.ascontiguousarray(docs, dtype=np.float32)
+    k = min(k, docs.shape[0])
+    out: dict[str, list[tuple[str, float]]] = {}
+    if k == 0:
+        return {qid: [] for qid in query_ids}
+    d = torch.from_numpy(docs)
+    step = max(1, max_chunk_elements // max(1, docs.shape[0]))
+    for start in range(0, len(query_ids), step):
+        scores = torch.from_numpy(queries[start:start + step]) @ d.T
+        kth = torch.topk(scores, k, dim=1).values[:, -1:]
+        for row, qid in enumerate(query_ids[start:start + step]):
+            row_scores = scores[row].numpy()
+            candidates = np.flatnonzero(row_scores >= kth[row, 0].item())
+            out[qid] = _trec_order((doc_ids[j], float(row_scores[j])) for j in candidates)[:k]
+    return out
+
+
 def retrieve(query_embeddings: np.ndarray, doc_embeddings: np.ndarray, query_ids: Sequence[str],
              doc_ids: Sequence[str], k: int, *, score: str = "cos",
              exact_threshold: int = 100_000) -> dict[str, list[tuple[str, float]]]:
     """Top-k docs per query as (doc id, score), best first.
 
     query_embeddings [Q, D], doc_embeddings [N, D]; score "cos" (cosine) or "dot" (inner product).
-    Corpora of more than exact_threshold docs are searched with contrastkit.index.VectorIndex.
+    Up to exact_threshold docs, an exact search whose ties at the cut follow trec_eval's order
+    (`exact_trec_top`); larger corpora are searched with contrastkit.index.VectorIndex.
     """
     if score not in ("cos", "dot"):
         raise ValueError(f'score must be "cos" or "dot", got {score!r}')
@@ -131,7 +159,7 @@ def retrieve(query_embeddings: np.ndarray, doc_embeddings: np.ndarray, query_ids
     if score == "cos":
         q, d = l2_normalize(q), l2_normalize(d)
     if len(doc_ids) <= exact_threshold:
-        scores, idx = exact_search(q, d, k)
+        return exact_trec_top(q, d, query_ids, doc_ids, k)
     else:
         from contrastkit.index import VectorIndex  # faiss only when the corpus is large
 

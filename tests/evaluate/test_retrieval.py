@@ -73,6 +73,27 @@ def test_exact_search_matches_naive_and_chunking_changes_nothing():
     assert exact_search(q, d[:3], 10)[1].shape == (37, 3)
 
 
+def test_ties_at_the_cut_follow_trec_order_whatever_the_depth():
+    """31 documents with the same embedding, the relevant one ("z") sorting first by id, as trec_eval ranks
+    ties: torch.topk alone kept an arbitrary 10 of them, so @10 depended on how deep the search went."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((3, 8)).astype(np.float32)
+    d = np.repeat(rng.standard_normal((1, 8)).astype(np.float32), 31, axis=0)
+    doc_ids = [f"d{i:02d}" for i in range(30)] + ["z"]
+    qids = ["a", "b", "c"]
+    everything = retrieve(q, d, qids, doc_ids, 31)
+    for qid in qids:
+        if len({score for _, score in everything[qid]}) == 1:  # the product gave exact ties (BLAS may not)
+            assert [doc for doc, _ in everything[qid]] == sorted(doc_ids, reverse=True)
+    for k in (1, 10, 30):  # whatever the depth, the same prefix of the trec order of the same scores
+        assert retrieve(q, d, qids, doc_ids, k) == {qid: everything[qid][:k] for qid in qids}, k
+    distinct = rng.standard_normal((200, 8)).astype(np.float32)  # no ties: exactly exact_search's top k
+    ids = [f"x{i}" for i in range(200)]
+    run = retrieve(q, distinct, qids, ids, 7, score="dot")
+    _, top = exact_search(q, distinct, 7)
+    assert all([doc for doc, _ in run[qid]] == [ids[j] for j in top[i]] for i, qid in enumerate(qids))
+
+
 def test_large_corpora_go_through_the_vector_index(monkeypatch):
     built = []
 
