@@ -189,7 +189,9 @@ def embedding_health(anchors: Any, positives: Any, groups: Sequence[Any] | None 
 
     anchors [N, D], positives [N, D] (L2-normalised here first, as the paper assumes).
     alignment over the pairs; uniformity = mean of the uniformity of anchors and of positives
-    (Wang & Isola's training objective); effective rank of anchors and positives stacked.
+    (Wang & Isola's training objective), the anchors counted once per group when `groups` says which
+    pairs share one (an anchor repeated would add pairs at distance 0 and pull uniformity towards
+    collapse); effective rank of anchors and positives stacked.
     Flags:
       "collapse": uniformity > collapse_uniformity (embeddings crowd into one point; 0 is total
         collapse, -3.98 is uniform on the 384-d sphere, all-MiniLM-L6-v2 sits at -2.6 to -3.4 on
@@ -199,9 +201,16 @@ def embedding_health(anchors: Any, positives: Any, groups: Sequence[Any] | None 
     """
     a, p = _normalize(_matrix(anchors, "anchors")), _normalize(_matrix(positives, "positives"))
     sim = positive_negative_similarity(a, p, groups)
+    distinct = a
+    if groups is not None:  # a query with several relevant documents is one point, not several at distance 0
+        first = {}
+        for i, group in enumerate(groups):
+            first.setdefault(group, i)
+        if len(first) >= 2:
+            distinct = a[torch.tensor(sorted(first.values()), device=a.device)]
     report = HealthReport(
         alignment=alignment(a, p, alpha),
-        uniformity=(uniformity(a, t) + uniformity(p, t)) / 2,
+        uniformity=(uniformity(distinct, t) + uniformity(p, t)) / 2,
         effective_rank=effective_rank(torch.cat([a, p])),
         n=a.shape[0], dim=a.shape[1], **sim)
     if report.uniformity > collapse_uniformity or report.effective_rank < collapse_rank:

@@ -117,6 +117,18 @@ def test_health_uniformity_averages_anchors_and_positives():
     assert embedding_health(anchors, positives, t=1.0).uniformity == pytest.approx((-2.0 + 0.0) / 2)
 
 
+def test_a_query_with_several_relevant_documents_counts_once_in_uniformity():
+    # Query e0 has three relevant documents, queries e1..e3 one each (pairs_from_beir's shape): with
+    # groups, the anchors' uniformity is that of the 4 distinct queries (-2t = -4), not of 6 rows
+    # in which e0 appears three times (pairs at distance 0).
+    anchors = np.eye(6)[[0, 0, 0, 1, 2, 3]]
+    positives = np.eye(6)
+    groups = ["q0", "q0", "q0", "q1", "q2", "q3"]
+    grouped = embedding_health(anchors, positives, groups)
+    assert grouped.uniformity == pytest.approx((-4.0 + -4.0) / 2)
+    assert embedding_health(anchors, positives).uniformity > grouped.uniformity + 0.3  # without groups: every row
+
+
 def test_health_effective_rank_counts_anchors_and_positives_together():
     # Anchors use directions e0, e1 and positives e2, e3: stacked they are a permuted 4 x 4
     # identity, so 4 directions are in use although each side alone spans only 2.
