@@ -104,8 +104,10 @@ def independent_crops(documents: Sequence[Document], *, seed: int = 0, augment: 
     """Contriever (Izacard et al. 2022): two independent random spans of each document.
 
     Each span's length is drawn uniformly in [min_ratio, max_ratio] × the document's words (at least
-    `min_words`) and its start uniformly among the positions where it fits. Documents shorter than
-    `min_words` words give no pair (their two crops would be the whole text twice).
+    `min_words`) and its start uniformly among the positions where it fits. Documents of `min_words`
+    words or fewer give no pair (their two crops would be the whole text twice); where the two spans
+    come out the same text, the second is drawn again (up to 10 times), else the document gives none.
+    Words are split on whitespace: text written without spaces (Chinese, Japanese) is one word.
     """
     if not 0 < min_ratio <= max_ratio <= 1:
         raise ConfigError(f"crop ratios need 0 < min_ratio <= max_ratio <= 1; got {min_ratio}, {max_ratio}")
@@ -113,14 +115,21 @@ def independent_crops(documents: Sequence[Document], *, seed: int = 0, augment: 
     pairs = []
     for doc in documents:
         words = _full_text(doc).split()
-        if len(words) < min_words:
+        if len(words) <= min_words:
             continue
-        crops = []
-        for _ in range(2):
+
+        def crop() -> str:
             length = min(len(words), max(min_words, round(rng.uniform(min_ratio, max_ratio) * len(words))))
             start = int(rng.integers(len(words) - length + 1))
-            crops.append(" ".join(words[start:start + length]))
-        pairs.append(_pair(doc, crops[0], crops[1], "crop", rng, augment))
+            return " ".join(words[start:start + length])
+
+        first, second = crop(), crop()
+        for _ in range(10):
+            if second != first:
+                break
+            second = crop()
+        if second != first:
+            pairs.append(_pair(doc, first, second, "crop", rng, augment))
     return pairs
 
 
@@ -134,8 +143,10 @@ def title_body(documents: Sequence[Document], *, seed: int = 0, augment: Augment
     pairs = []
     for doc in documents:
         body = doc.text
-        if doc.title and body.lower().startswith(doc.title.lower()):
-            body = body[len(doc.title):].strip()
+        rest = body[len(doc.title):]
+        # the title as the body's first words, not the start of a longer word ("Air" in "Airplanes ...")
+        if doc.title and body.lower().startswith(doc.title.lower()) and not (rest[:1].isalnum() or rest[:1] == "_"):
+            body = rest.strip()
         if doc.title and body:
             pairs.append(_pair(doc, doc.title, body, "title-body", rng, augment))
     return pairs
@@ -171,7 +182,9 @@ def self_supervised_pairs(documents: Sequence[Document], strategy: str, *, seed:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     pairs = STRATEGIES[strategy](documents, seed=seed, augment=augment)
     if not pairs:
-        need = {"title-body": "documents with a title and a body", "neighbours": "documents of two sentences or more",
-                "crop": "documents of 8 words or more"}.get(strategy, "documents")
+        need = {"title-body": "documents with a title and a body",
+                "neighbours": "documents of two sentences or more (a sentence ends with . ! or ?)",
+                "crop": "documents of more than 8 words (split on spaces: text written without them, such as "
+                        "Chinese or Japanese, is one word)"}.get(strategy, "documents")
         raise ConfigError(f"strategy {strategy!r} found no pair in {len(documents):,} documents: it needs {need}")
     return pairs

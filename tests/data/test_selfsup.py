@@ -80,8 +80,12 @@ def test_crops_are_independent_spans_of_the_document():
 
 
 def test_crops_skip_documents_too_short_to_crop():
-    docs = [Document("a", "", "only five words in here"), Document("b", "", " ".join(WORDS))]
+    docs = [Document("a", "", "only five words in here"), Document("b", "", " ".join(WORDS)),
+            Document("eight", "", "one two three four five six seven eight")]  # two crops: the whole text twice
     assert [p.anchor_id for p in independent_crops(docs, min_words=8)] == ["b"]
+    nine = [Document(f"n{i}", "", " ".join(f"w{i}{j}" for j in range(9))) for i in range(50)]
+    pairs = independent_crops(nine, min_words=8, seed=3)  # only two 8-word spans: they often coincide
+    assert pairs and all(p.anchor != p.positive for p in pairs)
     with pytest.raises(ConfigError, match="min_ratio"):
         independent_crops(docs, min_ratio=0.6, max_ratio=0.5)
 
@@ -93,6 +97,11 @@ def test_title_body_drops_untitled_documents_and_a_repeated_title():
     pairs = title_body(docs)
     assert [(p.anchor, p.positive) for p in pairs] == [("wing lift .", "the lift of thin wings ."),
                                                        ("Jet noise", "measured in a tunnel")]
+    # a title that is only the start of the body's first word stays in the body
+    [pair] = title_body([Document("x", "Air", "Airplanes fly through the air.")])
+    assert pair.positive == "Airplanes fly through the air."
+    [pair] = title_body([Document("x", "Air", "Air, as a fluid, flows.")])
+    assert pair.positive == ", as a fluid, flows."
 
 
 def test_neighbours_are_adjacent_sentences_of_the_body():
@@ -112,6 +121,8 @@ def test_unknown_strategy_and_no_pair_are_config_errors():
         self_supervised_pairs(make_documents(), "simcse")
     with pytest.raises(ConfigError, match="needs documents with a title"):
         self_supervised_pairs(make_documents(titled=False), "title-body")
+    with pytest.raises(ConfigError, match="more than 8 words .split on spaces: text written without them"):
+        self_supervised_pairs([Document("zh", "", "空气动力学研究机翼升力和阻力的测量方法与结果")], "crop")
 
 
 # ---------------------------------------------------------------- augmentations
