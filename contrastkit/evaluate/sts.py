@@ -59,8 +59,11 @@ def average_ranks(x: Sequence[float]) -> np.ndarray:
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho: Pearson's r between the (average-tie) ranks of x and of y."""
+    """Spearman's rho: Pearson's r between the (average-tie) ranks of x and of y; NaN when a value is
+    NaN (as scipy's spearmanr: ranking would put NaN last and give a plausible-looking number)."""
     x, y = _pair(x, y)
+    if np.isnan(x).any() or np.isnan(y).any():
+        return float("nan")
     return pearson(average_ranks(x), average_ranks(y))
 
 

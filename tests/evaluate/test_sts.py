@@ -72,6 +72,12 @@ def test_perfect_and_reversed_orders():
     assert math.isnan(pearson(x, [1, 1, 1, 1]))
 
 
+def test_a_nan_similarity_or_gold_score_gives_nan_as_scipy():
+    x, y = [1.0, 2.0, 3.0, float("nan")], [1.0, 3.0, 2.0, 4.0]
+    assert math.isnan(stats.spearmanr(x, y).statistic)
+    assert math.isnan(spearman(x, y)) and math.isnan(spearman(y, x)) and math.isnan(pearson(x, y))
+
+
 def test_cosine_similarities_and_bad_shapes():
     np.testing.assert_allclose(cosine_similarities([[1, 0], [1, 1]], [[2, 0], [-1, -1]]), [1.0, -1.0])
     with pytest.raises(ValueError, match="one shape"):
