@@ -43,6 +43,7 @@ class AdaptConfig:
     max_steps: int | None = None
     batch_size: int = 64
     mini_batch_size: int | None = 16     # gradient caching: the memory of 16 pairs, the negatives of 64
+                                         # (a smaller batch_size is its own mini-batch)
     temperature: float = 0.05            # SimCSE's and Contriever's τ
     lr: float = 2e-5                     # an already trained model: small steps
     max_seq_length: int = 128            # training
@@ -57,7 +58,9 @@ class AdaptConfig:
         """The trainer's settings for this recipe (InfoNCE, in-batch negatives only)."""
         return TrainConfig(model=self.model, data="(self-supervised pairs in memory)", output_dir=self.output_dir,
                            max_seq_length=self.max_seq_length, loss="infonce", temperature=self.temperature,
-                           batch_size=self.batch_size, mini_batch_size=self.mini_batch_size, epochs=self.epochs,
+                           batch_size=self.batch_size, epochs=self.epochs,
+                           # a batch smaller than the mini-batch needs no caching: its own size
+                           mini_batch_size=min(self.mini_batch_size, self.batch_size) if self.mini_batch_size else None,
                            max_steps=self.max_steps, lr=self.lr, seed=self.seed,
                            show_progress=self.show_progress, checkpoint_every=1000, report=self.report)
 

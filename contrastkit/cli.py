@@ -391,7 +391,7 @@ def adapt(
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many steps")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="pairs per step (in-batch negatives)")] = 64,
     mini_batch_size: Annotated[Optional[int], typer.Option(
-        "--mini-batch-size", min=1, help="gradient caching: pairs per forward pass")] = 16,
+        "--mini-batch-size", min=1, help="gradient caching: pairs per forward pass (at most the batch)")] = 16,
     temperature: Annotated[float, typer.Option(help="InfoNCE τ")] = 0.05,
     lr: Annotated[float, typer.Option(help="learning rate")] = 2e-5,
     seed: int = 0,

@@ -41,7 +41,6 @@ def refuse_model_loading(monkeypatch):
 @pytest.mark.parametrize("overrides, message", [
     (dict(strategy="simcse"), "unknown strategy 'simcse'"),
     (dict(augment="shuffle:0.1"), "unknown augmentation 'shuffle'"),
-    (dict(batch_size=8, mini_batch_size=16), "smaller than mini_batch_size"),
     (dict(temperature=0.0), "temperature must be > 0"),
     (dict(max_docs=0), "max_docs must be at least 1"),
     (dict(eval_data="/no/such/folder"), "eval folder '/no/such/folder' does not exist"),
@@ -50,6 +49,12 @@ def refuse_model_loading(monkeypatch):
 def test_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         AdaptConfig(corpus="c.jsonl", **overrides).validate()
+
+
+def test_a_batch_smaller_than_the_mini_batch_is_its_own_mini_batch():
+    assert AdaptConfig(corpus="c.jsonl", batch_size=8).validate().train_config().mini_batch_size == 8
+    assert AdaptConfig(corpus="c.jsonl").train_config().mini_batch_size == 16
+    assert AdaptConfig(corpus="c.jsonl", mini_batch_size=None).train_config().mini_batch_size is None
 
 
 @pytest.mark.parametrize("rows, error, message", [
