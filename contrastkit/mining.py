@@ -340,8 +340,13 @@ def _known_positives(pairs: list[Pair], pair_anchor: np.ndarray, num_anchors: in
 
 def _search_and_filter(index: VectorIndex, anchor_emb: np.ndarray, pair_anchor: np.ndarray,
                        positive_rows: np.ndarray, positive_scores: np.ndarray, k: int,
-                       config: MiningConfig) -> tuple[list[list[int]], int, dict[str, int]]:
-    """(chosen document rows per pair, candidates retrieved, removed per filter), anchors in chunks."""
+                       config: MiningConfig, existing_rows: Sequence[set[int]] | None = None,
+                       ) -> tuple[list[list[int]], int, dict[str, int]]:
+    """(chosen document rows per pair, candidates retrieved, removed per filter), anchors in chunks.
+
+    existing_rows[p]: the corpus rows of pair p's own negatives, left out before sampling so that
+    num_negatives new ones are chosen.
+    """
     removed: dict[str, int] = {}
     candidates = 0
     rng = np.random.default_rng(config.seed)
@@ -358,6 +363,11 @@ def _search_and_filter(index: VectorIndex, anchor_emb: np.ndarray, pair_anchor: 
             candidates += int((ids >= 0).sum())
             keep, counts = filter_candidates(scores[local], ids, positive_rows[pair_anchor[sel]],
                                              positive_scores[sel], config)
+            if existing_rows is not None:
+                own = np.array([[int(r) in existing_rows[p] for r in row] for p, row in zip(sel, ids)],
+                               dtype=bool).reshape(keep.shape)
+                counts["own negatives"] = int((keep & own).sum())
+                keep &= ~own
             chosen = sample_candidates(keep, config.num_negatives, config.sample, rng)
             counts["sampling"] = int(keep.sum() - (chosen >= 0).sum())
             for name, count in counts.items():
@@ -398,6 +408,9 @@ def mine_hard_negatives(encoder: TextEncoder, data: BeirDataset | Sequence[Pair]
         clock = time.perf_counter()
 
     docs, row_of_text, row_of_id = _documents(corpus, pairs)
+    if config.rank_range[0] >= len(docs):  # before the corpus is encoded: nothing could be mined
+        raise ConfigError(f"the rank range starts at rank {config.rank_range[0]} but the corpus has "
+                          f"{len(docs):,} distinct documents: no candidate could be mined; lower its START")
     doc_emb, cache_hit = encode_cached(encoder, docs, **encode)
     doc_emb = _normalise(doc_emb)
     lap("encode_corpus_s")
@@ -422,8 +435,10 @@ def mine_hard_negatives(encoder: TextEncoder, data: BeirDataset | Sequence[Pair]
     positive_rows = _known_positives(pairs, pair_anchor, len(anchors), row_of_text, row_of_id)
     # Enough candidates that rank_range's stop is reachable once an anchor's positives are out.
     k = min(len(docs), config.rank_range[1] + positive_rows.shape[1])
+    existing_rows = [{row_of_text[n.strip()] for n in p.negatives if n.strip() in row_of_text} for p in pairs]
     mined, candidates, removed = _search_and_filter(index, anchor_emb, pair_anchor, positive_rows,
-                                                    positive_scores, k, config)
+                                                    positive_scores, k, config,
+                                                    existing_rows if any(existing_rows) else None)
     lap("search_s")
 
     out = []

@@ -226,7 +226,29 @@ def test_existing_negatives_are_kept_first_and_not_repeated():
                                          quiet(num_negatives=2, relative_margin=None))
     # The pair file is its own corpus: pos, b, c; pos and c are both positives of "query".
     assert mined == [Pair("query", "pos", ["b"]), Pair("query", "c", ["b"])]
-    assert summary.corpus == 3 and summary.short == 2
+    assert summary.corpus == 3 and summary.short == 2 and summary.negatives == 1  # the first pair got no new one
+    assert summary.removed["own negatives"] == 1
+
+
+def test_a_rank_range_starting_past_the_corpus_is_refused_before_encoding():
+    corpus = [t for t in ANGLES if t != "query"]  # 8 documents
+
+    class Refuses(TableEncoder):
+        def encode(self, *args, **kwargs):
+            raise AssertionError("encoded before the range was checked")
+
+    with pytest.raises(ConfigError, match="starts at rank 8 but the corpus has 8 distinct documents"):
+        mine_hard_negatives(Refuses(ANGLES), [Pair("query", "pos")], corpus, quiet(rank_range=(8, 20)))
+
+
+def test_a_pairs_own_negatives_do_not_count_among_the_mined_ones():
+    """"a" (5°) is the nearest document and already the pair's negative: three new ones are mined."""
+    corpus = {f"id-{t}": t for t in ANGLES if t != "query"}
+    pairs = [Pair("query", "pos", negatives=["a"], positive_id="id-pos")]
+    mined, summary = mine_hard_negatives(TableEncoder(ANGLES), pairs, corpus,
+                                         quiet(num_negatives=3, relative_margin=None))
+    assert mined[0].negatives == ["a", "b", "c", "d"]
+    assert (summary.negatives, summary.short, summary.removed["own negatives"]) == (3, 0, 1)
 
 
 texts = st.lists(st.sampled_from(["red", "green", "blue", "fox", "dog", "car"]), min_size=1, max_size=4).map(" ".join)
@@ -241,6 +263,11 @@ def test_mining_never_returns_a_positive(docs, anchors, links, with_ids, start, 
              for a, d in links]
     corpus = {f"d{i}": t for i, t in enumerate(docs)} if with_ids else None
     config = quiet(num_negatives=5, rank_range=(start, 20), relative_margin=None, sample=sample)
+    distinct = len({p.positive.strip() for p in pairs} if corpus is None else {t.strip() for t in docs})
+    if start >= distinct:  # nothing could be mined: refused up front
+        with pytest.raises(ConfigError, match="no candidate could be mined"):
+            mine_hard_negatives(HashEncoder(), pairs, corpus, config)
+        return
     mined, summary = mine_hard_negatives(HashEncoder(), pairs, corpus, config)
     positives: dict[str, set[str]] = {}
     for p in pairs:
