@@ -40,7 +40,9 @@ def _distribution(lengths: list[int]) -> dict:
         return {"count": 0}
     x = np.asarray(lengths)
     out = {"count": int(x.size), "min": int(x.min()), "mean": round(float(x.mean()), 1)}
-    out.update({f"p{p}": int(np.percentile(x, p)) for p in PERCENTILES})
+    # pN: the shortest length that N % of the texts do not exceed (an observed length, never rounded
+    # down: what to compare with max_seq_length)
+    out.update({f"p{p}": int(np.percentile(x, p, method="inverted_cdf")) for p in PERCENTILES})
     out["max"] = int(x.max())
     return out
 
@@ -64,7 +66,8 @@ def inspect_pairs(path_or_pairs: str | Path | Iterable[Pair], tokenizer=None, *,
     Streams a file, so it also works on files larger than memory. Returns a plain dict (JSON-ready):
     pairs; anchors / positives / negatives → unique, duplicated, extra_copies; duplicate_pairs;
     anchor_equals_positive; pairs_with_negatives; lengths → {anchor, positive, negative} →
-    count, min, mean, p50, p90, p99, max; length_unit ("tokens" or "words").
+    count, min, mean, p50, p90, p99 (N % of the texts are at most this long), max; length_unit ("tokens" or
+    "words").
     """
     if isinstance(path_or_pairs, (str, Path)):
         source = str(path_or_pairs)

@@ -32,9 +32,10 @@ def test_word_lengths_match_numpy_percentiles():
     s = inspect_pairs(PAIRS)
     assert s["length_unit"] == "words"
     positive = [3, 3, 1, 2, 5]
-    expected = {"count": 5, "min": 1, "mean": 2.8, "p50": 3, "p90": int(np.percentile(positive, 90)),
-                "p99": int(np.percentile(positive, 99)), "max": 5}
-    assert s["lengths"]["positive"] == expected
+    expected = {"count": 5, "min": 1, "mean": 2.8, "p50": 3, "p90": 5, "p99": 5, "max": 5}
+    assert s["lengths"]["positive"] == expected  # p90: 90 % of [1, 2, 3, 3, 5] are at most 5, not int(4.2)
+    for p in (50, 90, 99):
+        assert s["lengths"]["positive"][f"p{p}"] == int(np.percentile(positive, p, method="inverted_cdf"))
     assert s["lengths"]["negative"]["max"] == 2
 
 
