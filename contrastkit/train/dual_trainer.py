@@ -82,6 +82,23 @@ def sides_from_image_captions(records: Sequence[ImageCaption], model: DualEncode
     return (captions, images) if model.image_side == "document" else (images, captions)
 
 
+def check_sides(model: DualEncoder, queries: Sequence, documents: Sequence) -> None:
+    """Refuse, before training, items a side's tower cannot take: text for a vision tower (an image
+    path that is not a file, often the two sides swapped) or an image path for a text tower."""
+    from contrastkit.towers import VisionTower
+
+    for side, items in (("query", queries), ("document", documents)):
+        tower = model.tower(side)
+        for i, item in enumerate(items, 1):
+            if isinstance(tower, VisionTower) and not Path(str(item)).is_file():
+                swapped = " (are the queries and documents swapped?)" if isinstance(item, str) else ""
+                raise ConfigError(f"{side} {i} goes to a vision tower but is not an image file: {str(item)[:80]!r}"
+                                  f"{swapped}")
+            if isinstance(tower, TextTower) and not isinstance(item, str):
+                raise ConfigError(f"{side} {i} goes to a text tower but is {type(item).__name__} "
+                                  f"{str(item)[:80]!r}, not a text (are the queries and documents swapped?)")
+
+
 # TrainConfig settings this loop does not use, and why; set away from their defaults, they are refused
 # rather than silently ignored
 UNUSED_SETTINGS = {
@@ -144,6 +161,7 @@ class DualTrainer:
             raise ConfigError(f"{len(queries)} queries but {len(documents)} documents: they must be aligned pairs")
         if len(queries) < config.batch_size and config.drop_last:
             raise ConfigError(f"only {len(queries)} training pairs, fewer than batch_size {config.batch_size}")
+        check_sides(model, queries, documents)
         self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device)
         self.config = config
         self.model = model.to(self.device)

@@ -230,6 +230,17 @@ def test_bad_settings_stop_before_training(tiny_encoder, tmp_path):
         DualTrainer(TrainConfig(output_dir=str(tmp_path), batch_size=32), model, queries, documents)
 
 
+def test_sides_a_tower_cannot_take_are_refused_before_training(clip_tower_pair, tmp_path):
+    model, (queries, documents) = clip_tower_pair  # captions → text tower, image paths → vision tower
+    config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=4, max_steps=1, show_progress=False)
+    with pytest.raises(ConfigError, match=r"query 1 goes to a text tower but is PosixPath .*swapped"):
+        DualTrainer(config, model, documents, queries)
+    with pytest.raises(ConfigError, match=r"document 1 goes to a vision tower but is not an image file: "
+                                          r"'a red circle' \(are the queries and documents swapped\?\)"):
+        DualTrainer(config, model, queries, queries)
+    assert not (tmp_path / "run").exists()
+
+
 def _weights(out):
     return {**load_file(out / "dual_encoder.safetensors"), **load_file(out / "query" / "module.safetensors"),
             **{f"doc.{k}": v for k, v in load_file(out / "document" / "module.safetensors").items()}}
