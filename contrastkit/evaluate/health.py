@@ -194,7 +194,7 @@ def embedding_health(anchors: Any, positives: Any, groups: Sequence[Any] | None 
     collapse); effective rank of anchors and positives stacked.
     Flags:
       "collapse": uniformity > collapse_uniformity (embeddings crowd into one point; 0 is total
-        collapse, -3.98 is uniform on the 384-d sphere, all-MiniLM-L6-v2 sits at -2.6 to -3.4 on
+        collapse, -3.98 is uniform on the 384-d sphere, all-MiniLM-L6-v2 sits at -2.8 to -3.4 on
         the real data at t = 2) or effective rank below collapse_rank;
       "no_separation": pos_mean - neg_mean < min_separation (positives are no closer than
         random pairs: the contrastive signal is gone).
