@@ -53,6 +53,7 @@ class AdaptConfig:
     seed: int = 0
     show_progress: bool = True
     report: bool = True                  # report.html in output_dir (with the before / after when eval_data)
+    resume: bool = False                 # continue a killed run from its newest checkpoint in output_dir
 
     def train_config(self) -> TrainConfig:
         """The trainer's settings for this recipe (InfoNCE, in-batch negatives only)."""
@@ -62,7 +63,7 @@ class AdaptConfig:
                            # a batch smaller than the mini-batch needs no caching: its own size
                            mini_batch_size=min(self.mini_batch_size, self.batch_size) if self.mini_batch_size else None,
                            max_steps=self.max_steps, lr=self.lr, seed=self.seed,
-                           show_progress=self.show_progress, checkpoint_every=1000, report=self.report)
+                           show_progress=self.show_progress, checkpoint_every=100, report=self.report)
 
     def validate(self) -> "AdaptConfig":
         """Raise ConfigError (or DataError for a missing folder) for anything that cannot run; return self."""
@@ -135,7 +136,7 @@ def run_adapt(config: AdaptConfig, echo: Callable[[str], None] = print, *, befor
          + (f" with gradient caching (mini-batch {config.mini_batch_size})" if config.mini_batch_size else ""))
     started = time.perf_counter()
     trainer = Trainer(train_config, encoder, pairs)
-    model_dir = trainer.train()
+    model_dir = trainer.train(resume=config.resume)
     timings["train_s"] = round(time.perf_counter() - started, 1)
     if eval_length != encoder.max_seq_length:  # the trainer saved its training length; users get the evaluated one
         encoder.max_seq_length = eval_length

@@ -119,7 +119,7 @@ def search(
     _non_empty(queries, "QUERIES")
     if kind not in INDEX_KINDS:
         raise typer.BadParameter(f"expected one of {', '.join(INDEX_KINDS)}; got {kind!r}", param_hint="--kind")
-    if index is not None:
+    if index is not None and not (index / "meta.json").is_file():  # an index to build and save (reading one needs no write)
         _writable(index, "--index", folder=True)
     documents = None
     if corpus is not None and (index is None or not (index / "meta.json").is_file()):
@@ -398,6 +398,7 @@ def adapt(
     max_seq_length: Annotated[int, typer.Option("--max-seq-length", min=1, help="training: tokens per text")] = 128,
     eval_data: Annotated[Optional[str], typer.Option(
         "--eval", help="BEIR folder: print nDCG@10 / R@10 / MRR@10 on its test queries before and after")] = None,
+    resume: Annotated[bool, typer.Option(help="continue a killed run from its newest checkpoint (every 100 steps)")] = False,
 ) -> None:
     """Adapt a model to a domain from documents alone (no queries): self-supervised pairs + InfoNCE."""
     from contrastkit.adapt import AdaptConfig, run_adapt
@@ -406,7 +407,7 @@ def adapt(
     config = AdaptConfig(corpus=corpus, model=model, output_dir=output_dir, strategy=strategy, augment=augment,
                          max_docs=max_docs, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                          mini_batch_size=mini_batch_size, temperature=temperature, lr=lr, seed=seed,
-                         max_seq_length=max_seq_length, eval_data=eval_data)
+                         max_seq_length=max_seq_length, eval_data=eval_data, resume=resume)
     run_adapt(config, echo=typer.echo)
 
 

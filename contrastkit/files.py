@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,10 +29,8 @@ def write_whole(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             os.fsync(handle.fileno())
         os.replace(partial, path)
     except OSError as exc:
-        if exc.filename != str(partial):
-            raise
-        # name the file asked for, not the hidden one: "cannot write m.json: Permission denied"
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
+        # name the file asked for, not the hidden one: "cannot write m.json: No space left on device"
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         partial.unlink(missing_ok=True)
     return path
@@ -42,20 +41,40 @@ def write_text_whole(path: str | Path, text: str) -> Path:
     return write_whole(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+WEIGHT_SUFFIXES = (".safetensors",)
+
+
 def save_files_whole(folder: str | Path, save: Callable[[Path], object]) -> Path:
     """Call save(a hidden folder inside `folder`), then move each file it wrote into `folder`, each by
-    one rename, so that every file there is whole (old or new), even after a kill mid-save; other
-    files in `folder` are left alone. Return `folder`."""
+    one rename, so that every file there is whole, even after a kill mid-save; other files in `folder`
+    are left alone. Return `folder`.
+
+    The old weights files it replaces go first and the new ones come last, so a kill between the
+    moves leaves a folder without weights (refused on load, by name) rather than a new config.json
+    beside old weights. A hidden folder a killed save left behind is removed.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".save-partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     partial = folder / f".save-partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        save(partial)
-        written = sorted(p for p in partial.rglob("*") if p.is_file())
+        try:
+            save(partial)
+        except RuntimeError as exc:  # safetensors and transformers report a failed write (a full disk) so
+            raise OSError(f"cannot save the model in {folder}: {' '.join(str(exc).split())[:300]}") from exc
+        except Exception as exc:
+            if type(exc).__name__ != "SafetensorError":
+                raise
+            raise OSError(f"cannot save the model in {folder}: {' '.join(str(exc).split())[:300]}") from exc
+        written = sorted((p for p in partial.rglob("*") if p.is_file()), key=lambda p: (p.suffix in WEIGHT_SUFFIXES, p))
         for path in written:
+            os.chmod(path, default_file_mode())
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
+        for path in written:
+            if path.suffix in WEIGHT_SUFFIXES:
+                (folder / path.relative_to(partial)).unlink(missing_ok=True)
         for path in written:
             target = folder / path.relative_to(partial)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +84,45 @@ def save_files_whole(folder: str | Path, save: Callable[[Path], object]) -> Path
     return folder
 
 
+def give_default_modes(folder: str | Path) -> None:
+    """Every file under `folder` gets the mode a plain open() would give it (safetensors writes 0600)."""
+    mode = default_file_mode()
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            os.chmod(path, mode)
+
+
 def default_file_mode() -> int:
     """The mode a plain open() would give a new file under the process's umask (0o644 under 022)."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold `folder`/.contrastkit.lock (an flock) while the block runs: a second run writing into the same
+    output folder stops at once with a ConfigError instead of deleting the first one's checkpoints.
+    The lock goes with the process, so a killed run never leaves the folder locked."""
+    import fcntl
+
+    from contrastkit.errors import ConfigError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".contrastkit.lock", "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"{folder} is in use by another run ({holder}); wait for it to finish or give "
+                              f"another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -133,7 +133,12 @@ def load(source: Path, declare: Callable[[ctypes.CDLL], ctypes.CDLL], fallback: 
     if not CPU_FLAGS <= cpu_flags():
         return None
     try:
-        return declare(ctypes.CDLL(str(build(source))))
+        built = build(source)
+        try:
+            return declare(ctypes.CDLL(str(built)))
+        except OSError:  # a cached build that does not load (damaged on disk): build it again, once
+            built.unlink(missing_ok=True)
+            return declare(ctypes.CDLL(str(build(source))))
     except (RuntimeError, OSError) as exc:
         log.warning("%s not available, using %s: %s", source.name, fallback, exc)
         return None

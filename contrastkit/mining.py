@@ -25,10 +25,9 @@ Similarities are cosines: embeddings are L2-normalised here whatever the encoder
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from contrastkit.cache import cache_root
 from contrastkit.data.beir import BeirDataset, doc_text, pairs_from_beir
 from contrastkit.data.pairs import Pair
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.files import write_whole
 from contrastkit.index import INDEX_KINDS, VectorIndex
 from contrastkit.vectors import l2_normalize
 
@@ -247,15 +247,11 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], *, batch_size: int
     if embeddings.ndim != 2 or len(embeddings) != len(texts):
         raise ValueError(f"encoder returned shape {embeddings.shape} for {len(texts)} texts")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, embeddings)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            write_whole(path, lambda handle: np.save(handle, embeddings))
+        except OSError as exc:  # a read-only or full cache costs the next run an encoding, not this run's work
+            warnings.warn(f"embeddings not cached ({exc}); set CONTRASTKIT_CACHE to a writable folder",
+                          stacklevel=2)
     return embeddings, False
 
 

@@ -68,6 +68,9 @@ class CorpusSearcher:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        # first: an index rebuilt over an old one and cut short must not pass for complete (the old
+        # meta.json beside a new index.faiss and old docs.jsonl answered with other documents' ids)
+        (folder / "meta.json").unlink(missing_ok=True)
         self.index.save(folder / "index.faiss")
         docs = "".join(json.dumps({"_id": i, "title": t, "snippet": s}) + "\n"
                        for i, t, s in zip(self.doc_ids, self.titles, self.snippets))

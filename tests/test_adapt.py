@@ -143,3 +143,23 @@ def test_real_corpora_give_one_pair_per_usable_document(shared_data, name, expec
         with pytest.raises(ConfigError, match="needs documents with a title"):
             adapt_pairs(AdaptConfig(corpus=str(shared_data / name), strategy="title-body"))
     assert len(documents) == max(expected.values())
+
+
+def test_adapt_resumes_a_run_from_its_checkpoint(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    folder = make_corpus_folder(tmp_path / "beir")
+    out = tmp_path / "adapted"
+    args = ["contrastkit", "adapt", "--model", str(tiny_model_dir), "--corpus", str(folder), "--output", str(out),
+            "--batch-size", "8", "--max-steps", "3", "--max-seq-length", "32"]
+    monkeypatch.setattr(sys, "argv", args)
+    cli.main()
+    first = Encoder.from_pretrained(out)
+    monkeypatch.setattr(sys, "argv", args + ["--resume"])
+    cli.main()  # the run was complete: its last checkpoint is step 3, nothing is trained again
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert steps == [1, 2, 3]
+    assert all(torch.equal(a, b) for a, b in zip(first.model.parameters(),
+                                                 Encoder.from_pretrained(out).model.parameters()))
+    monkeypatch.setattr(sys, "argv", args + ["--resume", "--lr", "0.5"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert "settings differ from the checkpoint's (lr: 2e-05 then, 0.5 now)" in capsys.readouterr().err

@@ -190,6 +190,38 @@ def test_search_saves_and_reloads_a_faiss_index(monkeypatch, capsys, tiny_model_
     assert "d7: title 7" in hits(first)[0]
 
 
+def test_a_rebuild_of_an_index_cut_short_is_never_read_as_complete(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    import contrastkit.search as search
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"text number {i}"} for i in range(6)])
+    index = tmp_path / "idx"
+    assert run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", tiny_model_dir)[0] == 0
+    reversed_corpus = write_jsonl(tmp_path / "r.jsonl", [{"_id": f"d{i}", "text": f"text number {i}"}
+                                                         for i in reversed(range(6))])
+    real = search.write_text_whole
+
+    def killed(path, text):  # the new index.faiss is in place; the kill comes before docs.jsonl
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "write_text_whole", killed)
+    code, _, _ = run_cli(monkeypatch, capsys, "search", "a", "-c", reversed_corpus, "--index", index,
+                         "-m", tiny_model_dir)
+    monkeypatch.setattr(search, "write_text_whole", real)
+    assert code == 130 and not (index / "meta.json").exists()
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", tiny_model_dir)
+    assert code == 2 and "holds no index yet: pass --corpus to build it" in err
+
+
+def test_a_saved_index_on_read_only_storage_is_read_without_a_write_probe(monkeypatch, capsys, tiny_model_dir,
+                                                                         tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"text number {i}"} for i in range(6)])
+    index = tmp_path / "idx"
+    assert run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", tiny_model_dir)[0] == 0
+    monkeypatch.setattr(cli, "_writable", lambda *a, **k: (_ for _ in ()).throw(AssertionError("probed")))
+    code, out, err = run_cli(monkeypatch, capsys, "search", "text number 3", "--index", index, "-m", tiny_model_dir)
+    assert code == 0, err
+
+
 def test_search_index_built_by_another_model_is_refused(monkeypatch, capsys, tiny_model_dir, tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": "d1", "text": "a"}, {"_id": "d2", "text": "b"}])
     run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", tmp_path / "idx", "-m", tiny_model_dir)

@@ -1,5 +1,6 @@
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +63,62 @@ def test_written_files_get_the_umasks_mode_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [0o644] * 3
+
+
+def test_a_model_save_moves_old_weights_out_first_and_new_weights_last(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"old weights")
+    (run / "config.json").write_text("old")
+    (run / ".save-partial-99999").mkdir()  # what a killed save left
+    (run / ".save-partial-99999" / "model.safetensors").write_bytes(b"x" * 1000)
+    moves = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        moves.append((Path(dst).name, Path(run / "model.safetensors").exists()))
+        real_replace(src, dst)
+
+    def save(folder):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"new weights")
+        (folder / "config.json").write_text("new")
+
+    import contrastkit.files as files
+    original = files.os.replace
+    files.os.replace = spy
+    try:
+        save_files_whole(run, save)
+    finally:
+        files.os.replace = original
+    # config.json moved while no weights were there (a kill then: "no .safetensors weights", not a mix)
+    assert moves == [("config.json", False), ("model.safetensors", False)]
+    assert (run / "model.safetensors").read_bytes() == b"new weights"
+    assert not any(p.name.startswith(".save-partial") for p in run.iterdir())  # the stale one too
+
+
+def test_a_full_disk_in_a_checkpoint_is_one_error_and_leaves_no_half_checkpoint(tmp_path):
+    from contrastkit.train.checkpoint import write_atomically
+
+    def full(folder):
+        (folder / "trainer.pt").write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+
+    with pytest.raises(OSError, match="cannot write .*checkpoint-00000002: .*PytorchStreamWriter failed"):
+        write_atomically(tmp_path / "checkpoints" / "checkpoint-00000002", full)
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_saved_models_and_checkpoints_get_the_umasks_mode(tmp_path, tiny_model_dir):
+    from contrastkit.encoder import Encoder
+    from contrastkit.train.checkpoint import write_atomically
+
+    encoder = Encoder.from_pretrained(tiny_model_dir)
+    old = os.umask(0o022)
+    try:
+        save_files_whole(tmp_path / "run", encoder.save)
+        write_atomically(tmp_path / "ckpt", lambda folder: encoder.save(folder / "model"))
+    finally:
+        os.umask(old)
+    for weights in (tmp_path / "run" / "model.safetensors", tmp_path / "ckpt" / "model" / "model.safetensors"):
+        assert stat.S_IMODE(weights.stat().st_mode) == 0o644

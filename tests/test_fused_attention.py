@@ -9,6 +9,7 @@ import torch
 from _support import build_tiny_bert_folder, graph_nodes, run_in_forked_child
 
 from contrastkit import fused_attention
+from contrastkit.devices import cpu_flags
 from contrastkit.fast_dropout import FastDropout, draw_seed, drop_threshold, keep_mask, use_fast_dropout
 from contrastkit.packing import (_HeadsToPacked, _PackedToHeads, packed_hidden_states, plan_packing,
                                  written_out_attention)
@@ -377,6 +378,15 @@ def test_a_build_is_kept_and_reused_by_the_hash_of_its_source_and_headers(tmp_pa
     monkeypatch.setattr(fused_attention, "HEADERS", (header,))
     again = fused_attention.build(changed, folder=tmp_path)
     assert again != rebuilt and again.exists() and not rebuilt.exists()
+
+
+@pytest.mark.skipif(not fused_attention.CPU_FLAGS <= cpu_flags(), reason="the kernel needs AVX-512")
+def test_a_damaged_cached_build_is_built_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path))
+    target = fused_attention.build()
+    target.write_bytes(b"not a shared library")  # damaged on disk
+    library = fused_attention.load(fused_attention.SOURCE, fused_attention._declare, "the written-out attention")
+    assert library is not None and target.stat().st_size > 1000
 
 
 def test_a_failing_compiler_is_an_error_that_names_it_and_leaves_nothing(tmp_path, monkeypatch):

@@ -292,6 +292,20 @@ def test_cranfield_negatives_are_never_judged_relevant(shared_data):
 
 
 # ------------------------------------------------------------------------ embedding cache
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, monkeypatch):
+    import contrastkit.mining as mining
+
+    def refuses(path, write):
+        raise OSError(30, f"cannot write {path}: Read-only file system")
+
+    monkeypatch.setattr(mining, "write_whole", refuses)
+    encoder, pairs = HashEncoder(), [Pair("red fox", "a red fox"), Pair("blue car", "a blue car")]
+    with pytest.warns(UserWarning, match="embeddings not cached .*Read-only file system"):
+        mined, _ = mine_hard_negatives(encoder, pairs, ["a red fox", "a blue car", "green dog", "red car"],
+                                       MiningConfig(cache_dir=tmp_path, show_progress=False))
+    assert len(mined) == 2
+
+
 def test_second_run_reads_the_cache(tmp_path):
     encoder, pairs = HashEncoder(), [Pair("red fox", "a red fox"), Pair("blue car", "a blue car")]
     corpus = ["a red fox", "a blue car", "green dog", "red car"]

@@ -9,6 +9,7 @@ demo_results.json next to it.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,11 @@ def read_log(path: Path) -> tuple[list[dict], list[tuple[int, dict]], list[tuple
             else:
                 steps.append(record)
     except DataError as exc:
+        text = path.read_bytes()
+        if text and not text.endswith(b"\n") and exc.line == text.count(b"\n") + 1:
+            # the last line, cut short: a run killed mid-write (its curves are wanted most then)
+            warnings.warn(f"{path} line {exc.line}: cut short, left out of the report", stacklevel=2)
+            return steps, evals, health
         raise ReportError(str(exc)) from exc
     return steps, evals, health
 

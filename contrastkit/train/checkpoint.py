@@ -11,18 +11,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 
 from contrastkit.errors import ConfigError
-from contrastkit.files import write_text_whole
+from contrastkit.files import give_default_modes, write_text_whole
 from contrastkit.train.grad_cache import RandState
 
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 TENSORS_FILE = "trainer.pt"
+_NAME = re.compile(rf"{PREFIX}(\d{{8,}})")  # checkpoint-00000100; a copy ("... (copy)", ".bak") is not one
+# TrainConfig fields a resumed run may set differently from the run it continues: what it shows, logs,
+# keeps and evaluates, not what it trains (the rest must match, or the resumed run is another run)
+MAY_CHANGE_ON_RESUME = frozenset({
+    "output_dir", "data", "show_progress", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard",
+    "report", "health_every", "health_sample", "eval_every", "eval_data", "eval_split", "metric_for_best",
+    "dist_timeout_s", "max_nonfinite_steps", "device"})
 
 
 def _fsync_tree(path: Path) -> None:
@@ -47,8 +56,16 @@ def write_atomically(target: Path, write: callable) -> Path:
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write(tmp)
-    _fsync_tree(tmp)
+    try:
+        write(tmp)
+        give_default_modes(tmp)
+        _fsync_tree(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of half a checkpoint
+        if isinstance(exc, RuntimeError) or type(exc).__name__ == "SafetensorError":
+            # torch.save and safetensors report a failed write (a full disk) as these, not as OSError
+            raise OSError(f"cannot write {target}: {' '.join(str(exc).split())[:300]}") from exc
+        raise
     if target.exists():
         old = target.parent / f".tmp-old-{target.name}-{os.getpid()}"
         os.replace(target, old)
@@ -104,7 +121,7 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return []
-    found = [p for p in checkpoint_dir.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file()]
+    found = [p for p in checkpoint_dir.glob(f"{PREFIX}*") if _NAME.fullmatch(p.name) and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
@@ -113,22 +130,53 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def resume_point(checkpoint_dir: Path, total_steps: int, world_size: int) -> tuple[Path, dict, dict] | None:
-    """(path, state, tensors) of the newest complete checkpoint, checked to fit this run; None if there is none.
+def config_changes(saved: dict, now: dict) -> list[str]:
+    """The training settings of `now` that differ from the checkpoint's `saved` config, as "name: a → b"."""
+    return [f"{name}: {saved[name]!r} then, {now.get(name)!r} now" for name in sorted(saved)
+            if name not in MAY_CHANGE_ON_RESUME and name in now and saved[name] != now[name]]
 
-    A checkpoint made for another number of steps or ranks is refused with a ConfigError: resuming
-    it would silently train a different run.
+
+def _readable(path: Path) -> tuple[dict, dict]:
+    """load_checkpoint, after checking every safetensors file of its model reads (header and size)."""
+    from safetensors import safe_open
+
+    for weights in sorted((path / "model").rglob("*.safetensors")):
+        with safe_open(str(weights), framework="pt"):
+            pass
+    return load_checkpoint(path)
+
+
+def resume_point(checkpoint_dir: Path, total_steps: int, world_size: int, config: dict | None = None,
+                 data_digest: str | None = None) -> tuple[Path, dict, dict] | None:
+    """(path, state, tensors) of the newest complete, readable checkpoint, checked to fit this run; None
+    if there is none.
+
+    A damaged checkpoint (a file cut short by a full disk or an outside hand) is passed over, with a
+    warning, for the one before it. One made for another number of steps or ranks, with other training
+    settings (`config`, the TrainConfig as a dict; MAY_CHANGE_ON_RESUME may differ) or other data
+    (`data_digest`) is refused with a ConfigError: resuming it would silently train a different run.
     """
-    path = latest_checkpoint(checkpoint_dir)
-    if path is None:
+    for path in reversed(list_checkpoints(checkpoint_dir)):
+        try:
+            state, tensors = _readable(path)
+            break
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises: JSON, zip, safetensors
+            warnings.warn(f"{path} cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                          f"resuming from the checkpoint before it", stacklevel=2)
+    else:
         return None
-    state, tensors = load_checkpoint(path)
     if state["total_steps"] != total_steps:
         raise ConfigError(f"{path}: the checkpoint was made for {state['total_steps']} steps, this run has "
                           f"{total_steps}; resume with the same data and config")
     ranks = len(tensors["torch_rng_per_rank"])
     if ranks != world_size:
         raise ConfigError(f"{path}: the checkpoint was made with {ranks} ranks, this run has {world_size}")
+    if config is not None and state.get("config") and (changed := config_changes(state["config"], config)):
+        raise ConfigError(f"{path}: this run's settings differ from the checkpoint's ({'; '.join(changed)}); "
+                          f"resume with the same config, or train afresh without --resume")
+    if data_digest is not None and state.get("data_digest") not in (None, data_digest):
+        raise ConfigError(f"{path}: the checkpoint was made on other training data; resume with the same "
+                          f"data, or train afresh without --resume")
     return path, state, tensors
 
 

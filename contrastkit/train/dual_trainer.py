@@ -45,7 +45,7 @@ from contrastkit.devices import to_device
 from contrastkit.errors import ConfigError
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.fast_linear import use_fast_linear
-from contrastkit.files import save_files_whole, write_text_whole
+from contrastkit.files import run_lock, save_files_whole, write_text_whole
 from contrastkit.losses import info_nce
 from contrastkit.towers import SIDES, DualEncoder, ModuleTower, TextTower
 from contrastkit.train.checkpoint import (checkpoint_due, drop_log_records_after, list_checkpoints,
@@ -253,21 +253,26 @@ class DualTrainer:
         With `resume`, continue from the newest complete checkpoint in `output_dir/checkpoints`
         (a fresh run when there is none); without it, old checkpoints there are removed first.
         """
+        if not self.dist.is_main:
+            return self._train(resume)
+        with run_lock(self.output_dir):  # one run at a time in an output folder
+            return self._train(resume)
+
+    def _train(self, resume: bool) -> Path:
         config, main = self.config, self.dist.is_main
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed + self.dist.rank)
         self.nonfinite_in_a_row = 0
-        if resume:
-            self._resume()  # first: a checkpoint this run cannot take stops it with the old run's files intact
-        elif main:  # a fresh run: an old run's checkpoints must never be resumed into this one
+        resumed = self._resume() if resume else False  # first: a checkpoint it cannot take leaves the run intact
+        if not resumed and main:  # a fresh run: an old run's checkpoints must never be resumed into this one
             for stale in list_checkpoints(self.checkpoint_dir):
                 shutil.rmtree(stale)
         if main:
             write_text_whole(self.output_dir / "train_config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         barrier(self.dist)
         self.model.train()
-        log = (self.output_dir / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8") if main else None
+        log = (self.output_dir / "metrics.jsonl").open("a" if resumed else "w", encoding="utf-8") if main else None
         progress = tqdm(total=self.total_steps, initial=self.step, desc="training two towers", unit="step",
                         disable=not (config.show_progress and main), dynamic_ncols=True)
         try:
@@ -324,11 +329,12 @@ class DualTrainer:
                    "torch_rng_per_rank": rng}
         save_checkpoint(self.checkpoint_dir, self.step, self.model, state, tensors, self.config.keep_checkpoints)
 
-    def _resume(self) -> None:
-        """Load the newest complete checkpoint into this trainer: weights, optimizer, scheduler, RNG, step."""
-        found = resume_point(self.checkpoint_dir, self.total_steps, self.dist.world_size)
+    def _resume(self) -> bool:
+        """Load the newest usable checkpoint into this trainer: weights, optimizer, scheduler, RNG, step;
+        False when there is none (a fresh run)."""
+        found = resume_point(self.checkpoint_dir, self.total_steps, self.dist.world_size, self.config.to_dict())
         if found is None:
-            return
+            return False
         path, state, tensors = found
         modules = {side: copy.deepcopy(self.model.tower(side).module) for side in SIDES
                    if isinstance(self.model.tower(side), ModuleTower)}  # torch modules are rebuilt, never unpickled
@@ -339,6 +345,7 @@ class DualTrainer:
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         if self.dist.is_main:
             drop_log_records_after(self.output_dir / "metrics.jsonl", self.step)
+        return True
 
 
 def _key(item: object, index: int, side: str) -> str:

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import hashlib
 import json
 import shutil
 import math
@@ -32,7 +33,7 @@ from contrastkit.errors import ConfigError, ContrastkitError
 from contrastkit.evaluate import embedding_health, similarity_values
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.fast_linear import onednn_linear_enabled, use_fast_linear
-from contrastkit.files import save_files_whole, write_text_whole
+from contrastkit.files import run_lock, save_files_whole, write_text_whole
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.packing import PackPlan, plan_packing, sparse_gradient_parameters
 from contrastkit.report.record import clear_records, record_environment, record_similarities
@@ -154,6 +155,18 @@ def check_examples(examples: Sequence, config: TrainConfig) -> None:
                               f"(contrastkit mine) or drop such pairs")
 
 
+def examples_digest(examples: Sequence) -> str:
+    """16 hex digits of the training pairs' texts, in order (anchor, positive, negatives)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        for text in (ex.anchor, ex.positive, *ex.negatives):
+            data = str(text).encode("utf-8")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        h.update(b"\x00pair")
+    return h.hexdigest()[:16]
+
+
 @contextlib.contextmanager
 def _saying(progress, what: str):
     """The progress bar's label says `what` while the block runs (work between steps), then goes back."""
@@ -213,6 +226,7 @@ class Trainer:
         # (torch's fused CPU kernel is slow there; eager_attention.py)
         self._eager_attention = self.bf16 and self.device.type == "cpu"
         self.examples = list(examples)
+        self._data_digest = examples_digest(self.examples)  # a resumed run must train on the same pairs
         self.evaluator = evaluator
         self.loss_fn = build_loss(config).to(self.device)
         self._positives_of = (positives_by_anchor(self.examples)
@@ -456,13 +470,19 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool = False) -> Path:
         """Train to the end (resuming from the newest complete checkpoint if asked); return the output folder."""
+        if not self.dist.is_main:
+            return self._train(resume)
+        with run_lock(self.output_dir):  # one run at a time in an output folder
+            return self._train(resume)
+
+    def _train(self, resume: bool) -> Path:
         config, main = self.config, self.dist.is_main
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed + self.dist.rank)
-        if resume:
-            self._resume()  # first: a checkpoint this run cannot take stops it with the old run's records intact
-        elif main:  # a fresh run: an old run's checkpoints and best model must never pass for this one's
+        # first: a checkpoint this run cannot take stops it with the old run's records intact
+        resumed = self._resume() if resume else False
+        if not resumed and main:  # a fresh run: an old run's checkpoints and best model must never pass for this one's
             for stale in list_checkpoints(self.checkpoint_dir):
                 shutil.rmtree(stale)
             shutil.rmtree(self.output_dir / "best", ignore_errors=True)
@@ -476,7 +496,7 @@ class Trainer:
         if self.device.type == "cpu":
             own_memory(self.encoder)
         self.encoder.train()
-        log = (self.output_dir / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8") if main else None
+        log = (self.output_dir / "metrics.jsonl").open("a" if resumed else "w", encoding="utf-8") if main else None
         writer = self._tensorboard() if main else None
         progress = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
                         disable=not (config.show_progress and main), dynamic_ncols=True)
@@ -657,7 +677,7 @@ class Trainer:
         state = {"step": self.step, "epoch": epoch, "next_position": next_position,
                  "total_steps": self.total_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row,
                  "nonfinite_total": self.nonfinite_total, "best_metric": self.best_metric,
-                 "config": self.config.to_dict(), "bf16": self.bf16, "torch": torch.__version__, "python": platform.python_version()}
+                 "config": self.config.to_dict(), "data_digest": self._data_digest, "bf16": self.bf16, "torch": torch.__version__, "python": platform.python_version()}
         rng_per_rank = all_gather_objects(RandState().to_dict(), self.dist)
         if not self.dist.is_main:
             return
@@ -665,10 +685,12 @@ class Trainer:
                    "loss": self.loss_fn.state_dict(), "torch_rng_per_rank": rng_per_rank}
         save_checkpoint(self.checkpoint_dir, self.step, self.encoder, state, tensors, self.config.keep_checkpoints)
 
-    def _resume(self) -> None:
-        found = resume_point(self.checkpoint_dir, self.total_steps, self.dist.world_size)
+    def _resume(self) -> bool:
+        """Load the newest usable checkpoint into this trainer; False when there is none (a fresh run)."""
+        found = resume_point(self.checkpoint_dir, self.total_steps, self.dist.world_size, self.config.to_dict(),
+                             self._data_digest)
         if found is None:
-            return
+            return False
         path, state, tensors = found
         restored = Encoder.from_pretrained(path / "model", torch_dtype=getattr(torch, self.config.dtype))
         self.encoder.model.load_state_dict(restored.model.state_dict())
@@ -680,3 +702,4 @@ class Trainer:
         if self.dist.is_main:
             drop_log_records_after(self.output_dir / "metrics.jsonl", self.step)
         self.best_metric = state["best_metric"]
+        return True

@@ -97,6 +97,17 @@ def test_missing_pieces_become_notes(tmp_path):
         assert text in page
 
 
+def test_a_log_whose_last_line_a_kill_cut_short_still_reports(tmp_path):
+    log = "".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-3, "pairs_per_s": 5.0}) + "\n" for s in (1, 2, 3))
+    (tmp_path / "metrics.jsonl").write_text(log + '{"step": 4, "lo')
+    with pytest.warns(UserWarning, match="metrics.jsonl line 4: cut short"):
+        run = collect_run(tmp_path)
+    assert [r["step"] for r in run.steps] == [1, 2, 3]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "lo\n' + log)  # not the last line: still an error
+    with pytest.raises(ReportError, match="metrics.jsonl line 1"):
+        collect_run(tmp_path)
+
+
 def test_a_folder_that_is_not_a_run_is_named(tmp_path):
     with pytest.raises(ReportError, match=f"'{tmp_path}' is not a contrastkit run: no metrics.jsonl"):
         write_report(tmp_path)
