@@ -136,6 +136,9 @@ class VectorIndex:
             faiss.write_index(self.index, tmp)
             os.chmod(tmp, default_file_mode())  # mkstemp's 0600 would hide the index from other users
             os.replace(tmp, path)
+        except RuntimeError as exc:  # faiss reports a failed write (a full disk) as RuntimeError
+            Path(tmp).unlink(missing_ok=True)
+            raise OSError(f"cannot write {path}: {' '.join(str(exc).split())[:300]}") from exc
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -122,3 +122,16 @@ def test_saved_models_and_checkpoints_get_the_umasks_mode(tmp_path, tiny_model_d
         os.umask(old)
     for weights in (tmp_path / "run" / "model.safetensors", tmp_path / "ckpt" / "model" / "model.safetensors"):
         assert stat.S_IMODE(weights.stat().st_mode) == 0o644
+
+
+def test_a_full_disk_under_an_index_is_one_error_naming_it(tmp_path, monkeypatch):
+    import faiss
+
+    def full(index, name):
+        open(name, "wb").write(b"half")
+        raise RuntimeError("Error in faiss::FileIOWriter: fwrite failed: No space left on device")
+
+    monkeypatch.setattr(faiss, "write_index", full)
+    with pytest.raises(OSError, match=r"cannot write .*index.faiss: .*No space left on device"):
+        VectorIndex.build(np.eye(4, dtype=np.float32)).save(tmp_path / "index.faiss")
+    assert list(tmp_path.iterdir()) == []
