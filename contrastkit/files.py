@@ -21,6 +21,7 @@ def write_whole(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     `path`. On any failure the hidden file is removed and an old `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_partials(path.parent, f".{path.name}.partial-")
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         with partial.open("wb") as handle:
@@ -34,6 +35,24 @@ def write_whole(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def _remove_dead_partials(folder: Path, prefix: str) -> None:
+    """Remove hidden `prefix<pid>` files that a killed process left (its pid no longer runs)."""
+    for leftover in folder.glob(f"{prefix}*"):
+        pid = leftover.name[len(prefix):]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_text_whole(path: str | Path, text: str) -> Path:

@@ -135,3 +135,15 @@ def test_a_full_disk_under_an_index_is_one_error_naming_it(tmp_path, monkeypatch
     with pytest.raises(OSError, match=r"cannot write .*index.faiss: .*No space left on device"):
         VectorIndex.build(np.eye(4, dtype=np.float32)).save(tmp_path / "index.faiss")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_writers_hidden_file_is_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has ended
+    (tmp_path / f".e.npy.partial-{dead}").write_bytes(b"half")
+    (tmp_path / f".e.npy.partial-{os.getpid()}x").write_bytes(b"not ours")  # not a pid: left alone
+    write_text_whole(tmp_path / "e.npy", "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".e.npy.partial-{os.getpid()}x", "e.npy"]
