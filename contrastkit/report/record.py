@@ -35,8 +35,9 @@ ROLE_LABELS = {"bm25": "BM25", "before": "before training", "after": "after trai
 
 
 def clear_records(run_dir: str | Path) -> None:
-    """Remove an earlier run's retrieval and similarity records: a fresh run must not show them."""
-    for name in (RETRIEVAL_FILE, SIMILARITIES_FILE):
+    """Remove an earlier run's retrieval and similarity records and its report.html: a fresh run must
+    not show them (with `report: false` the old page stayed, describing a model no longer there)."""
+    for name in (RETRIEVAL_FILE, SIMILARITIES_FILE, "report.html"):
         (Path(run_dir) / name).unlink(missing_ok=True)
 
 

@@ -163,6 +163,9 @@ class DualTrainer:
             raise ConfigError(f"only {len(queries)} training pairs, fewer than batch_size {config.batch_size}")
         check_sides(model, queries, documents)
         self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device)
+        if self.dist.world_size > 1 and not config.drop_last:
+            raise ConfigError(f"drop_last: false with {self.dist.world_size} ranks: a last batch smaller than "
+                              f"batch_size cannot be shared evenly among the ranks; keep drop_last: true")
         self.config = config
         self.model = model.to(self.device)
         if config.fast_dropout:

@@ -211,6 +211,9 @@ class Trainer:
             raise ConfigError("eval_every is set but there is nothing to evaluate with: set eval_data (a BEIR "
                               "folder) or pass an evaluator")
         self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device)
+        if self.dist.world_size > 1 and not config.drop_last:
+            raise ConfigError(f"drop_last: false with {self.dist.world_size} ranks: a last batch smaller than "
+                              f"batch_size cannot be shared evenly among the ranks; keep drop_last: true")
         self.config = config
         self.bf16 = use_bf16(config.bf16, self.device)  # bf16 autocast: as set, or where the hardware has it
         self.encoder = encoder.to(self.device)
@@ -274,9 +277,9 @@ class Trainer:
         """How the step computes, in words: "bf16 autocast" or "fp32", then what runs it where not torch's
         own operators: oneDNN's dense layers (fp32), the fused attention kernel (either)."""
         cpu = self.device.type == "cpu"
-        kernel = cpu and self.encoder.packs and fused_attention.runs_in(
+        kernel = cpu and self.encoder.packs and self.config.dtype == "float32" and fused_attention.runs_in(
             self.encoder.model, torch.bfloat16 if self.bf16 else torch.float32)
-        parts = ["bf16 autocast" if self.bf16 else "fp32"]
+        parts = ["bf16 autocast" if self.bf16 else "fp64" if self.config.dtype == "float64" else "fp32"]
         parts += ["dense layers by oneDNN"] if cpu and not self.bf16 and onednn_linear_enabled() else []
         parts += ["attention by the fused CPU kernel"] if kernel else []
         return ", ".join(parts)

@@ -89,3 +89,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_two_ranks_refuse_drop_last_false_before_training(no_dropout_model, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", make_pairs(13))  # the last batch of 5 cannot be split in two
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *train_args(no_dropout_model, data, tmp_path / "two", "--set", "drop_last=false")],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert two.returncode != 0 and "drop_last: false with 2 ranks" in two.stderr
+    assert not (tmp_path / "two" / "metrics.jsonl").exists()

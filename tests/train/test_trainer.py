@@ -346,6 +346,22 @@ def test_the_progress_bar_says_when_it_evaluates_and_its_speed_leaves_evaluation
     assert float(bars[0].postfix["pairs_s"]) >= 0.9 * slowest_step  # not dragged down by the 1 s of evaluations
 
 
+def test_an_old_report_does_not_survive_a_fresh_run_without_one(tiny_model_dir, tmp_path):
+    Trainer(config(tmp_path, max_steps=2, checkpoint_every=None, report=True), Encoder.from_pretrained(tiny_model_dir),
+            make_pairs()).train()
+    assert (tmp_path / "run" / "report.html").is_file()
+    Trainer(config(tmp_path, max_steps=2, checkpoint_every=None), Encoder.from_pretrained(tiny_model_dir),
+            make_pairs()).train()
+    assert not (tmp_path / "run" / "report.html").exists()  # it described the other run's model
+
+
+def test_the_environment_record_says_fp64_for_a_float64_run(tiny_model_dir, tmp_path):
+    Trainer(config(tmp_path, max_steps=1, checkpoint_every=None, dtype="float64"),
+            Encoder.from_pretrained(tiny_model_dir, torch_dtype=torch.float64), make_pairs()).train()
+    precision = json.loads((tmp_path / "run" / "environment.json").read_text())["precision"]
+    assert precision.startswith("fp64") and "fused" not in precision
+
+
 def test_an_old_best_model_does_not_survive_a_fresh_run(tiny_model_dir, tmp_path):
     seen = iter([0.2, 0.5])
     Trainer(config(tmp_path, max_steps=4, eval_every=2), Encoder.from_pretrained(tiny_model_dir), make_pairs(),
