@@ -253,7 +253,8 @@ def test_the_trainer_says_when_its_steps_take_the_kernel(monkeypatch):
     from contrastkit.train.trainer import Trainer
 
     def precision(model, bf16=True):
-        trainer = SimpleNamespace(bf16=bf16, device=torch.device("cpu"), encoder=SimpleNamespace(packs=True, model=model))
+        trainer = SimpleNamespace(bf16=bf16, device=torch.device("cpu"), config=SimpleNamespace(dtype="float32"),
+                                  encoder=SimpleNamespace(packs=True, model=model))
         return Trainer.precision.fget(trainer)
 
     monkeypatch.setenv("CONTRASTKIT_ONEDNN_LINEAR", "0")
