@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from safetensors import SafetensorError
+
 
 def write_whole(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call write(binary handle) on a hidden file beside `path`, fsync it, rename it to `path`; return
@@ -63,6 +65,17 @@ def write_text_whole(path: str | Path, text: str) -> Path:
 WEIGHT_SUFFIXES = (".safetensors",)
 
 
+@contextmanager
+def failed_writes_named(target: str | Path) -> Iterator[None]:
+    """torch.save, safetensors and faiss report a failed write (a full disk) as RuntimeError or
+    SafetensorError: raise it as the OSError it is, naming `target`, so the command line prints one
+    `error:` line instead of a traceback."""
+    try:
+        yield
+    except (RuntimeError, SafetensorError) as exc:
+        raise OSError(f"cannot write {target}: {' '.join(str(exc).split())[:300]}") from exc
+
+
 def save_files_whole(folder: str | Path, save: Callable[[Path], object]) -> Path:
     """Call save(a hidden folder inside `folder`), then move each file it wrote into `folder`, each by
     one rename, so that every file there is whole, even after a kill mid-save; other files in `folder`
@@ -78,14 +91,8 @@ def save_files_whole(folder: str | Path, save: Callable[[Path], object]) -> Path
         shutil.rmtree(stale, ignore_errors=True)
     partial = folder / f".save-partial-{os.getpid()}"
     try:
-        try:
+        with failed_writes_named(folder):
             save(partial)
-        except RuntimeError as exc:  # safetensors and transformers report a failed write (a full disk) so
-            raise OSError(f"cannot save the model in {folder}: {' '.join(str(exc).split())[:300]}") from exc
-        except Exception as exc:
-            if type(exc).__name__ != "SafetensorError":
-                raise
-            raise OSError(f"cannot save the model in {folder}: {' '.join(str(exc).split())[:300]}") from exc
         written = sorted((p for p in partial.rglob("*") if p.is_file()), key=lambda p: (p.suffix in WEIGHT_SUFFIXES, p))
         for path in written:
             os.chmod(path, default_file_mode())
@@ -119,14 +126,18 @@ def default_file_mode() -> int:
 
 
 @contextmanager
-def run_lock(folder: str | Path) -> Iterator[None]:
+def run_lock(folder: str | Path, hold: bool = True) -> Iterator[None]:
     """Hold `folder`/.contrastkit.lock (an flock) while the block runs: a second run writing into the same
     output folder stops at once with a ConfigError instead of deleting the first one's checkpoints.
-    The lock goes with the process, so a killed run never leaves the folder locked."""
+    The lock goes with the process, so a killed run never leaves the folder locked. `hold=False` (the
+    ranks other than the one that writes the folder): nothing is locked."""
     import fcntl
 
     from contrastkit.errors import ConfigError
 
+    if not hold:
+        yield
+        return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / ".contrastkit.lock", "a+", encoding="utf-8")

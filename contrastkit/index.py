@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from contrastkit.errors import ConfigError
-from contrastkit.files import default_file_mode
+from contrastkit.files import default_file_mode, failed_writes_named
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 # Below this many vectors exact search takes well under a millisecond per query on 2 cores, and
@@ -133,12 +133,10 @@ class VectorIndex:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         os.close(fd)
         try:
-            faiss.write_index(self.index, tmp)
+            with failed_writes_named(path):  # faiss reports a full disk as RuntimeError
+                faiss.write_index(self.index, tmp)
             os.chmod(tmp, default_file_mode())  # mkstemp's 0600 would hide the index from other users
             os.replace(tmp, path)
-        except RuntimeError as exc:  # faiss reports a failed write (a full disk) as RuntimeError
-            Path(tmp).unlink(missing_ok=True)
-            raise OSError(f"cannot write {path}: {' '.join(str(exc).split())[:300]}") from exc
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from contrastkit.files import write_text_whole
+from contrastkit.report import REPORT_FILE
 
 RETRIEVAL_FILE = "retrieval.json"
 SIMILARITIES_FILE = "similarities.json"
@@ -37,7 +38,7 @@ ROLE_LABELS = {"bm25": "BM25", "before": "before training", "after": "after trai
 def clear_records(run_dir: str | Path) -> None:
     """Remove an earlier run's retrieval and similarity records and its report.html: a fresh run must
     not show them (with `report: false` the old page stayed, describing a model no longer there)."""
-    for name in (RETRIEVAL_FILE, SIMILARITIES_FILE, "report.html"):
+    for name in (RETRIEVAL_FILE, SIMILARITIES_FILE, REPORT_FILE):
         (Path(run_dir) / name).unlink(missing_ok=True)
 
 

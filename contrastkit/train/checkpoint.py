@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from contrastkit.errors import ConfigError
-from contrastkit.files import give_default_modes, write_text_whole
+from contrastkit.files import failed_writes_named, give_default_modes, write_text_whole
 from contrastkit.train.grad_cache import RandState
 
 PREFIX = "checkpoint-"
@@ -57,14 +57,12 @@ def write_atomically(target: Path, write: callable) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        write(tmp)
+        with failed_writes_named(target):
+            write(tmp)
         give_default_modes(tmp)
         _fsync_tree(tmp)
-    except BaseException as exc:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of half a checkpoint
-        if isinstance(exc, RuntimeError) or type(exc).__name__ == "SafetensorError":
-            # torch.save and safetensors report a failed write (a full disk) as these, not as OSError
-            raise OSError(f"cannot write {target}: {' '.join(str(exc).split())[:300]}") from exc
         raise
     if target.exists():
         old = target.parent / f".tmp-old-{target.name}-{os.getpid()}"

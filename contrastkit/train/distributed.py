@@ -69,12 +69,17 @@ def init_distributed(timeout_s: float = 30.0) -> DistContext:
     return context
 
 
-def join_ranks(batch_size: int, timeout_s: float, device: str) -> tuple[DistContext, torch.device]:
-    """Join the ranks (see `init_distributed`) and pick this rank's device; the global batch must split evenly."""
+def join_ranks(batch_size: int, timeout_s: float, device: str, drop_last: bool = True,
+               ) -> tuple[DistContext, torch.device]:
+    """Join the ranks (see `init_distributed`) and pick this rank's device; every batch must split evenly
+    (batch_size a multiple of the ranks, and no short last batch: drop_last)."""
     context = init_distributed(timeout_s)
     if batch_size % context.world_size:
         raise ConfigError(f"batch_size {batch_size} must be divisible by the number of ranks "
                           f"({context.world_size}): each rank embeds an equal shard of the global batch")
+    if context.world_size > 1 and not drop_last:
+        raise ConfigError(f"drop_last: false with {context.world_size} ranks: a last batch smaller than "
+                          f"batch_size cannot be shared evenly among the ranks; keep drop_last: true")
     return context, resolve_device(device, context)
 
 

@@ -162,10 +162,7 @@ class DualTrainer:
         if len(queries) < config.batch_size and config.drop_last:
             raise ConfigError(f"only {len(queries)} training pairs, fewer than batch_size {config.batch_size}")
         check_sides(model, queries, documents)
-        self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device)
-        if self.dist.world_size > 1 and not config.drop_last:
-            raise ConfigError(f"drop_last: false with {self.dist.world_size} ranks: a last batch smaller than "
-                              f"batch_size cannot be shared evenly among the ranks; keep drop_last: true")
+        self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device, config.drop_last)
         self.config = config
         self.model = model.to(self.device)
         if config.fast_dropout:
@@ -256,9 +253,7 @@ class DualTrainer:
         With `resume`, continue from the newest complete checkpoint in `output_dir/checkpoints`
         (a fresh run when there is none); without it, old checkpoints there are removed first.
         """
-        if not self.dist.is_main:
-            return self._train(resume)
-        with run_lock(self.output_dir):  # one run at a time in an output folder
+        with run_lock(self.output_dir, hold=self.dist.is_main):  # one run at a time in an output folder
             return self._train(resume)
 
     def _train(self, resume: bool) -> Path:

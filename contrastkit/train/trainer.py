@@ -210,10 +210,7 @@ class Trainer:
         if config.eval_every and evaluator is None:
             raise ConfigError("eval_every is set but there is nothing to evaluate with: set eval_data (a BEIR "
                               "folder) or pass an evaluator")
-        self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device)
-        if self.dist.world_size > 1 and not config.drop_last:
-            raise ConfigError(f"drop_last: false with {self.dist.world_size} ranks: a last batch smaller than "
-                              f"batch_size cannot be shared evenly among the ranks; keep drop_last: true")
+        self.dist, self.device = join_ranks(config.batch_size, config.dist_timeout_s, config.device, config.drop_last)
         self.config = config
         self.bf16 = use_bf16(config.bf16, self.device)  # bf16 autocast: as set, or where the hardware has it
         self.encoder = encoder.to(self.device)
@@ -473,9 +470,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool = False) -> Path:
         """Train to the end (resuming from the newest complete checkpoint if asked); return the output folder."""
-        if not self.dist.is_main:
-            return self._train(resume)
-        with run_lock(self.output_dir):  # one run at a time in an output folder
+        with run_lock(self.output_dir, hold=self.dist.is_main):  # one run at a time in an output folder
             return self._train(resume)
 
     def _train(self, resume: bool) -> Path:
@@ -680,7 +675,8 @@ class Trainer:
         state = {"step": self.step, "epoch": epoch, "next_position": next_position,
                  "total_steps": self.total_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row,
                  "nonfinite_total": self.nonfinite_total, "best_metric": self.best_metric,
-                 "config": self.config.to_dict(), "data_digest": self._data_digest, "bf16": self.bf16, "torch": torch.__version__, "python": platform.python_version()}
+                 "config": self.config.to_dict(), "data_digest": self._data_digest, "bf16": self.bf16,
+                 "torch": torch.__version__, "python": platform.python_version()}
         rng_per_rank = all_gather_objects(RandState().to_dict(), self.dist)
         if not self.dist.is_main:
             return
