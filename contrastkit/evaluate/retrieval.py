@@ -10,12 +10,13 @@ the search goes through :class:`contrastkit.index.VectorIndex`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from contrastkit.evaluate.metrics import DEFAULT_KS, Qrels, evaluate_run, mean_metrics
 from contrastkit.vectors import l2_normalize
@@ -88,6 +89,19 @@ def result_from_run(run: Mapping[str, Iterable[tuple[str, float]]], qrels: Qrels
     return RetrievalResult(metrics=mean_metrics(per_query), per_query=per_query, run=ordered)
 
 
+def _score_chunks(queries: np.ndarray, docs: np.ndarray, max_chunk_elements: int) -> Iterator[tuple[int, Tensor]]:
+    """(first query row, inner products [q, N]) for chunks of the queries, each at most about
+    max_chunk_elements scores, so that memory stays bounded whatever the number of queries."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    docs = np.ascontiguousarray(docs, dtype=np.float32)
+    if queries.ndim != 2 or docs.ndim != 2 or queries.shape[1] != docs.shape[1]:
+        raise ValueError(f"need queries [Q, D] and docs [N, D], got {queries.shape} and {docs.shape}")
+    d, q = torch.from_numpy(docs), torch.from_numpy(queries)
+    step = max(1, max_chunk_elements // max(1, docs.shape[0]))
+    for start in range(0, q.shape[0], step):
+        yield start, q[start:start + step] @ d.T
+
+
 def exact_search(queries: np.ndarray, docs: np.ndarray, k: int,
                  max_chunk_elements: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
     """Top-k inner-product search by brute force, chunked over queries to bound memory.
@@ -95,16 +109,10 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int,
     queries [Q, D], docs [N, D] -> (scores [Q, k'], indices [Q, k']) with k' = min(k, N),
     best first.
     """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    docs = np.ascontiguousarray(docs, dtype=np.float32)
-    if queries.ndim != 2 or docs.ndim != 2 or queries.shape[1] != docs.shape[1]:
-        raise ValueError(f"need queries [Q, D] and docs [N, D], got {queries.shape} and {docs.shape}")
-    k = min(k, docs.shape[0])
-    d, q = torch.from_numpy(docs), torch.from_numpy(queries)
-    step = max(1, max_chunk_elements // max(1, docs.shape[0]))
+    k = min(k, len(docs))
     scores, ids = [], []
-    for start in range(0, q.shape[0], step):
-        top = torch.topk(q[start:start + step] @ d.T, k, dim=1)
+    for _, chunk in _score_chunks(queries, docs, max_chunk_elements):
+        top = torch.topk(chunk, k, dim=1)
         scores.append(top.values.numpy())
         ids.append(top.indices.numpy())
     if not scores:
@@ -122,18 +130,13 @@ def exact_trec_top(queries: np.ndarray, docs: np.ndarray, query_ids: Sequence[st
     ones). Here every document scoring at least the k-th score is a candidate, and candidates are
     ranked by (score, doc id) descending, the order pytrec_eval gives a run, before the cut.
     """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    docs = np.ascontiguousarray(docs, dtype=np.float32)
-    k = min(k, docs.shape[0])
+    k = min(k, len(docs))
     out: dict[str, list[tuple[str, float]]] = {}
     if k == 0:
         return {qid: [] for qid in query_ids}
-    d = torch.from_numpy(docs)
-    step = max(1, max_chunk_elements // max(1, docs.shape[0]))
-    for start in range(0, len(query_ids), step):
-        scores = torch.from_numpy(queries[start:start + step]) @ d.T
+    for start, scores in _score_chunks(queries, docs, max_chunk_elements):
         kth = torch.topk(scores, k, dim=1).values[:, -1:]
-        for row, qid in enumerate(query_ids[start:start + step]):
+        for row, qid in enumerate(query_ids[start:start + len(scores)]):
             row_scores = scores[row].numpy()
             candidates = np.flatnonzero(row_scores >= kth[row, 0].item())
             out[qid] = _trec_order((doc_ids[j], float(row_scores[j])) for j in candidates)[:k]
