@@ -355,6 +355,16 @@ class DualEncoder(nn.Module):
         """exp(t) clamped at max_logit_scale (CLIP: ≤ 100): multiplies the cosine similarities."""
         return self.log_logit_scale.clamp(max=math.log(self.max_logit_scale)).exp()
 
+    @torch.no_grad()
+    def clamp_scale_(self) -> None:
+        """Put the log logit scale back on log(max_logit_scale) if a step took it past, in place.
+
+        The forward clamp passes no gradient past the bound, so a parameter left there could never
+        come back down; open_clip clamps CLIP's in place after each optimizer step, as the trainer
+        calls this.
+        """
+        self.log_logit_scale.clamp_(max=math.log(self.max_logit_scale))
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

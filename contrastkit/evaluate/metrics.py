@@ -26,6 +26,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Union
 
+import numpy as np
+
 __all__ = [
     "DEFAULT_KS",
     "METRICS",
@@ -54,9 +56,15 @@ Run = Mapping[str, Ranked]
 Qrels = Mapping[str, Mapping[str, int]]
 
 
+def trec_score(score: float) -> float:
+    """A score as trec_eval compares it: rounded to float32 (it stores scores as C floats), so that
+    0.70000001 and 0.7 tie, as they do there."""
+    return float(np.float32(score))
+
+
 def rank_by_score(scores: Mapping[str, float]) -> list[str]:
-    """Rank doc ids as trec_eval does: score descending, ties broken by doc id descending."""
-    return sorted(scores, key=lambda d: (scores[d], d), reverse=True)
+    """Rank doc ids as trec_eval does: score (as float32) descending, ties broken by doc id descending."""
+    return sorted(scores, key=lambda d: (trec_score(scores[d]), d), reverse=True)
 
 
 def _ranking(ranked: Ranked) -> list[str]:

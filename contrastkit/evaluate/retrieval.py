@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contrastkit.evaluate.metrics import DEFAULT_KS, Qrels, evaluate_run, mean_metrics
+from contrastkit.evaluate.metrics import DEFAULT_KS, Qrels, evaluate_run, mean_metrics, trec_score
 from contrastkit.vectors import l2_normalize
 
 __all__ = [
@@ -75,16 +75,16 @@ class RetrievalResult:
         return out
 
 
-def _trec_order(pairs: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
-    # Same order as metrics.rank_by_score, so the stored run reads as pytrec_eval would rank it.
-    return sorted(pairs, key=lambda p: (p[1], p[0]), reverse=True)
+def trec_order(pairs: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    """(doc id, score) pairs in metrics.rank_by_score's order, so a stored run reads as pytrec_eval ranks it."""
+    return sorted(pairs, key=lambda p: (trec_score(p[1]), p[0]), reverse=True)
 
 
 def result_from_run(run: Mapping[str, Iterable[tuple[str, float]]], qrels: Qrels,
                     ks: Sequence[int] = DEFAULT_KS) -> RetrievalResult:
     """Score a run of (doc id, score) pairs per query against qrels; the shared tail of every
     evaluation (dense or BM25)."""
-    ordered = {q: _trec_order(pairs) for q, pairs in run.items()}
+    ordered = {q: trec_order(pairs) for q, pairs in run.items()}
     per_query = evaluate_run({q: [d for d, _ in pairs] for q, pairs in ordered.items()}, qrels, ks)
     return RetrievalResult(metrics=mean_metrics(per_query), per_query=per_query, run=ordered)
 
@@ -139,7 +139,7 @@ def exact_trec_top(queries: np.ndarray, docs: np.ndarray, query_ids: Sequence[st
         for row, qid in enumerate(query_ids[start:start + len(scores)]):
             row_scores = scores[row].numpy()
             candidates = np.flatnonzero(row_scores >= kth[row, 0].item())
-            out[qid] = _trec_order((doc_ids[j], float(row_scores[j])) for j in candidates)[:k]
+            out[qid] = trec_order((doc_ids[j], float(row_scores[j])) for j in candidates)[:k]
     return out
 
 
@@ -167,7 +167,7 @@ def retrieve(query_embeddings: np.ndarray, doc_embeddings: np.ndarray, query_ids
         from contrastkit.index import VectorIndex  # faiss only when the corpus is large
 
         scores, idx = VectorIndex.build(np.ascontiguousarray(d)).search(q, min(k, len(doc_ids)))
-    return {qid: _trec_order((doc_ids[j], float(s)) for s, j in zip(scores[i], idx[i]) if j >= 0)
+    return {qid: trec_order((doc_ids[j], float(s)) for s, j in zip(scores[i], idx[i]) if j >= 0)
             for i, qid in enumerate(query_ids)}
 
 

@@ -36,10 +36,10 @@ def _pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     """Pearson's r = cov(x, y) / (std x * std y); NaN when either side is constant."""
     x, y = _pair(x, y)
+    if (x == x[0]).all() or (y == y[0]).all():  # as scipy: a mean one ulp off would give ~1e-16, not NaN
+        return float("nan")
     dx, dy = x - x.mean(), y - y.mean()
     denom = np.sqrt((dx @ dx) * (dy @ dy))
-    if denom == 0.0:
-        return float("nan")
     return float(np.clip((dx @ dy) / denom, -1.0, 1.0))
 
 

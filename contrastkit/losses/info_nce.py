@@ -250,8 +250,16 @@ def _check_inputs(anchors: Tensor, positives: Tensor, hard_negatives: Tensor | N
         if not (shape_ok and hard_negatives.shape[-1] == dim and hard_negatives.is_floating_point()):
             raise ValueError(f"hard_negatives must be [B, K, D] = [{batch}, K, {dim}] or [M, {dim}]; "
                              f"got {tuple(hard_negatives.shape)}")
-    if isinstance(temperature, (int, float)) and not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
+    if isinstance(temperature, Tensor):
+        if temperature.dim() != 0:
+            raise ValueError(f"temperature must be a float or a 0-dim tensor; got shape {tuple(temperature.shape)}")
+        # a learnable one (InfoNCELoss: exp of a parameter) is > 0 by construction; reading it every
+        # step would make the host wait for a GPU
+        value = None if temperature.requires_grad else float(temperature)
+    else:
+        value = temperature
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"temperature must be a finite number > 0; got {value}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
     for name, value in (("mask_margin", mask_margin), ("mask_ratio", mask_ratio)):

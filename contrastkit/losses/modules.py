@@ -23,6 +23,9 @@ class InfoNCELoss(nn.Module):
 
     A learnable temperature is held as a log-scale parameter, log(1/τ), initialised from
     ``temperature`` and clamped in the forward pass so that 1/τ ≤ ``max_scale`` (100, as CLIP).
+    Past the bound the forward clamp passes no gradient, so a parameter left there would stay frozen
+    even when the loss asks for a smaller scale: after each optimizer step call :meth:`clamp_scale_`
+    (the trainers do), which puts it back on the bound in place, as open_clip does with CLIP's.
 
     Shapes: anchors, positives [B, D]; hard_negatives [B, K, D] or [M, D]; ids as the function.
 
@@ -53,6 +56,12 @@ class InfoNCELoss(nn.Module):
         if self.log_scale is None:
             return self.fixed_temperature
         return self.log_scale.clamp(max=math.log(self.max_scale)).neg().exp()
+
+    @torch.no_grad()
+    def clamp_scale_(self) -> None:
+        """Put a learnable log-scale past log(max_scale) back on it, in place (after an optimizer step)."""
+        if self.log_scale is not None:
+            self.log_scale.clamp_(max=math.log(self.max_scale))
 
     def forward(self, anchors: Tensor, positives: Tensor, hard_negatives: Tensor | None = None, *,
                 anchor_ids: Tensor | None = None, positive_ids: Tensor | None = None,

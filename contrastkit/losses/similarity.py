@@ -29,6 +29,12 @@ SIMILARITY_KINDS: tuple[str, ...] = get_args(SimilarityKind)
 DISTANCE_KINDS: tuple[str, ...] = get_args(DistanceKind)
 
 
+def _cdist(a: Tensor, b: Tensor) -> Tensor:
+    """torch.cdist, in float32 at least: it has no bf16 or fp16 kernel on the CPU."""
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    return torch.cdist(a.to(dtype), b.to(dtype))
+
+
 def similarity_matrix(a: Tensor, b: Tensor, kind: SimilarityKind = "cosine") -> Tensor:
     """Similarity of every row of ``a`` [B, D] with every row of ``b`` [M, D]: returns [B, M]."""
     _check_kind(kind, SIMILARITY_KINDS, "similarity")
@@ -37,7 +43,7 @@ def similarity_matrix(a: Tensor, b: Tensor, kind: SimilarityKind = "cosine") -> 
         return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
     if kind == "dot":
         return a @ b.T
-    return -torch.cdist(a, b)
+    return -_cdist(a, b)
 
 
 def rowwise_similarity(a: Tensor, b: Tensor, kind: SimilarityKind = "cosine") -> Tensor:
@@ -60,7 +66,7 @@ def distance_matrix(a: Tensor, b: Tensor, kind: DistanceKind = "euclidean") -> T
     if kind == "cosine":
         return 1.0 - similarity_matrix(a, b, "cosine")
     _check_matrix_shapes(a, b)
-    euclidean = torch.cdist(a, b)
+    euclidean = _cdist(a, b)
     return euclidean if kind == "euclidean" else euclidean.pow(2)
 
 

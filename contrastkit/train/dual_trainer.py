@@ -281,6 +281,7 @@ class DualTrainer:
                 loss = self.compute_gradients(batch)
                 lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
                 result = step_if_finite(self.optimizer, loss, config.max_grad_norm)
+                self.model.clamp_scale_()  # the logit scale stays where its gradient can reach it
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1

@@ -564,6 +564,8 @@ class Trainer:
         config = self.config
         lr = self.scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler then moves to the next)
         result = step_if_finite(self.optimizer, loss, config.max_grad_norm)
+        if hasattr(self.loss_fn, "clamp_scale_"):
+            self.loss_fn.clamp_scale_()  # a learnable temperature stays where its gradient can reach it
         self.scheduler.step()
         zero_grad_keeping(self.optimizer, self._kept_grads)
         temperature = getattr(self.loss_fn, "temperature", None)

@@ -61,3 +61,14 @@ def test_bm25_retrieval_on_a_beir_shaped_set(tiny_beir):
     assert set(result.per_query) == {"q1", "q2"}
     assert result.per_query["q2"]["ndcg@1"] == 1.0  # "about dogs" -> d2 only
     assert set(result.metrics) >= {"ndcg@10", "recall@10", "mrr@10", "accuracy@1"}
+
+
+def test_ties_at_the_cut_are_broken_as_trec_eval_whatever_the_depth():
+    """Five identical documents tie; bm25s's own top-k kept an arbitrary few of them, so nDCG@k of
+    the same query moved with the search depth. The kept ones are the largest doc ids (trec_eval's
+    order for equal scores), and a deeper search begins with the same list."""
+    docs = {"a": "cat cat cat", **{f"t{i}": "cat and a dog" for i in range(5)}, "z": "dog"}
+    shallow = bm25_run(list(docs), list(docs.values()), ["q"], ["cat"], k=3)["q"]
+    deep = bm25_run(list(docs), list(docs.values()), ["q"], ["cat"], k=6)["q"]
+    assert [d for d, _ in shallow] == ["a", "t4", "t3"]
+    assert deep[:3] == shallow and [d for d, _ in deep] == ["a", "t4", "t3", "t2", "t1", "t0"]

@@ -62,6 +62,17 @@ def test_mrr_at_k_is_recip_rank_of_the_run_cut_at_k(seed):
             assert ours[qid][f"mrr@{k}"] == pytest.approx(theirs[qid]["recip_rank"], abs=1e-9)
 
 
+def test_scores_that_differ_past_float32_tie_as_in_trec_eval():
+    """trec_eval stores scores as C floats: 0.70000001 and 0.7 tie there, and the tie goes to the
+    larger doc id. A run from another tool in float64 must score the same here."""
+    qrels = {"q": {"a": 1}}
+    run = {"q": {"a": 0.70000001, "b": 0.7, "c": 0.1}}
+    theirs = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recip_rank"}).evaluate(run)["q"]
+    ours = M.evaluate_run(run, qrels, (10,))["q"]
+    assert M.rank_by_score(run["q"]) == ["b", "a", "c"]
+    assert ours["ndcg@10"] == pytest.approx(theirs["ndcg_cut_10"], abs=1e-9) and ours["mrr@10"] == 0.5
+
+
 def test_means_match_pytrec_eval_over_queries_with_a_relevant_doc():
     qrels, run = random_case(3)
     theirs = trec_measures(qrels, run, (10,))

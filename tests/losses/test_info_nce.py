@@ -305,6 +305,19 @@ def test_half_precision_embeddings_get_a_float32_softmax():
     assert loss.item() == pytest.approx(info_nce(a.double(), p.double()).item(), rel=2e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_embeddings_work_with_every_similarity(dtype):
+    """torch.cdist has no half-precision kernel on the CPU: euclidean similarities run in float32."""
+    from contrastkit.losses import batch_hard_triplet
+    a, p = noise(16, 8, seed=34).to(dtype), noise(16, 8, seed=35).to(dtype)
+    for kind in ("cosine", "dot", "neg_euclidean"):
+        got = info_nce(a, p, similarity=kind)
+        assert got.dtype == torch.float32
+        assert got.item() == pytest.approx(info_nce(a.double(), p.double(), similarity=kind).item(), rel=2e-3)
+    labels = torch.arange(16) // 2
+    assert batch_hard_triplet(a, labels).item() == pytest.approx(batch_hard_triplet(a.double(), labels).item(), rel=1e-5)
+
+
 def test_a_row_whose_candidates_are_all_masked_costs_nothing():
     a, p = noise(3, 4, seed=25), noise(3, 4, seed=26)
     out = info_nce_with_stats(a, p, positive_ids=torch.tensor([7, 7, 7]))
@@ -312,7 +325,10 @@ def test_a_row_whose_candidates_are_all_masked_costs_nothing():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=0.0), "temperature must be > 0"),
+    (dict(temperature=0.0), "temperature must be a finite number > 0"),
+    (dict(temperature=torch.tensor(-0.05)), "temperature must be a finite number > 0; got -0.05"),
+    (dict(temperature=torch.tensor(math.nan)), "temperature must be a finite number > 0; got nan"),
+    (dict(temperature=torch.tensor([0.05])), "temperature must be a float or a 0-dim tensor"),
     (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
     (dict(mask_margin=math.nan), "mask_margin must be a finite number"),
     (dict(positive_ids=torch.tensor([1, 2])), r"positive_ids must have shape \[3\]"),

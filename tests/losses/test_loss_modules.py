@@ -61,6 +61,24 @@ def test_learnable_temperature_is_clamped_at_scale_100():
     assert "log_scale" in module.state_dict()
 
 
+def test_a_scale_put_back_on_the_bound_can_come_down_again():
+    """A step that overshoots 1/τ = 100 left the parameter where the forward clamp passes no gradient:
+    frozen for good. clamp_scale_ (called by the trainers after each step) puts it back on the bound,
+    where a batch that wants a smaller scale moves it down."""
+    module = InfoNCELoss(0.05, learnable_temperature=True).double()
+    with torch.no_grad():
+        module.log_scale.fill_(math.log(150.0))
+    module.clamp_scale_()
+    assert module.log_scale.item() == pytest.approx(math.log(100.0), abs=1e-12)
+    a = noise(8, 4, seed=11)
+    loss = module(a, -a)  # every positive opposite its anchor: the loss wants a softer (smaller) scale
+    loss.backward()
+    assert module.log_scale.grad.item() > 0  # gradient descent lowers the scale
+    fixed = InfoNCELoss(0.05)
+    fixed.clamp_scale_()  # a fixed temperature: nothing to do
+    assert fixed.temperature == 0.05
+
+
 def test_temperature_out_of_range_is_refused():
     with pytest.raises(ValueError, match="1/temperature <= max_scale"):
         InfoNCELoss(0.005)

@@ -442,3 +442,13 @@ def test_weight_decay_falls_on_weight_matrices_only(tiny_encoder, tmp_path):
     assert any(n.endswith("word_embeddings.weight") for n in groups[0.05])
     assert groups[0.0] == no_decay
     assert groups[0.05] == set(name_of.values()) - no_decay
+
+
+def test_the_logit_scale_past_its_bound_is_put_back_after_each_step(tiny_encoder, tmp_path):
+    """As open_clip after each step: past log 100 the forward clamp gives the scale no gradient."""
+    model = DualEncoder.shared(tiny_encoder)
+    with torch.no_grad():
+        model.log_logit_scale.fill_(math.log(150.0))
+    config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=8, max_steps=1, show_progress=False)
+    DualTrainer(config, model, *sides_from_pairs(make_pairs(16))).train()
+    assert model.log_logit_scale.item() <= math.log(100.0) + 1e-7

@@ -560,3 +560,13 @@ def test_the_first_step_moves_the_weights_at_the_warm_up_rate(tiny_model_dir, tm
     # AdamW's first update is lr · g / (|g| + eps) for each weight: the rate itself where g is not tiny,
     # and the first of 2 warm-up steps runs at half of 1e-3
     assert moved == pytest.approx(1e-3 / 2, rel=1e-3)
+
+
+def test_a_learnable_temperature_past_its_bound_is_put_back_after_each_step(tiny_model_dir, tmp_path):
+    """The forward clamp passes no gradient past 1/τ = 100: a scale a step left there would be frozen."""
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    trainer = Trainer(config(tmp_path, max_steps=1, learnable_temperature=True), encoder, make_pairs())
+    with torch.no_grad():
+        trainer.loss_fn.log_scale.fill_(math.log(150.0))
+    trainer.train()
+    assert trainer.loss_fn.log_scale.item() <= math.log(100.0) + 1e-7
