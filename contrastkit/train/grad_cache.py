@@ -92,10 +92,9 @@ def forward_chunks(count: int, per_forward: int | None, lengths: Callable[[], Se
     When one call takes the whole group (`per_forward` None or at least `count`) the group goes in
     its own order: a padded call pads to its longest text whatever the order, and the packed
     forward sorts for itself. Then `lengths` (a tokenizer pass over the group) is never called.
-    Else `length_sorted_chunks` of `lengths()`.
+    Else `length_sorted_chunks` of `lengths()`. An empty group is one empty chunk: the embed
+    function is asked for the [0, D] embeddings of no items.
     """
-    if count == 0:
-        return []
     if per_forward is None or per_forward >= count:
         return [np.arange(count)]
     return length_sorted_chunks(lengths(), per_forward)

@@ -328,12 +328,21 @@ class Trainer:
         return [self._lengths[t] for t in texts]
 
     # ------------------------------------------------------------------ one step
-    def _groups(self, batch: list[int]) -> list[list[str]]:
+    def _groups(self, batch: list[int], shard: list[int] | None = None) -> list[list[str]]:
+        """The texts of `shard` (default: all of `batch`) as groups: anchors, positives and, where the
+        loss takes hard negatives and some pair of the whole batch brings one, the pooled negatives.
+
+        Pooled negatives let a pair bring fewer than k, or none; a batch where no pair brings any
+        is trained on in-batch negatives alone. That is decided on the whole batch, so that every
+        rank holds the same groups (a rank whose shard brings none embeds an empty group).
+        """
         k = self.config.num_hard_negatives
-        anchors = [self.examples[i].anchor for i in batch]
-        positives = [self.examples[i].positive for i in batch]
-        negatives = [n for i in batch for n in self.examples[i].negatives[:k]]
-        return [anchors, positives, negatives] if k else [anchors, positives]
+        rows = batch if shard is None else shard
+        anchors = [self.examples[i].anchor for i in rows]
+        positives = [self.examples[i].positive for i in rows]
+        if not (k and any(self.examples[i].negatives for i in batch)):
+            return [anchors, positives]
+        return [anchors, positives, [n for i in rows for n in self.examples[i].negatives[:k]]]
 
     def _loss_on(self, groups: list[list[str]]) -> Callable[..., Tensor]:
         """loss(*embeddings of the groups): the configured loss, with ids for false-negative masking."""
@@ -367,6 +376,8 @@ class Trainer:
     def _embed(self, texts: list[str]) -> Tensor:
         # the packed forward writes its attention out itself: only the padded one runs Hugging Face's
         eager = self._eager_attention and torch.is_grad_enabled() and not self.encoder.packs
+        if not texts:  # a rank's shard of a batch's negatives may be empty (see _groups)
+            return torch.zeros(0, self.encoder.embedding_dim, device=self.device, requires_grad=torch.is_grad_enabled())
         with autocast(self.bf16, self.device.type), eager_attention(self.encoder, eager):
             return self.encoder.embed(texts).float()
 
@@ -419,7 +430,7 @@ class Trainer:
 
     def _local_groups(self, batch: list[int]) -> list[list[str]]:
         shard = len(batch) // self.dist.world_size
-        return self._groups(batch[self.dist.rank * shard:(self.dist.rank + 1) * shard])
+        return self._groups(batch, batch[self.dist.rank * shard:(self.dist.rank + 1) * shard])
 
     def _look_ahead(self, step: int) -> None:
         """Tokenize and pack step `step`'s stream parts in the background (`Lookahead`), where it runs as streams."""

@@ -570,3 +570,19 @@ def test_a_learnable_temperature_past_its_bound_is_put_back_after_each_step(tiny
         trainer.loss_fn.log_scale.fill_(math.log(150.0))
     trainer.train()
     assert trainer.loss_fn.log_scale.item() <= math.log(100.0) + 1e-7
+
+
+@pytest.mark.parametrize("batching", [dict(), dict(mini_batch_size=4), dict(cpu_streams=1)])
+def test_a_batch_without_any_hard_negative_trains_on_in_batch_negatives(tiny_model_dir, tmp_path, batching):
+    """Pooled negatives let a pair bring none ("mine" leaves such pairs): a batch where no pair brings
+    one crashed the step (an empty group); it is trained on in-batch negatives alone."""
+    pairs = make_pairs(48, negatives=1)
+    for i, pair in enumerate(pairs):
+        pair.negatives = pair.negatives if i in (0, 1) else []
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    trainer = Trainer(config(tmp_path, num_hard_negatives=1, max_steps=6, **batching), encoder, pairs)
+    groups = [trainer._groups(batch) for batch in trainer._batches(0)]
+    assert {len(g) for g in groups} == {2, 3}  # batches with and without a negative
+    out = trainer.train()
+    assert [r["step"] for r in step_records(out / "metrics.jsonl")] == list(range(1, 7))
+    assert all(np.isfinite(r["loss"]) for r in step_records(out / "metrics.jsonl"))
