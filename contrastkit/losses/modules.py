@@ -39,7 +39,7 @@ class InfoNCELoss(nn.Module):
     def __init__(self, temperature: float = 0.05, *, learnable_temperature: bool = False,
                  max_scale: float = 100.0, similarity: SimilarityKind = "cosine", symmetric: bool = False,
                  label_smoothing: float = 0.0, mask_margin: float | None = None,
-                 mask_ratio: float | None = None) -> None:
+                 mask_ratio: float | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if not temperature > 0 or not max_scale > 0 or 1.0 / temperature > max_scale * (1 + 1e-9):
             raise ValueError(f"need temperature > 0 and 1/temperature <= max_scale; got temperature "
@@ -48,7 +48,10 @@ class InfoNCELoss(nn.Module):
         self.options = dict(similarity=similarity, symmetric=symmetric, label_smoothing=label_smoothing,
                             mask_margin=mask_margin, mask_ratio=mask_ratio)
         self.fixed_temperature = None if learnable_temperature else temperature
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature))) if learnable_temperature else None
+        # dtype: the parameter's (torch's default, float32, unless given): float64 keeps log(1/τ) to its
+        # last bits, where a float32 one moved to float64 would start at τ = 0.0499999983
+        self.log_scale = (nn.Parameter(torch.tensor(math.log(1.0 / temperature), dtype=dtype))
+                          if learnable_temperature else None)
 
     @property
     def temperature(self) -> float | Tensor:

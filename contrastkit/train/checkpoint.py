@@ -27,11 +27,12 @@ STATE_FILE = "trainer_state.json"
 TENSORS_FILE = "trainer.pt"
 _NAME = re.compile(rf"{PREFIX}(\d{{8,}})")  # checkpoint-00000100; a copy ("... (copy)", ".bak") is not one
 # TrainConfig fields a resumed run may set differently from the run it continues: what it shows, logs,
-# keeps and evaluates, not what it trains (the rest must match, or the resumed run is another run)
+# keeps and evaluates, not what it trains (the rest must match, or the resumed run is another run).
+# bf16 is compared as resolved instead (resume_point): null and the value it resolved to are one setting
 MAY_CHANGE_ON_RESUME = frozenset({
     "output_dir", "data", "show_progress", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard",
     "report", "health_every", "health_sample", "eval_every", "eval_data", "eval_split", "metric_for_best",
-    "dist_timeout_s", "max_nonfinite_steps", "device"})
+    "dist_timeout_s", "max_nonfinite_steps", "device", "bf16"})
 
 
 def _fsync_tree(path: Path) -> None:
@@ -145,7 +146,7 @@ def _readable(path: Path) -> tuple[dict, dict]:
 
 
 def resume_point(checkpoint_dir: Path, total_steps: int, world_size: int, config: dict | None = None,
-                 data_digest: str | None = None) -> tuple[Path, dict, dict] | None:
+                 data_digest: str | None = None, bf16: bool | None = None) -> tuple[Path, dict, dict] | None:
     """(path, state, tensors) of the newest complete, readable checkpoint, checked to fit this run; None
     if there is none.
 
@@ -153,6 +154,8 @@ def resume_point(checkpoint_dir: Path, total_steps: int, world_size: int, config
     warning, for the one before it. One made for another number of steps or ranks, with other training
     settings (`config`, the TrainConfig as a dict; MAY_CHANGE_ON_RESUME may differ) or other data
     (`data_digest`) is refused with a ConfigError: resuming it would silently train a different run.
+    So is one made in another precision (`bf16`, as this run resolved it): `bf16: null` follows the
+    hardware, and another machine may resolve it otherwise.
     """
     for path in reversed(list_checkpoints(checkpoint_dir)):
         try:
@@ -172,6 +175,11 @@ def resume_point(checkpoint_dir: Path, total_steps: int, world_size: int, config
     if config is not None and state.get("config") and (changed := config_changes(state["config"], config)):
         raise ConfigError(f"{path}: this run's settings differ from the checkpoint's ({'; '.join(changed)}); "
                           f"resume with the same config, or train afresh without --resume")
+    if bf16 is not None and state.get("bf16") not in (None, bf16):
+        said = {True: "bf16 autocast", False: "full precision"}
+        raise ConfigError(f"{path}: the checkpoint trained in {said[state['bf16']]}, this run would train in "
+                          f"{said[bf16]} (bf16: null follows the hardware); set bf16: {str(state['bf16']).lower()} "
+                          f"to resume it")
     if data_digest is not None and state.get("data_digest") not in (None, data_digest):
         raise ConfigError(f"{path}: the checkpoint was made on other training data; resume with the same "
                           f"data, or train afresh without --resume")

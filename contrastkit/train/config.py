@@ -54,7 +54,8 @@ class TrainConfig:
                                         # parts, each embedded and back-propagated by its own thread on its
                                         # share of the cores (train/streams.py); None: 2 where torch has
                                         # exactly 2 threads (measured there); 1: one pass on all threads
-    drop_last: bool = True
+    drop_last: bool = True              # false: the pairs left at the end of a pass that clash (one query,
+                                        # several documents) are kept, in as many small batches as it takes
     refill_epochs: bool = False         # epochs of len // batch_size batches even when no-duplicate batching
                                         # leaves pairs that cannot fill one (reshuffled passes, as
                                         # sentence-transformers' sampler; some pairs twice an epoch)
@@ -131,6 +132,19 @@ class TrainConfig:
             bad("the triplet loss takes exactly one negative per pair: set num_hard_negatives = 1")
         if not self.temperature > 0:
             bad(f"temperature must be > 0; got {self.temperature}")
+        if self.loss != "infonce":  # settings of InfoNCE alone: accepted, they would change nothing
+            defaults = TrainConfig()
+            for name in ("temperature", "learnable_temperature", "symmetric", "mask_margin"):
+                if getattr(self, name) != getattr(defaults, name):
+                    bad(f"{name} applies to the infonce loss only; the {self.loss} loss would ignore it")
+            if self.similarity == "dot":
+                bad(f"the {self.loss} loss works on a distance: similarity cosine (1 - cosine) or "
+                    f"neg_euclidean (euclidean distance), not dot")
+        if self.refill_epochs and not self.drop_last:
+            bad("refill_epochs tops epochs up with full batches, with drop_last true; drop_last false keeps "
+                "every incomplete batch instead: set one of them")
+        if not 0 <= self.seed < 2 ** 63:
+            bad(f"seed must be in [0, 2**63); got {self.seed}")
         if not 0 <= self.warmup_ratio < 1:
             bad(f"warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
         if not self.lr > 0:

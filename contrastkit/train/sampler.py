@@ -28,7 +28,10 @@ def no_duplicate_batches(texts_per_example: Sequence[Sequence[str]], batch_size:
     a tool that counts steps that way, at the price of some examples twice in the epoch (never
     twice in a batch).
 
-    Returns the batches as lists of example indices; a last incomplete batch is kept unless drop_last.
+    Returns the batches as lists of example indices. Without drop_last every example is in a batch:
+    the examples left at the end of a pass, clashing with each other (the same query), go into
+    incomplete batches, as many as it takes, down to batches of one (sentence-transformers'
+    sampler does the same); the trainer says so before training.
     """
     rng = np.random.default_rng([seed, epoch])
     if sources is None:

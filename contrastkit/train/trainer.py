@@ -96,11 +96,11 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> floa
 
 
 def build_loss(config: TrainConfig) -> nn.Module:
-    """The loss module the config names (InfoNCE holds the learnable temperature)."""
+    """The loss module the config names (InfoNCE holds the learnable temperature, in the config's dtype)."""
     if config.loss == "infonce":
         return InfoNCELoss(config.temperature, learnable_temperature=config.learnable_temperature,
                            similarity=config.similarity, symmetric=config.symmetric,
-                           mask_margin=config.mask_margin)
+                           mask_margin=config.mask_margin, dtype=getattr(torch, config.dtype))
     distance = "euclidean" if config.similarity == "neg_euclidean" else "cosine"
     if config.loss == "triplet":
         return TripletLoss(config.margin, distance=distance)
@@ -228,7 +228,9 @@ class Trainer:
         self.examples = list(examples)
         self._data_digest = examples_digest(self.examples)  # a resumed run must train on the same pairs
         self.evaluator = evaluator
-        self.loss_fn = build_loss(config).to(self.device)
+        # the loss in the weights' precision: float32 (bf16 autocast's outputs too), or float64 for exact checks
+        self._loss_dtype = getattr(torch, config.dtype)
+        self.loss_fn = build_loss(config).to(self.device, self._loss_dtype)
         self._positives_of = (positives_by_anchor(self.examples)
                               if config.loss == "infonce" and config.mask_known_positives else {})
         self.output_dir = Path(config.output_dir)
@@ -237,6 +239,13 @@ class Trainer:
         self._epoch_batches: tuple[int | None, list[list[int]]] = (None, [])
         self._epoch_starts = [0]
         self.total_steps = config.max_steps or self._locate_epoch_start(config.epochs)
+        if not config.drop_last:
+            short = [len(b) for b in self._batches(0) if len(b) < config.batch_size]
+            if len(short) > 1:  # said before training: a step of one pair has no in-batch negative
+                warnings.warn(f"drop_last false: {len(short)} of the first epoch's {len(self._batches(0))} batches "
+                              f"are incomplete (down to {min(short)} pair(s)): pairs that share a text (a query with "
+                              f"several documents) cannot share a batch, so the end of each pass is cut into small "
+                              f"ones; drop_last true (the default) leaves them out", stacklevel=2)
         self.optimizer = adamw(self._param_groups(), config.lr, self.device)
         # gradients kept allocated between steps, so that the packed forward adds its word-embedding
         # gradient into them as sparse rows (packing.embed_tokens); zeroed, not freed, after each step
@@ -377,9 +386,10 @@ class Trainer:
         # the packed forward writes its attention out itself: only the padded one runs Hugging Face's
         eager = self._eager_attention and torch.is_grad_enabled() and not self.encoder.packs
         if not texts:  # a rank's shard of a batch's negatives may be empty (see _groups)
-            return torch.zeros(0, self.encoder.embedding_dim, device=self.device, requires_grad=torch.is_grad_enabled())
+            return torch.zeros(0, self.encoder.embedding_dim, dtype=self._loss_dtype, device=self.device,
+                               requires_grad=torch.is_grad_enabled())
         with autocast(self.bf16, self.device.type), eager_attention(self.encoder, eager):
-            return self.encoder.embed(texts).float()
+            return self.encoder.embed(texts).to(self._loss_dtype)
 
     def _stream_parts(self, groups: list[list[str]], tokenizer=None) -> list[tuple[PackPlan, list[int]]]:
         """parts[s] = (plan, counts): one packing plan of stream s's shares of every group, in group order,
@@ -417,7 +427,7 @@ class Trainer:
         # in a timing-dependent number of parts (bf16 sums rounded otherwise: runs would not repeat)
         plan, counts = part
         with autocast(self.bf16, self.device.type, cache=False):
-            return list(self.encoder.embed_packed(plan).float().split(counts))
+            return list(self.encoder.embed_packed(plan).to(self._loss_dtype).split(counts))
 
     def _pool(self) -> StreamPool:
         if self._stream_pool is None:
@@ -700,7 +710,7 @@ class Trainer:
     def _resume(self) -> bool:
         """Load the newest usable checkpoint into this trainer; False when there is none (a fresh run)."""
         found = resume_point(self.checkpoint_dir, self.total_steps, self.dist.world_size, self.config.to_dict(),
-                             self._data_digest)
+                             self._data_digest, self.bf16)
         if found is None:
             return False
         path, state, tensors = found

@@ -40,6 +40,16 @@ def test_yaml_and_toml_load_with_overrides(tmp_path):
     ("data: {data}\ngroup_by_source: maybe\n", "c.yaml: key 'group_by_source' must be bool; got str"),
     ("data: {data}\nattention_dropout: 1.5\n", "c.yaml: attention_dropout must be in [0, 1) (or null); got 1.5"),
     ("data: {data}\ncheckpoint_every: 0\n", "c.yaml: checkpoint_every must be at least 1 (or null); got 0"),
+    # settings the triplet and contrastive losses would ignore
+    ("data: {data}\nloss: triplet\nnum_hard_negatives: 1\nsimilarity: dot\n", "works on a distance"),
+    ("data: {data}\nloss: contrastive\nnum_hard_negatives: 1\nlearnable_temperature: true\n",
+     "learnable_temperature applies to the infonce loss only; the contrastive loss would ignore it"),
+    ("data: {data}\nloss: triplet\nnum_hard_negatives: 1\ntemperature: 0.1\n", "temperature applies to the infonce"),
+    ("data: {data}\nloss: triplet\nnum_hard_negatives: 1\nsymmetric: true\n", "symmetric applies to the infonce"),
+    ("data: {data}\nloss: triplet\nnum_hard_negatives: 1\nmask_margin: 0.1\n", "mask_margin applies to the infonce"),
+    ("data: {data}\nrefill_epochs: true\ndrop_last: false\n", "refill_epochs tops epochs up with full batches"),
+    ("data: {data}\nseed: -1\n", "c.yaml: seed must be in [0, 2**63); got -1"),
+    ("data: {data}\nseed: 18446744073709551616\n", "seed must be in [0, 2**63)"),
 ])
 def test_bad_configs_are_refused_before_training(tmp_path, monkeypatch, text, message):
     import importlib.util

@@ -53,6 +53,18 @@ def test_resuming_on_other_data_is_refused(tiny_model_dir, tmp_path):
         run(tmp_path, tiny_model_dir, pairs=other, resume=True)
 
 
+def test_resuming_in_another_precision_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """`bf16: null` follows the hardware: a run resumed on a machine that resolves it otherwise would
+    finish in another precision than it began in, and its environment.json would name only one."""
+    monkeypatch.setenv("CONTRASTKIT_NATIVE_BF16", "0")
+    run(tmp_path, tiny_model_dir, bf16=None)
+    monkeypatch.setenv("CONTRASTKIT_NATIVE_BF16", "1")
+    with pytest.raises(ConfigError, match="trained in full precision, this run would train in bf16 autocast .*"
+                                          "set bf16: false to resume it"):
+        run(tmp_path, tiny_model_dir, bf16=None, resume=True)
+    run(tmp_path, tiny_model_dir, bf16=False, resume=True)  # said explicitly: bf16 is not a setting that changed
+
+
 def test_a_damaged_newest_checkpoint_is_passed_over_for_the_one_before(tiny_model_dir, tmp_path):
     run(tmp_path, tiny_model_dir, max_steps=6)
     straight = load_file(tmp_path / "run" / "model.safetensors")

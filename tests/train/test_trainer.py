@@ -362,6 +362,25 @@ def test_the_environment_record_says_fp64_for_a_float64_run(tiny_model_dir, tmp_
     assert precision.startswith("fp64") and "fused" not in precision
 
 
+@pytest.mark.parametrize("batching", [dict(), dict(mini_batch_size=4), dict(cpu_streams=1)])
+def test_a_float64_run_computes_its_loss_in_float64(tmp_path, batching):
+    """"For exact checks": the embeddings and a learnable temperature stay float64 into the loss,
+    whose value equals a float64 reference on the same embeddings to the last bits."""
+    from _support import build_tiny_bert_folder
+    from contrastkit.losses import info_nce
+    model_dir = build_tiny_bert_folder(tmp_path / "model", dropout=0.0)  # the reference embeds the same values
+    encoder = Encoder.from_pretrained(model_dir, torch_dtype=torch.float64, max_seq_length=32)
+    trainer = Trainer(config(tmp_path, dtype="float64", learnable_temperature=True, **batching), encoder, make_pairs())
+    assert trainer.loss_fn.log_scale.dtype == torch.float64
+    batch = trainer._batches(0)[0]
+    loss = trainer.compute_gradients(batch)
+    with torch.no_grad():
+        anchors = encoder.embed([trainer.examples[i].anchor for i in batch])
+        positives = encoder.embed([trainer.examples[i].positive for i in batch])
+    assert loss.dtype == torch.float64
+    assert loss.item() == pytest.approx(info_nce(anchors, positives, temperature=0.05).item(), rel=1e-12)
+
+
 def test_an_old_best_model_does_not_survive_a_fresh_run(tiny_model_dir, tmp_path):
     seen = iter([0.2, 0.5])
     Trainer(config(tmp_path, max_steps=4, eval_every=2), Encoder.from_pretrained(tiny_model_dir), make_pairs(),
@@ -586,3 +605,13 @@ def test_a_batch_without_any_hard_negative_trains_on_in_batch_negatives(tiny_mod
     out = trainer.train()
     assert [r["step"] for r in step_records(out / "metrics.jsonl")] == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) for r in step_records(out / "metrics.jsonl"))
+
+
+def test_drop_last_false_says_how_many_batches_come_out_incomplete(tiny_model_dir, tmp_path):
+    """A query with ten documents: its pairs cannot share a batch, so the end of each pass is cut
+    into batches of one pair (no in-batch negative): said before training."""
+    pairs = make_pairs(14) + [Pair(anchor="the one query", positive=f"document {k}") for k in range(10)]
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    with pytest.warns(UserWarning, match=r"drop_last false: \d+ of the first epoch's \d+ batches are incomplete "
+                                         r"\(down to 1 pair\(s\)\)"):
+        Trainer(config(tmp_path, drop_last=False, max_steps=None), encoder, pairs)
