@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 from contrastkit.data import Pair
-from contrastkit.data.augment import parse_augmentation
+from contrastkit.data.augment import MASK_TOKEN, parse_augmentation
 from contrastkit.data.corpus import Document, read_documents
 from contrastkit.data.selfsup import STRATEGIES, self_supervised_pairs
 from contrastkit.data.subset import sample_indices
@@ -87,11 +87,22 @@ def sample_documents(documents: list[Document], max_docs: int | None, seed: int)
     return [documents[i] for i in sample_indices(len(documents), max_docs, seed)]
 
 
+def _mask_token(config: AdaptConfig) -> str | None:
+    """The model's tokenizer's mask token, for span masking (its tokenizer alone is read; none asked: "[MASK]")."""
+    if not config.augment or "span_masking" not in config.augment:
+        return MASK_TOKEN
+    from transformers import AutoTokenizer
+
+    from contrastkit.encoder import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(str(resolve_model_path(config.model))).mask_token
+
+
 def adapt_pairs(config: AdaptConfig) -> tuple[list[Document], list[Pair]]:
     """Read and check the corpus, sample it, and make the strategy's pairs (all before any model loads)."""
     documents = sample_documents(read_documents(config.corpus), config.max_docs, config.seed)
     pairs = self_supervised_pairs(documents, config.strategy, seed=config.seed,
-                                  augment=parse_augmentation(config.augment))
+                                  augment=parse_augmentation(config.augment, _mask_token(config)))
     if len(pairs) < config.batch_size:
         raise ConfigError(f"strategy {config.strategy!r} made {len(pairs)} pairs from {len(documents)} documents, "
                           f"fewer than one batch of {config.batch_size}; lower --batch-size")

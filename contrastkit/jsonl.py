@@ -46,11 +46,33 @@ def _object_of(items: list[tuple[str, object]]) -> dict:
     return record
 
 
+def _lone_surrogate(value: object, where: str = "") -> str | None:
+    """Where (a field path such as "negatives[1]", or "" for the value itself) a string of `value`
+    holds a lone UTF-16 surrogate; None when none does."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    items = (value.items() if isinstance(value, dict)
+             else ((f"[{i}]", v) for i, v in enumerate(value)) if isinstance(value, list) else ())
+    for key, item in items:
+        found = _lone_surrogate(key, where) if isinstance(value, dict) else None
+        if found is None:
+            found = _lone_surrogate(item, f"{where}.{key}".lstrip(".") if isinstance(value, dict) else f"{where}{key}")
+        if found is not None:
+            return found
+    return None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
     """Yield (line number, parsed value) for each non-blank line; streams, never loads the whole file.
 
-    Raises DataError naming the file and line for a missing file, bad UTF-8, malformed JSON or an
-    object naming a key twice.
+    Raises DataError naming the file and line for a missing file, bad UTF-8, malformed JSON, an
+    object naming a key twice, or a string holding a lone surrogate escape ("\\ud83d", half of an
+    emoji cut by whatever wrote the file: JSON accepts it, but it is no text, and the tokenizer and
+    every file it would be written to refuse it).
     """
     for line_no, line in iter_text_lines(path):
         if not line.strip():
@@ -61,6 +83,10 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
             raise DataError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=str(path), line=line_no) from exc
         except _RepeatedKey as exc:
             raise DataError("given twice in one object", path=str(path), line=line_no, field=str(exc)) from None
+        if "\\u" in line and (field := _lone_surrogate(value)) is not None:
+            raise DataError("holds a lone UTF-16 surrogate escape (half of a character such as an emoji, cut "
+                            "in two by whatever wrote the file): not text", path=str(path), line=line_no,
+                            field=field or None)
         yield line_no, value
 
 

@@ -29,7 +29,7 @@ import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -441,7 +441,7 @@ def mine_hard_negatives(encoder: TextEncoder, data: BeirDataset | Sequence[Pair]
     for pair, rows in zip(pairs, mined):
         existing = {n.strip() for n in pair.negatives}
         extra = [docs[r] for r in rows if docs[r] not in existing]
-        out.append(Pair(pair.anchor, pair.positive, [*pair.negatives, *extra], pair.anchor_id, pair.positive_id))
+        out.append(replace(pair, negatives=[*pair.negatives, *extra]))  # source and ids kept
     counts = np.array([len(rows) for rows in mined])
     summary = MiningSummary(
         pairs=len(pairs), anchors=len(anchors), corpus=len(docs), index=index.kind, k=k, candidates=candidates,

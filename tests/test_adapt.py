@@ -51,6 +51,16 @@ def test_config_errors(overrides, message):
         AdaptConfig(corpus="c.jsonl", **overrides).validate()
 
 
+def test_span_masking_takes_the_models_mask_token(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from contrastkit.adapt import _mask_token
+    assert _mask_token(AdaptConfig(corpus="c.jsonl", model=str(tiny_model_dir), augment="span_masking")) == "[MASK]"
+    other = tmp_path / "roberta-like"
+    AutoTokenizer.from_pretrained(str(tiny_model_dir), mask_token="<mask>").save_pretrained(other)
+    assert _mask_token(AdaptConfig(corpus="c.jsonl", model=str(other), augment="span_masking:0.2")) == "<mask>"
+
+
 def test_a_batch_smaller_than_the_mini_batch_is_its_own_mini_batch():
     assert AdaptConfig(corpus="c.jsonl", batch_size=8).validate().train_config().mini_batch_size == 8
     assert AdaptConfig(corpus="c.jsonl").train_config().mini_batch_size == 16

@@ -230,6 +230,13 @@ def test_existing_negatives_are_kept_first_and_not_repeated():
     assert summary.removed["own negatives"] == 1
 
 
+def test_a_pairs_source_and_ids_survive_mining():
+    """`source` was dropped: mining, then training with group_by_source, put every pair in one source."""
+    pairs = [Pair("query", "pos", source="qa", anchor_id="q1", positive_id="d1"), Pair("query", "c", source="faq")]
+    mined, _ = mine_hard_negatives(TableEncoder(ANGLES), pairs, None, quiet(num_negatives=1, relative_margin=None))
+    assert [(p.source, p.anchor_id, p.positive_id) for p in mined] == [("qa", "q1", "d1"), ("faq", None, None)]
+
+
 def test_a_rank_range_starting_past_the_corpus_is_refused_before_encoding():
     corpus = [t for t in ANGLES if t != "query"]  # 8 documents
 

@@ -63,11 +63,13 @@ def chain(augmentations: Sequence[Augmentation]) -> Augmentation:
     return chained
 
 
-def parse_augmentation(spec: str | None) -> Augmentation | None:
+def parse_augmentation(spec: str | None, mask_token: str | None = MASK_TOKEN) -> Augmentation | None:
     """``"word_deletion:0.1,span_masking:0.2"`` → one augmentation (None for None, "" or "none").
 
     The number after the colon is the strength (deletion probability, masked fraction); without it
-    the function's default is used.
+    the function's default is used. `mask_token`: what span masking writes, the model's tokenizer's
+    (BERT's "[MASK]" by default; RoBERTa and MPNet write "<mask>"); None, for a tokenizer without
+    one, refuses span masking.
     """
     if spec is None or spec.strip().lower() in ("", "none"):
         return None
@@ -76,8 +78,14 @@ def parse_augmentation(spec: str | None) -> Augmentation | None:
         name, _, value = (part.strip() for part in item.partition(":"))
         if name not in AUGMENTATIONS:
             raise ConfigError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
+        augmentation = AUGMENTATIONS[name]
+        if name == "span_masking":
+            if mask_token is None:
+                raise ConfigError("span_masking writes the tokenizer's mask token, and this model's tokenizer has "
+                                  "none; use word_deletion")
+            augmentation = functools.partial(span_masking, mask_token=mask_token)
         if not value:
-            parts.append(AUGMENTATIONS[name])
+            parts.append(augmentation)
             continue
         try:
             strength = float(value)
@@ -85,5 +93,5 @@ def parse_augmentation(spec: str | None) -> Augmentation | None:
             raise ConfigError(f"augmentation {name!r}: strength must be a number in [0, 1), got {value!r}") from None
         if not 0 <= strength < 1:
             raise ConfigError(f"augmentation {name!r}: strength must be in [0, 1), got {strength}")
-        parts.append(functools.partial(AUGMENTATIONS[name], **{"p" if name == "word_deletion" else "ratio": strength}))
+        parts.append(functools.partial(augmentation, **{"p" if name == "word_deletion" else "ratio": strength}))
     return chain(parts)

@@ -59,7 +59,7 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[str], list[str]]:
         first_line[doc_id] = line
         if text.strip() or title.strip():
             ids.append(doc_id)
-            titles.append(title)
+            titles.append(title.strip())  # a title of spaces is none: search prints the snippet instead
             texts.append(f"{title} {text}".strip() if title.strip() else text.strip())
     if not texts:
         raise DataError("no non-empty document to search" if first_line else "the file is empty: no documents to read",

@@ -125,8 +125,11 @@ def format_summary(summary: dict) -> str:
     lines.append(f"  anchor equals positive: {summary['anchor_equals_positive']:,}")
     lines.append(f"  length in {summary['length_unit']}:")
     cols = ["min", "mean", *(f"p{p}" for p in PERCENTILES), "max"]
-    lines.append("    " + f"{'':<10}" + "".join(f"{c:>8}" for c in cols))
-    for name, dist in summary["lengths"].items():
-        if dist["count"]:
-            lines.append("    " + f"{name:<10}" + "".join(f"{dist[c]:>8}" for c in cols))
+    shown = [name for name, dist in summary["lengths"].items() if dist["count"]]
+    # each column as wide as its widest figure, and two spaces between columns: a mean of 100000.5
+    # beside a min of 1 read "1100000.5" in columns of a fixed 8
+    width = {c: max([len(c), *(len(str(summary["lengths"][n][c])) for n in shown)]) for c in cols}
+    lines.append("    " + f"{'':<10}" + "".join(f"  {c:>{width[c]}}" for c in cols))
+    for name in shown:
+        lines.append("    " + f"{name:<10}" + "".join(f"  {summary['lengths'][name][c]:>{width[c]}}" for c in cols))
     return "\n".join(lines)

@@ -1,9 +1,13 @@
 """Pairs and triplets: the record type, strict readers (JSONL, CSV, TSV, Parquet, HF Dataset), a writer.
 
 Columns: the anchor as "anchor" or "query", the positive as "positive" or "pos", optional hard
-negatives as "negative" (one text) or "negatives" (a list; in a CSV/TSV cell, a JSON list), optional
-"anchor_id" and "positive_id", and an optional "source" (which data set the pair comes from: with
-`group_by_source` each training batch holds pairs of one source). Other columns are ignored.
+negatives as "negative" (one text), "negatives" (a list; in a CSV/TSV cell, a JSON list; also
+"neg" as FlagEmbedding writes it, or "hard_negatives"), or "negative_1", "negative_2", ... (one text
+each, as sentence-transformers' n-tuple data sets), optional "anchor_id" and "positive_id", and an
+optional "source" (which data set the pair comes from: with `group_by_source` each training batch
+holds pairs of one source). Other columns are ignored. CSV and TSV cells follow CSV quoting (as
+pandas reads and writes them): a cell with the delimiter, a newline or a leading double quote is
+quoted whole.
 Every reader streams and checks each record as it goes; the first problem stops it with a DataError
 naming file, line and field (for Parquet files and Datasets, "line" is the 1-based row number).
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +33,8 @@ from contrastkit.jsonl import iter_jsonl, iter_text_lines, require_file
 
 ANCHOR = ("anchor", "query")
 POSITIVE = ("positive", "pos")
-NEGATIVES = ("negatives", "negative")
+NEGATIVES = ("negatives", "negative", "neg", "hard_negatives")  # "negative": one text; the others: a list
+NUMBERED_NEGATIVE = re.compile(r"negative_(\d+)")  # sentence-transformers' n-tuples: negative_1, negative_2, ...
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
 
@@ -66,7 +72,13 @@ def pair_from_record(record: Mapping, *, path: str | None = None, line: int | No
     name, value = pick_field(record, POSITIVE, **where)
     positive = check_text(value, field=name, **where)
     name, value = pick_field(record, NEGATIVES, required=False, **where)
-    if name is None:
+    numbered = sorted(((int(m.group(1)), key) for key in record if isinstance(key, str)
+                       and (m := NUMBERED_NEGATIVE.fullmatch(key)) and record[key] is not None))
+    if name is not None and numbered:
+        raise DataError(f'given twice, as "{name}" and "{numbered[0][1]}"', path=path, line=line, field=NEGATIVES[0])
+    if numbered:
+        negatives = [check_text(record[key], field=key, **where) for _, key in numbered]
+    elif name is None:
         negatives = []
     elif name == "negative":
         negatives = [check_text(value, field=name, **where)]
@@ -157,20 +169,50 @@ def _csv_records(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
                     raise DataError(f"{len(row)} cells, the header has {len(header)}", path=str(path),
                                     line=start)
                 record = {k: v for k, v in zip(header, row) if v != "" or k in ANCHOR + POSITIVE}
-                if "negatives" in record:
-                    record["negatives"] = _json_list_cell(record["negatives"], str(path), start)
+                for name in NEGATIVES:
+                    if name == "negative" and record.get(name, "").lstrip().startswith("["):
+                        _refuse_a_list_in_one_negative(record[name], str(path), start)
+                    elif name in record and name != "negative":
+                        record[name] = _json_list_cell(record[name], str(path), start, name)
+                if fmt == "tsv":
+                    _refuse_merged_tsv_cells(header, row, str(path), start)
                 yield start, record
             start = current[0] + 1
     except csv.Error as exc:
-        raise DataError(f"malformed {fmt.upper()}: {exc}", path=str(path), line=current[0]) from exc
+        hint = ("; TSV cells follow CSV quoting here (as pandas reads them): a cell that begins with a double "
+                "quote must be quoted whole, with \"\" for a quote inside (or write the pairs as JSONL)"
+                if fmt == "tsv" else "")
+        raise DataError(f"malformed {fmt.upper()}: {exc}{hint}", path=str(path), line=current[0]) from exc
 
 
-def _json_list_cell(cell: str, path: str, line: int) -> object:
+def _json_list_cell(cell: str, path: str, line: int, name: str = "negatives") -> object:
     try:
         return json.loads(cell)
     except json.JSONDecodeError as exc:
         raise DataError(f"expected a JSON list of strings in the cell: {exc.msg}", path=path, line=line,
-                        field="negatives") from exc
+                        field=name) from exc
+
+
+def _refuse_a_list_in_one_negative(cell: str, path: str, line: int) -> None:
+    """A "negative" cell is one text; one that reads as a JSON list was meant as several."""
+    try:
+        value = json.loads(cell)
+    except json.JSONDecodeError:
+        return  # a text that begins with "[": one negative
+    if isinstance(value, list):
+        raise DataError('holds a JSON list, but "negative" is one text: name the column "negatives" for a list',
+                        path=path, line=line, field="negative")
+
+
+def _refuse_merged_tsv_cells(header: list[str], row: list[str], path: str, line: int) -> None:
+    """A TSV cell holding a tab: in a plain (unquoted) TSV, a cell that began with a double quote was
+    read as quoted up to a later quote, swallowing the tabs (and lines) between: refused, not merged."""
+    for name, cell in zip(header, row):
+        if "\t" in cell:
+            raise DataError('holds a tab: TSV cells follow CSV quoting here (as pandas reads them), so a cell '
+                            'that begins with a double quote runs to the next quote, across tabs and lines; '
+                            'quote such cells whole (with "" for a quote inside), or write the pairs as JSONL',
+                            path=path, line=line, field=name)
 
 
 def _parquet_records(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:

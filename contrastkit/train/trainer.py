@@ -29,7 +29,7 @@ from contrastkit.data.subset import sample_indices
 from contrastkit.devices import to_device, use_bf16
 from contrastkit.eager_attention import eager_attention
 from contrastkit.encoder import Encoder, autocast
-from contrastkit.errors import ConfigError, ContrastkitError
+from contrastkit.errors import ConfigError, ContrastkitError, DataError
 from contrastkit.evaluate import embedding_health, similarity_values
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.fast_linear import onednn_linear_enabled, use_fast_linear
@@ -66,7 +66,13 @@ def load_training_pairs(source: str | Path | Sequence[str | Path], split: str = 
         source = [source]
     pairs: list[Pair] = []
     for path in source:
-        found = pairs_from_beir(load_beir(path, split)) if Path(path).is_dir() else read_pairs(path)
+        if Path(path).is_dir():
+            found = pairs_from_beir(load_beir(path, split))
+            if not found:  # said here, before a model loads: later it reads as a batch-size problem
+                raise DataError("no judgement with grade > 0 of a non-empty document in this split: no training "
+                                "pairs", path=str(Path(path) / "qrels" / f"{split}.tsv"))
+        else:
+            found = read_pairs(path)
         pairs.extend(p if p.source is not None else dataclasses.replace(p, source=str(path)) for p in found)
     return pairs
 

@@ -27,11 +27,11 @@ def test_read_documents_takes_a_beir_folder(tmp_path):
 def test_read_corpus_leaves_out_empty_documents_and_joins_title_and_text(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", ["a plain string", {"text": "body", "title": "T1", "_id": "x"},
                                               {"text": "", "title": ""}, {"text": " no title ", "id": 7},
-                                              {"text": "last"}])
+                                              {"text": "last", "title": "  "}, {"text": "t", "title": " T2 "}])
     ids, titles, texts = read_corpus(path)
-    assert ids == ["0", "x", "7", "4"]  # a line without an id gets its position, empty ones counted
-    assert titles == ["", "T1", "", ""]
-    assert texts == ["a plain string", "T1 body", "no title", "last"]
+    assert ids == ["0", "x", "7", "4", "5"]  # a line without an id gets its position, empty ones counted
+    assert titles == ["", "T1", "", "", "T2"]  # a title of spaces is none (search then prints the snippet)
+    assert texts == ["a plain string", "T1 body", "no title", "last", "T2  t"]
 
 
 @pytest.mark.parametrize("reader, lines, message", [

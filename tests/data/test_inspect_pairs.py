@@ -74,3 +74,12 @@ def test_file_and_beir_folder_inputs_and_format(tmp_path, shared_data):
     beir = inspect_pairs(shared_data / "cranfield", split="test")
     assert beir["pairs"] == 534 and beir["anchors"]["unique"] == 75
     assert "negatives  none" in format_summary(beir)
+
+
+def test_the_length_table_keeps_its_columns_apart_for_long_texts():
+    """Columns of a fixed 8: a min of 1 beside a mean of 100000.5 read "1100000.5"."""
+    s = inspect_pairs([Pair("a", "b " * 200_000), Pair("c", "d")])
+    rows = [line.split() for line in format_summary(s).splitlines()[-3:]]
+    header, _, positive = rows
+    assert header[:2] == ["min", "mean"] and positive[0] == "positive"
+    assert len(positive) == len(header) + 1 and positive[1] == str(s["lengths"]["positive"]["min"])

@@ -37,6 +37,41 @@ def test_jsonl_reads_aliases_single_negative_lists_ids_and_skips_blank_lines(tmp
     assert read_pairs(path) == EXPECTED
 
 
+def test_an_emoji_written_as_a_surrogate_pair_escape_is_read(tmp_path):
+    """json.dumps writes 😀 as "\\ud83d\\ude00": a whole pair is one character, only half of one is refused."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"anchor": "smile \U0001F600", "positive": "b"}) + "\n", encoding="utf-8")
+    assert "\\ud83d\\ude00" in path.read_text() and read_pairs(path)[0].anchor == "smile \U0001F600"
+
+
+def test_other_tools_names_for_negatives_are_read(tmp_path):
+    """FlagEmbedding's "neg" list, "hard_negatives", and sentence-transformers' negative_1, negative_2, ...
+    were silently dropped: training then said no pair had negatives, and mining discarded them."""
+    path = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"query": "q1", "pos": "p1", "neg": ["n1", "n2"]},
+        {"anchor": "q2", "positive": "p2", "hard_negatives": ["n3"]},
+        {"anchor": "q3", "positive": "p3", "negative_2": "n5", "negative_1": "n4", "negative_10": "n6"},
+        {"anchor": "q4", "positive": "p4", "negative": "[in brackets] one text"},
+    ])
+    assert [p.negatives for p in read_pairs(path)] == [["n1", "n2"], ["n3"], ["n4", "n5", "n6"], ["[in brackets] one text"]]
+    table = tmp_path / "pairs.csv"
+    table.write_text('anchor,positive,negative_1,negative_2,neg\nq,p,n1,n2,\nr,s,,,"[""m""]"\n', encoding="utf-8")
+    assert [p.negatives for p in read_pairs(table)] == [["n1", "n2"], ["m"]]
+
+
+def test_a_plain_tsv_cell_that_begins_with_a_quote_is_refused_not_merged(tmp_path):
+    """Unquoted TSV: a cell opening with a double quote ran to a later quote, swallowing a tab and a
+    line: two rows read as one, without a word. Now refused, naming the row and the way out."""
+    path = tmp_path / "pairs.tsv"
+    path.write_text('anchor\tpositive\n"unterminated quote\tpassage one\nscreen of 13"\tpassage two\nq3\tp3\n',
+                    encoding="utf-8")
+    with pytest.raises(DataError, match=r'line 2: field "anchor": holds a tab: TSV cells follow CSV quoting'):
+        read_pairs(path)
+    path.write_text('anchor\tpositive\n"free form" text\tp1\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 2: malformed TSV: .*a cell that begins with a double quote must be quoted"):
+        read_pairs(path)
+
+
 def test_csv_and_tsv_read_the_same_pairs_with_quoted_multiline_cells(tmp_path):
     rows = [["anchor", "positive", "negatives", "anchor_id", "positive_id"],
             ["what is a fox", "A fox is a small canid.", "", "", ""],
@@ -99,6 +134,8 @@ def test_source_field_is_read_and_written(tmp_path):
 
 
 # ------------------------------------------------------------------------ bad input, exact messages
+SURROGATE = ("holds a lone UTF-16 surrogate escape (half of a character such as an emoji, cut in two by "
+             "whatever wrote the file): not text")
 BAD_JSONL = [
     ('{"anchor": "a", "positive": }', 'line 1: not valid JSON: Expecting value (column 29)'),
     ('["a", "b"]', "line 1: expected a JSON object, got list"),
@@ -115,6 +152,9 @@ BAD_JSONL = [
     ('{"anchor": "a", "positive": "b", "anchor_id": 7}', 'line 1: field "anchor_id": expected a string, got number'),
     ('{"anchor": "a", "positive": "b", "source": ""}', 'line 1: field "source": is empty'),
     ('{"anchor": "a", "positive": "b", "anchor": "c"}', 'line 1: field "anchor": given twice in one object'),
+    # half an emoji (a lone surrogate escape): JSON takes it, the tokenizer and every writer refuse it
+    ('{"anchor": "cut \\ud83d", "positive": "b"}', f'line 1: field "anchor": {SURROGATE}'),
+    ('{"anchor": "a", "positive": "b", "negatives": ["c", "\\udc00 d"]}', f'line 1: field "negatives[1]": {SURROGATE}'),
 ]
 
 
@@ -148,6 +188,10 @@ BAD_TABLES = [
     ('anchor,positive\n"x\ny",b\nc, \n', 'line 4: field "positive": is empty'),
     ('anchor,positive,negatives\n"x\ny",b,\nc,d,[oops\n',
      'line 4: field "negatives": expected a JSON list of strings in the cell: Expecting value'),
+    ('anchor,positive,negative\na,b,"[""n1"", ""n2""]"\n',
+     'line 2: field "negative": holds a JSON list, but "negative" is one text: name the column "negatives" for a list'),
+    ('anchor,positive,negative,negatives\na,b,c,"[""d""]"\n', 'line 2: field "negatives": given twice, as "negatives" and "negative"'),
+    ('anchor,positive,negatives,negative_1\na,b,"[""c""]",d\n', 'line 2: field "negatives": given twice, as "negatives" and "negative_1"'),
 ]
 
 

@@ -169,6 +169,16 @@ def test_the_strength_in_the_spec_is_used():
     assert default.count(MASK_TOKEN) == 2  # no strength: the function's default ratio 0.1
 
 
+def test_span_masking_writes_the_tokenizers_mask_token_or_is_refused_without_one():
+    """RoBERTa / MPNet tokenizers read "[MASK]" as three plain tokens: theirs is "<mask>"."""
+    text = " ".join(WORDS[:20])
+    masked = parse_augmentation("span_masking:0.5", mask_token="<mask>")(text, np.random.default_rng(0)).split()
+    assert masked.count("<mask>") == 10 and MASK_TOKEN not in masked
+    with pytest.raises(ConfigError, match="this model's tokenizer has none; use word_deletion"):
+        parse_augmentation("word_deletion:0.1,span_masking", mask_token=None)
+    assert parse_augmentation("word_deletion:0.1", mask_token=None) is not None
+
+
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_both_views_of_a_pair_are_augmented(strategy):
     docs = make_documents()

@@ -401,6 +401,16 @@ def test_a_resume_the_checkpoint_refuses_leaves_the_run_as_it_was(tiny_model_dir
     assert {name: (run / name).read_bytes() for name in before} == before
 
 
+def test_a_beir_split_without_a_usable_judgement_is_refused_by_name(tmp_path):
+    """Only grade-0 judgements: no pair. It read as "fewer than batch_size", after the model loaded."""
+    from contrastkit.train import load_training_pairs
+
+    folder = make_beir(tmp_path / "beir")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t0\nq2\td1\t0\n")
+    with pytest.raises(DataError, match=r"qrels/test.tsv: no judgement with grade > 0 of a non-empty document"):
+        load_training_pairs(folder, split="test")
+
+
 def test_group_by_source_keeps_each_batch_to_one_data_set(tiny_model_dir, tmp_path):
     from contrastkit.train import load_training_pairs
 
