@@ -144,7 +144,8 @@ def run_adapt(config: AdaptConfig, echo: Callable[[str], None] = print, *, befor
 
     train_config = config.train_config()
     echo(f"\nadapting: InfoNCE (τ={config.temperature}) over in-batch negatives, batch {config.batch_size}"
-         + (f" with gradient caching (mini-batch {config.mini_batch_size})" if config.mini_batch_size else ""))
+         + (f" with gradient caching (mini-batch {train_config.mini_batch_size})"
+            if train_config.mini_batch_size else ""))  # as the trainer takes it: at most the batch
     started = time.perf_counter()
     trainer = Trainer(train_config, encoder, pairs)
     model_dir = trainer.train(resume=config.resume)

@@ -28,6 +28,8 @@ import os
 
 import numba
 import numpy as np
+import torch
+from numba.np.ufunc import parallel as _numba_parallel
 
 
 def _openmp_available() -> bool:
@@ -43,6 +45,13 @@ def _openmp_available() -> bool:
 PARALLEL = _openmp_available() and os.environ.get("NUMBA_THREADING_LAYER", "omp") == "omp"
 if PARALLEL:
     numba.config.THREADING_LAYER = "omp"
+    # Starting its OpenMP pool (here, or when a cached parallel loop loads) numba sets the process's
+    # OpenMP thread count to its own, every core, and torch reads the same count: OMP_NUM_THREADS=1,
+    # or torchrun's one thread per rank, would become all cores at the first import of a kernel
+    # module. So the pool starts now, and torch's count is put back.
+    threads = torch.get_num_threads()
+    getattr(_numba_parallel, "_launch_threads", lambda: None)()  # numba's own start, not a public name
+    torch.set_num_threads(threads)
 
 _forked_child = False
 

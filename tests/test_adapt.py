@@ -102,11 +102,12 @@ def test_cli_adapt_trains_saves_and_reports_before_after(monkeypatch, capsys, ti
     out = tmp_path / "adapted"
     monkeypatch.setattr(sys, "argv", ["contrastkit", "adapt", "--model", str(tiny_model_dir), "--corpus", str(folder),
                                       "--output", str(out), "--strategy", "dropout", "--batch-size", "8",
-                                      "--mini-batch-size", "4", "--max-steps", "3", "--max-seq-length", "32",
+                                      "--mini-batch-size", "16", "--max-steps", "3", "--max-seq-length", "32",
                                       "--lr", "1e-3", "--eval", str(folder)])
     cli.main()
     printed = capsys.readouterr().out
     assert "32 documents → 32 'dropout' pairs" in printed and "adapted (dropout)" in printed
+    assert "batch 8 with gradient caching (mini-batch 8)" in printed  # as trained: at most the batch
     results = json.loads((out / "adapt_results.json").read_text())
     assert results["steps"] == 3 and results["pairs"] == 32
     assert set(results["metrics"]["before"]) >= {"ndcg@10", "recall@10", "mrr@10"}

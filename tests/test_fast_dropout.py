@@ -2,6 +2,9 @@
 back-propagate through the same mask, replay under a restored RNG, and leave the model's weights alone."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -171,3 +174,16 @@ def test_the_model_keeps_its_weights_and_p_and_eval_outputs(tiny_model_dir):
     torch.manual_seed(0)
     assert not torch.allclose(encoder.embed(texts), reference)  # dropout is really on in training
     assert use_fast_dropout(encoder) == 0  # nothing left to replace
+
+
+def test_the_kernels_leave_torchs_thread_count_as_the_user_set_it():
+    """numba's OpenMP pool set the process's thread count to every core when a kernel module loaded:
+    OMP_NUM_THREADS=1 (torchrun sets it per rank) read 2 after `import contrastkit.encoder`."""
+    code = ("import torch; before = torch.get_num_threads()\n"
+            "import contrastkit.encoder, contrastkit.gelu_kernels, contrastkit.softmax_kernels\n"
+            "from contrastkit.fast_dropout import keep_and_scale\n"
+            "keep_and_scale(torch.randn(512, 512), 0.1, 5)\n"
+            "print(before, torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1"]

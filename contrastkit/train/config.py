@@ -38,7 +38,8 @@ class TrainConfig:
     learnable_temperature: bool = False
     symmetric: bool = False
     similarity: str = "cosine"
-    margin: float = 0.5                 # contrastive / triplet margin
+    margin: float = 0.5                 # contrastive / triplet margin, on the distance `similarity` names:
+                                        # 1 - cosine (cosine) or euclidean (neg_euclidean)
     num_hard_negatives: int = 0         # per pair, from the data's `negatives` (InfoNCE: up to this many,
                                         # pooled over the batch; contrastive/triplet: exactly, at least 1); 0: in-batch only
     mask_margin: float | None = None    # false-negative masking by similarity (InfoNCE)
@@ -248,7 +249,10 @@ def _read_file(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: the same parser, as a package (a dependency there)
+                import tomli as tomllib
 
             data = tomllib.loads(text)
         else:
