@@ -78,6 +78,9 @@ def encode(
     batch_size: BatchOption = 32,
     bf16: Bf16Option = False,
     max_seq_length: SeqOption = None,
+    prompt_name: Annotated[Optional[str], typer.Option(
+        "--prompt-name", help="the model's prompt to prepend (e.g. query, document); default: its default "
+                              "prompt, if any, as sentence-transformers' encode")] = None,
 ) -> None:
     """Embed texts (given with --text, or a JSONL file) and save them as a .npy matrix."""
     from contrastkit.jsonl import read_texts
@@ -92,7 +95,10 @@ def encode(
     _writable(output, "--output")
     texts = read_texts(input, field) if input else _non_empty(list(text), "--text")
     encoder = _load_encoder(model, max_seq_length)
-    embeddings = encoder.encode(texts, batch_size=batch_size, show_progress=True, bf16=bf16)
+    if prompt_name is not None and prompt_name not in encoder.prompts:
+        raise typer.BadParameter(f"the model has no prompt {prompt_name!r} (its prompts: "
+                                 f"{', '.join(encoder.prompts) or 'none'})", param_hint="--prompt-name")
+    embeddings = encoder.encode(texts, batch_size=batch_size, show_progress=True, bf16=bf16, prompt_name=prompt_name)
     write_whole(output, lambda handle: np.save(handle, embeddings))  # never half a matrix at `output`
     typer.echo(f"wrote {embeddings.shape[0]} × {embeddings.shape[1]} embeddings to {output}")
 
@@ -121,19 +127,24 @@ def search(
         raise typer.BadParameter(f"expected one of {', '.join(INDEX_KINDS)}; got {kind!r}", param_hint="--kind")
     if index is not None and not (index / "meta.json").is_file():  # an index to build and save (reading one needs no write)
         _writable(index, "--index", folder=True)
-    documents = None
-    if corpus is not None and (index is None or not (index / "meta.json").is_file()):
+    documents, searcher = None, None
+    if index is not None and (index / "meta.json").is_file():
+        try:
+            searcher = CorpusSearcher.load(index)  # a damaged one is named before the model loads
+        except ContrastkitError as exc:
+            if corpus is None:
+                raise
+            _writable(index, "--index", folder=True)
+            typer.echo(f"warning: {exc}; rebuilding it from {corpus}", err=True)
+    if corpus is not None and searcher is None:
         documents = read_corpus(corpus)  # to build from: checked before the model loads
     encoder = _load_encoder(model, max_seq_length)
-    searcher = None
-    if index is not None and (index / "meta.json").is_file():
-        searcher = CorpusSearcher.load(index)
-        if not searcher.is_for(encoder, corpus):
-            if corpus is None:
-                raise typer.BadParameter(f"the index in {index} was built with model {searcher.meta.get('model')!r}"
-                                         f" (weights and max_seq_length as they were then); pass --corpus to "
-                                         f"rebuild it for {model!r} as it is now")
-            searcher = None
+    if searcher is not None and not searcher.is_for(encoder, corpus):
+        if corpus is None:
+            raise typer.BadParameter(f"the index in {index} was built with model {searcher.meta.get('model')!r}"
+                                     f" (its weights and settings as they were then); pass --corpus to "
+                                     f"rebuild it for {model!r} as it is now")
+        searcher = None
     if searcher is None:
         if corpus is None:
             raise typer.BadParameter(f"{index} holds no index yet: pass --corpus to build it")
@@ -141,7 +152,7 @@ def search(
         if index is not None:
             searcher.save(index)
             typer.echo(f"saved a {searcher.index.kind} index of {len(searcher.doc_ids):,} documents to {index}")
-    hits = searcher.search(encoder.encode(queries, batch_size=batch_size), top_k)
+    hits = searcher.search(encoder.encode_queries(queries, batch_size=batch_size), top_k)  # the query prompt, if any
     for query, query_hits in zip(queries, hits):
         typer.echo(f"\nquery: {query}")
         for hit in query_hits:

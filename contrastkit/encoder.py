@@ -27,6 +27,7 @@ from contrastkit.pooling import POOLING_MODES, pool
 from contrastkit.st_layout import is_st_folder, quiet_hf_progress, read_st_layout, write_st_layout
 
 DEFAULT_MODEL = "default"
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # sentence-transformers' encode_document, in its order
 # Names of learned absolute position tables (BERT family, CLIP text, BART, GPT-2): an nn.Embedding
 # indexed by position, so a text longer than the table fails inside torch.embedding.
 POSITION_TABLES = ("position_embeddings", "position_embedding", "embed_positions", "wpe")
@@ -103,7 +104,8 @@ class Encoder(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer, *, pooling: str = "mean", normalize: bool = True,
                  max_seq_length: int = 256, name_or_path: str = "",
-                 prompts: dict[str, str] | None = None) -> None:
+                 prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
+                 do_lower_case: bool = False, similarity_fn_name: str = "cosine") -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLING_MODES)}")
@@ -113,7 +115,16 @@ class Encoder(nn.Module):
         self.normalize = normalize
         self.name_or_path = name_or_path
         self.max_seq_length = max_seq_length
+        # as sentence-transformers keeps them: named prompts (encode_queries / encode_documents take
+        # "query" and "document" / "passage" / "corpus"), the one `encode` takes unasked, lower-casing,
+        # and the similarity the model is scored with (written back on save)
         self.prompts = dict(prompts or {})
+        if default_prompt_name is not None and default_prompt_name not in self.prompts:
+            raise ValueError(f"default_prompt_name {default_prompt_name!r} names no prompt "
+                             f"(prompts: {', '.join(self.prompts) or 'none'})")
+        self.default_prompt_name = default_prompt_name
+        self.do_lower_case = do_lower_case
+        self.similarity_fn_name = similarity_fn_name
         # BERT encoders run unpadded (contrastkit/packing.py): the same embeddings, fewer FLOPs.
         # False: every model takes its own padded forward.
         self.packing = True
@@ -168,7 +179,10 @@ class Encoder(nn.Module):
                    normalize=normalize if normalize is not None else (layout.normalize if layout else True),
                    max_seq_length=max_seq_length or folder_max,
                    name_or_path=str(name_or_path),
-                   prompts=layout.prompts if layout else None)
+                   prompts=layout.prompts if layout else None,
+                   default_prompt_name=layout.default_prompt_name if layout else None,
+                   do_lower_case=layout.do_lower_case if layout else False,
+                   similarity_fn_name=layout.similarity_fn_name if layout else "cosine")
 
     @property
     def max_seq_length(self) -> int:
@@ -243,7 +257,7 @@ class Encoder(nn.Module):
         for 256 debian texts here, where `return_tensors="pt"` builds each tensor from nested lists
         (a GPU step waits on this host work).
         """
-        features = self.tokenizer(list(texts), padding=True, truncation=True,
+        features = self.tokenizer(self._cased(texts), padding=True, truncation=True,
                                   max_length=self.max_seq_length, return_tensors="np")
         device = self.device
         return {k: to_device(torch.from_numpy(v), device) for k, v in features.items()}
@@ -272,8 +286,12 @@ class Encoder(nn.Module):
         to be called from two threads at once); this encoder's own by default.
         """
         tokenizer = self.tokenizer if tokenizer is None else tokenizer
-        encoded = tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
+        encoded = tokenizer(self._cased(texts), truncation=True, max_length=self.max_seq_length)
         return encoded["input_ids"], encoded.get("token_type_ids")
+
+    def _cased(self, texts: Sequence[str]) -> list[str]:
+        """The texts as the tokenizer takes them: lower-cased where the folder says `do_lower_case`."""
+        return [t.lower() for t in texts] if self.do_lower_case else list(texts)
 
     def embed_packed(self, plan: PackPlan) -> Tensor:
         """The packed forward of texts already tokenized and planned (`packing.plan_packing`): [B, D].
@@ -291,7 +309,7 @@ class Encoder(nn.Module):
         """
         lengths: list[int] = []
         for start in range(0, len(texts), block):
-            encoded = self.tokenizer(list(texts[start:start + block]), truncation=True,
+            encoded = self.tokenizer(self._cased(texts[start:start + block]), truncation=True,
                                      max_length=self.max_seq_length, add_special_tokens=True,
                                      return_attention_mask=False, return_token_type_ids=False)
             lengths.extend(len(ids) for ids in encoded["input_ids"])
@@ -299,13 +317,16 @@ class Encoder(nn.Module):
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = False,
-               bf16: bool = False, prompt: str | None = None) -> np.ndarray:
+               bf16: bool = False, prompt: str | None = None, prompt_name: str | None = None) -> np.ndarray:
         """Embed texts for use: float32 numpy [N, D], in the order given.
 
         Texts are sorted by token length and cut into batches of similar length, so each batch is
         padded only to its own longest text; the results are put back in the original order.
-        `prompt` (e.g. "query: ") is prepended to every text.
+        `prompt` (e.g. "query: ") is prepended to every text, or the model's prompt `prompt_name`;
+        given neither, the model's default prompt (`default_prompt_name`), as sentence-transformers'
+        `encode`. `prompt=""` prepends nothing.
         """
+        prompt = self._prompt(prompt, prompt_name)
         texts = [prompt + t for t in texts] if prompt else list(texts)
         if not texts:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
@@ -314,6 +335,35 @@ class Encoder(nn.Module):
         with autocast(bf16, self.device.type):
             return encode_longest_first(self, texts, self.token_lengths(texts), self.embed, self.embedding_dim,
                                         batch_size=batch_size, show_progress=show_progress)
+
+    def _prompt(self, prompt: str | None, prompt_name: str | None) -> str:
+        if prompt is not None:
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(f"this model has no prompt {prompt_name!r} (its prompts: "
+                                 f"{', '.join(self.prompts) or 'none'})")
+            return self.prompts[prompt_name]
+        return self.prompts.get(self.default_prompt_name, "") if self.default_prompt_name else ""
+
+    def side_prompt(self, side: str) -> str:
+        """The prompt for queries ("query") or documents ("document"), as sentence-transformers'
+        `encode_query` / `encode_document` take it: the model's "query" prompt, or its first of
+        "document", "passage", "corpus"; else the default prompt, if any (E5 and BGE folders carry these)."""
+        if side not in ("query", "document"):
+            raise ValueError(f'side must be "query" or "document"; got {side!r}')
+        for name in ("query",) if side == "query" else DOCUMENT_PROMPT_NAMES:
+            if name in self.prompts:
+                return self.prompts[name]
+        return self._prompt(None, None)
+
+    def encode_queries(self, texts: Sequence[str], **kwargs) -> np.ndarray:
+        """`encode` with the model's query prompt (`side_prompt("query")`); evaluation, search and mining call this."""
+        return self.encode(texts, prompt=self.side_prompt("query"), **kwargs)
+
+    def encode_documents(self, texts: Sequence[str], **kwargs) -> np.ndarray:
+        """`encode` with the model's document prompt (`side_prompt("document")`)."""
+        return self.encode(texts, prompt=self.side_prompt("document"), **kwargs)
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | os.PathLike) -> Path:
@@ -327,7 +377,8 @@ class Encoder(nn.Module):
         self.tokenizer.save_pretrained(path)
         write_st_layout(path, embedding_dim=self.embedding_dim, pooling=self.pooling,
                         normalize=self.normalize, max_seq_length=self.max_seq_length,
-                        do_lower_case=False, prompts=self.prompts,
+                        do_lower_case=self.do_lower_case, prompts=self.prompts,
+                        default_prompt_name=self.default_prompt_name, similarity_fn_name=self.similarity_fn_name,
                         versions={"contrastkit": _version(), "transformers": transformers.__version__,
                                   "pytorch": torch.__version__})
         return path

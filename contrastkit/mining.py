@@ -198,11 +198,25 @@ def default_cache_dir() -> Path:
     return cache_root() / "embeddings"
 
 
-def _model_key(encoder: TextEncoder) -> str:
-    """What the embeddings depend on besides the texts: the model, its weights, its truncation."""
+def _model_name(encoder: TextEncoder) -> str:
+    """The encoder's model: a folder by its resolved path ("runs/m", "./runs/m" and its absolute path are
+    one model), else its name as given, or its class."""
     name = str(getattr(encoder, "name_or_path", "") or type(encoder).__name__)
-    parts = [name, f"max_seq_length={getattr(encoder, 'max_seq_length', None)}"]
     folder = Path(name).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else name
+
+
+def _model_key(encoder: TextEncoder) -> str:
+    """What the embeddings depend on besides the texts (a prompt is part of the texts): the model (a
+    folder by its resolved path, however it was named), its weights, its truncation, pooling,
+    normalisation, lower-casing and precision."""
+    name = _model_name(encoder)
+    folder = Path(name)
+    settings = {key: getattr(encoder, key, None) for key in ("max_seq_length", "pooling", "normalize", "do_lower_case")}
+    parameters = getattr(encoder, "parameters", None)
+    first = next(iter(parameters()), None) if callable(parameters) else None
+    settings["dtype"] = str(first.dtype) if first is not None else None
+    parts = [name, *(f"{key}={value}" for key, value in settings.items())]
     if folder.is_dir():  # a folder fine-tuned in place must not hit the old embeddings
         for f in sorted(folder.rglob("*")):
             if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"):
@@ -212,7 +226,8 @@ def _model_key(encoder: TextEncoder) -> str:
 
 
 def model_fingerprint(encoder: TextEncoder) -> str:
-    """16 hex digits of what an encoder's embeddings depend on: name, weight files (size, time), truncation."""
+    """16 hex digits of what an encoder's embeddings depend on (`_model_key`): the model, its weight
+    files (size, time), truncation, pooling, normalisation, lower-casing, precision."""
     return hashlib.sha256(_model_key(encoder).encode("utf-8")).hexdigest()[:16]
 
 
@@ -223,17 +238,22 @@ def embedding_cache_path(encoder: TextEncoder, texts: Sequence[str], cache_dir: 
         data = text.encode("utf-8")
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(getattr(encoder, "name_or_path", "model")))[-48:]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", _model_name(encoder))[-48:]
     return Path(cache_dir) / f"{slug.strip('_.') or 'model'}-{h.hexdigest()[:24]}.npy"
 
 
 def encode_cached(encoder: TextEncoder, texts: Sequence[str], *, batch_size: int = 32,
-                  cache_dir: str | Path | None = None, show_progress: bool = False) -> tuple[np.ndarray, bool]:
+                  cache_dir: str | Path | None = None, show_progress: bool = False,
+                  side: str | None = None) -> tuple[np.ndarray, bool]:
     """Embeddings [N, D] float32 of `texts`, from the cache when there; (embeddings, cache hit).
 
+    side: "query" or "document": the texts take the model's prompt for that side (an Encoder's
+    `side_prompt`; E5 / BGE folders carry them), prepended here so that the cache keys on it.
     cache_dir None: no cache. A cache file is written to a temp file and renamed into place, so
     an interrupted run never leaves a half-written one.
     """
+    prompt = encoder.side_prompt(side) if side is not None and hasattr(encoder, "side_prompt") else None
+    texts = [prompt + t for t in texts] if prompt else list(texts)
     path = embedding_cache_path(encoder, texts, cache_dir) if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
@@ -242,8 +262,10 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], *, batch_size: int
                 return cached, True
         except (OSError, ValueError):
             pass  # unreadable: encode again and overwrite
-    embeddings = np.asarray(encoder.encode(list(texts), batch_size=batch_size, show_progress=show_progress),
-                            dtype=np.float32)
+    options = dict(batch_size=batch_size, show_progress=show_progress)
+    if prompt is not None:
+        options["prompt"] = ""  # prepended above; and not the model's default prompt on top
+    embeddings = np.asarray(encoder.encode(texts, **options), dtype=np.float32)
     if embeddings.ndim != 2 or len(embeddings) != len(texts):
         raise ValueError(f"encoder returned shape {embeddings.shape} for {len(texts)} texts")
     if path is not None:
@@ -407,7 +429,7 @@ def mine_hard_negatives(encoder: TextEncoder, data: BeirDataset | Sequence[Pair]
     if config.rank_range[0] >= len(docs):  # before the corpus is encoded: nothing could be mined
         raise ConfigError(f"the rank range starts at rank {config.rank_range[0]} but the corpus has "
                           f"{len(docs):,} distinct documents: no candidate could be mined; lower its START")
-    doc_emb, cache_hit = encode_cached(encoder, docs, **encode)
+    doc_emb, cache_hit = encode_cached(encoder, docs, side="document", **encode)
     doc_emb = _normalise(doc_emb)
     lap("encode_corpus_s")
 
@@ -417,10 +439,10 @@ def mine_hard_negatives(encoder: TextEncoder, data: BeirDataset | Sequence[Pair]
     pair_anchor = np.array([anchor_row.setdefault(p.anchor.strip(), len(anchor_row)) for p in pairs])
     anchors = list(anchor_row)
     outside = sorted({p.positive.strip() for p in pairs} - row_of_text.keys())
-    emb, _ = encode_cached(encoder, anchors + outside, **encode)
-    emb = _normalise(emb)
-    anchor_emb, outside_row = emb[:len(anchors)], {t: len(anchors) + i for i, t in enumerate(outside)}
-    positive_emb = np.stack([doc_emb[row_of_text[t]] if t in row_of_text else emb[outside_row[t]]
+    anchor_emb = _normalise(encode_cached(encoder, anchors, side="query", **encode)[0])
+    outside_emb = _normalise(encode_cached(encoder, outside, side="document", **encode)[0]) if outside else None
+    outside_row = {t: i for i, t in enumerate(outside)}
+    positive_emb = np.stack([doc_emb[row_of_text[t]] if t in row_of_text else outside_emb[outside_row[t]]
                              for t in (p.positive.strip() for p in pairs)])
     positive_scores = np.einsum("pd,pd->p", anchor_emb[pair_anchor], positive_emb)
     lap("encode_anchors_s")

@@ -58,7 +58,7 @@ class CorpusSearcher:
 
         ids, titles, texts = documents if documents is not None else read_corpus(corpus_path)
         embeddings, _ = encode_cached(encoder, texts, batch_size=batch_size, show_progress=show_progress,
-                                      cache_dir=cache_dir or default_cache_dir())
+                                      cache_dir=cache_dir or default_cache_dir(), side="document")
         index = VectorIndex.build(l2_normalize(embeddings), kind=kind)
         meta = {"model": str(getattr(encoder, "name_or_path", "")), "model_fingerprint": model_fingerprint(encoder),
                 "corpus": str(corpus_path),
@@ -80,21 +80,35 @@ class CorpusSearcher:
 
     @classmethod
     def load(cls, folder: str | Path) -> "CorpusSearcher":
+        """A saved index; a DataError naming the folder when it is not one, or is damaged (a file
+        missing or cut short, documents that do not match the vectors)."""
         folder = Path(folder)
         if not (folder / "meta.json").is_file():
             raise DataError("not a saved search index (no meta.json); build one with --corpus", path=str(folder))
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        rows = [json.loads(line) for line in (folder / "docs.jsonl").read_text(encoding="utf-8").splitlines()]
-        index = VectorIndex.load(folder / "index.faiss")
-        return cls(index, [r["_id"] for r in rows], [r["title"] for r in rows], [r["snippet"] for r in rows], meta)
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            rows = [json.loads(line) for line in (folder / "docs.jsonl").read_text(encoding="utf-8").splitlines()]
+            ids, titles, snippets = ([r[key] for r in rows] for key in ("_id", "title", "snippet"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"a damaged search index ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
+                            f"rebuild it with --corpus", path=str(folder)) from exc
+        try:
+            index = VectorIndex.load(folder / "index.faiss")
+        except (OSError, RuntimeError) as exc:  # faiss says RuntimeError, with a page of C++ in it
+            raise DataError("a damaged search index (index.faiss does not read as a faiss index); rebuild it "
+                            "with --corpus", path=str(folder)) from exc
+        if len(index) != len(ids):
+            raise DataError(f"a damaged search index: {len(index):,} vectors but {len(ids):,} documents in "
+                            f"docs.jsonl; rebuild it with --corpus", path=str(folder))
+        return cls(index, ids, titles, snippets, meta)
 
     def is_for(self, encoder, corpus_path: str | Path | None) -> bool:
-        """True when this index was built by this model from this corpus file (bytes): the same name,
-        weight files (a folder trained again in place differs) and max_seq_length."""
+        """True when this index was built by this model from this corpus file (bytes): the same model
+        fingerprint (`mining.model_fingerprint`: a folder by its resolved path, however named; its
+        weight files, so a folder trained again in place differs; max_seq_length, pooling, ...)."""
         from contrastkit.mining import model_fingerprint
 
-        same_model = (self.meta.get("model") == str(getattr(encoder, "name_or_path", ""))
-                      and self.meta.get("model_fingerprint") == model_fingerprint(encoder))
+        same_model = self.meta.get("model_fingerprint") == model_fingerprint(encoder)
         return same_model and (corpus_path is None or self.meta.get("corpus_sha256") == file_digest(corpus_path))
 
     def search(self, query_embeddings: np.ndarray, k: int) -> list[list[Hit]]:

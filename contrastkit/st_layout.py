@@ -40,6 +40,9 @@ class STLayout:
     normalize: bool
     max_seq_length: int | None
     prompts: dict[str, str]
+    default_prompt_name: str | None = None  # the prompt `encode` prepends when asked for none
+    do_lower_case: bool = False             # texts lower-cased before tokenizing
+    similarity_fn_name: str = "cosine"      # what `SentenceTransformer.similarity` scores with
 
 
 def is_st_folder(path: Path) -> bool:
@@ -59,12 +62,16 @@ def _module_kind(type_name: str) -> str:
 
 
 def _read_pooling(config: dict, config_path: Path) -> str:
-    if "pooling_mode" in config:  # sentence-transformers 6.x
-        name = config["pooling_mode"]
-        if name not in _POOLING_NAMES:
-            raise ModelLoadError(f"{config_path}: pooling mode {name!r} is not supported "
-                                 f"(supported: mean, cls, lasttoken)")
-        return _POOLING_NAMES[name]
+    if config.get("include_prompt") is False:
+        raise ModelLoadError(f"{config_path}: pooling that leaves the prompt's tokens out (include_prompt: false) "
+                             f"is not supported; contrastkit pools over every token, prompt included")
+    if "pooling_mode" in config:  # sentence-transformers 6.x: a name, or a list of names
+        names = config["pooling_mode"]
+        names = names if isinstance(names, list) else [names]
+        if len(names) != 1 or not isinstance(names[0], str) or names[0] not in _POOLING_NAMES:
+            raise ModelLoadError(f"{config_path}: pooling mode {config['pooling_mode']!r} is not supported "
+                                 f"(one of: mean, cls, lasttoken)")
+        return _POOLING_NAMES[names[0]]
     enabled = [mode for flag, mode in _POOLING_FLAGS.items() if config.get(flag)]
     others = [k for k, v in config.items()
               if k.startswith("pooling_mode_") and v and k not in _POOLING_FLAGS]
@@ -93,20 +100,30 @@ def read_st_layout(path: Path) -> STLayout:
         pooling_config_path = path / by_kind[_POOLING]["path"] / "config.json"
         pooling = _read_pooling(_read_json(pooling_config_path), pooling_config_path)
 
-    max_seq_length = None
+    max_seq_length, do_lower_case = None, False
     for config_dir in {transformer_dir, path}:
         sbert = config_dir / "sentence_bert_config.json"
         if sbert.is_file():
-            value = _read_json(sbert).get("max_seq_length")
+            sbert_config = _read_json(sbert)
+            value = sbert_config.get("max_seq_length")
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ModelLoadError(f"{sbert}: max_seq_length must be a positive whole number; got {value!r}")
             max_seq_length = value or max_seq_length
-    prompts = {}
+            do_lower_case = do_lower_case or sbert_config.get("do_lower_case") is True
+    prompts, default_prompt_name, similarity_fn_name = {}, None, "cosine"
     st_config = path / "config_sentence_transformers.json"
     if st_config.is_file():
-        prompts = {k: v for k, v in (_read_json(st_config).get("prompts") or {}).items() if v}
+        st = _read_json(st_config)
+        # empty ones kept: sentence-transformers 6 writes "document": "" and then takes it before "passage"
+        prompts = {k: v for k, v in (st.get("prompts") or {}).items() if isinstance(v, str)}
+        default_prompt_name = st.get("default_prompt_name") or None
+        if default_prompt_name is not None and default_prompt_name not in prompts:
+            raise ModelLoadError(f"{st_config}: default_prompt_name {default_prompt_name!r} names no prompt "
+                                 f"(prompts: {', '.join(prompts) or 'none'})")
+        similarity_fn_name = st.get("similarity_fn_name") or "cosine"
     return STLayout(transformer_dir=transformer_dir, pooling=pooling, normalize=_NORMALIZE in by_kind,
-                    max_seq_length=max_seq_length, prompts=prompts)
+                    max_seq_length=max_seq_length, prompts=prompts, default_prompt_name=default_prompt_name,
+                    do_lower_case=do_lower_case, similarity_fn_name=similarity_fn_name)
 
 
 @contextmanager
@@ -129,7 +146,8 @@ def quiet_hf_progress() -> Iterator[None]:
 
 def write_st_layout(path: Path, *, embedding_dim: int, pooling: str, normalize: bool,
                     max_seq_length: int, do_lower_case: bool = False, versions: dict | None = None,
-                    prompts: dict[str, str] | None = None) -> None:
+                    prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
+                    similarity_fn_name: str = "cosine") -> None:
     """Write the sentence-transformers files around an already saved HF model in `path`."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -157,8 +175,8 @@ def write_st_layout(path: Path, *, embedding_dim: int, pooling: str, normalize: 
     _write_json(path / "config_sentence_transformers.json", {
         "__version__": versions or {},
         "prompts": prompts or {},
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine",
+        "default_prompt_name": default_prompt_name,
+        "similarity_fn_name": similarity_fn_name,
     })
 
 

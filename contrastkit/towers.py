@@ -437,8 +437,12 @@ class DualEncoder(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if self.is_shared and isinstance(self.towers["query"], TextTower):
-            prompts = self.towers["query"].encoder.prompts
-            prompts.update({side: prefix for side, prefix in self.prefixes.items() if prefix})
+            # the sides' prompts are exactly the prefixes (an empty one removes its side's old prompt)
+            encoder = self.towers["query"].encoder
+            prompts = {k: v for k, v in encoder.prompts.items() if k not in self.prefixes}
+            encoder.prompts = {**prompts, **{side: prefix for side, prefix in self.prefixes.items() if prefix}}
+            if encoder.default_prompt_name not in encoder.prompts:
+                encoder.default_prompt_name = None
         for name, tower in self.towers.items():
             tower.save(path / name)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("towers.")}

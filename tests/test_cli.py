@@ -239,7 +239,7 @@ def test_search_index_of_a_model_trained_again_in_place_is_not_reused(monkeypatc
     code, _, err = run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", model)
     assert code == 0, err
     code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", model, "--max-seq-length", "8")
-    assert code == 2 and "weights and max_seq_length as they were then" in err  # another truncation
+    assert code == 2 and "its weights and settings as they were then" in err  # another truncation
     encoder = Encoder.from_pretrained(model)
     with torch.no_grad():
         next(encoder.model.parameters()).add_(0.5)
@@ -250,6 +250,53 @@ def test_search_index_of_a_model_trained_again_in_place_is_not_reused(monkeypatc
     assert code == 0 and "saved a flat index of 6 documents" in out  # rebuilt, not reused
     code, out, err = run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", model)
     assert code == 0 and "saved a" not in out  # and now reused
+
+
+def test_a_saved_index_is_reused_whatever_the_models_path_is_spelled(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    """"runs/m", "./runs/m" and its absolute path are one model: the index was refused for the others."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"text number {i}"} for i in range(6)])
+    Encoder.from_pretrained(tiny_model_dir).save(tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    index = tmp_path / "idx"
+    code, out, err = run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", "m")
+    assert code == 0 and "saved a" in out, err
+    for spelling in ("./m", str(tmp_path / "m"), "m/"):
+        code, out, err = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", spelling)
+        assert code == 0 and "1. [" in out, (spelling, err)
+
+
+def test_a_damaged_index_is_named_and_rebuilt_from_the_corpus(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"text number {i}"} for i in range(6)])
+    index = tmp_path / "idx"
+    run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", tiny_model_dir)
+    whole = (index / "index.faiss").read_bytes()
+    (index / "index.faiss").write_bytes(whole[:100])  # cut short
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", tiny_model_dir)
+    assert code == 2 and f"{index}: a damaged search index (index.faiss does not read" in err
+    assert "rebuild it with --corpus" in err
+    assert "Traceback" not in err
+    code, out, err = run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", tiny_model_dir)
+    assert code == 0 and "rebuilding it from" in err and "saved a flat index of 6 documents" in out
+    with (index / "docs.jsonl").open("a") as handle:  # a document more than the vectors
+        handle.write(json.dumps({"_id": "extra", "title": "", "snippet": "x"}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", tiny_model_dir)
+    assert code == 2 and "6 vectors but 7 documents" in err
+    (index / "docs.jsonl").unlink()
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", tiny_model_dir)
+    assert code == 2 and "a damaged search index (FileNotFoundError" in err
+
+
+def test_encode_takes_a_prompt_by_name(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    encoder = Encoder.from_pretrained(tiny_model_dir)
+    encoder.prompts = {"query": "query: "}
+    encoder.save(tmp_path / "m")
+    code, _, err = run_cli(monkeypatch, capsys, "encode", "-m", tmp_path / "m", "-t", "wing lift", "-o", tmp_path / "q.npy",
+                           "--prompt-name", "query")
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "q.npy"), encoder.encode(["query: wing lift"]), atol=1e-6)
+    code, _, err = run_cli(monkeypatch, capsys, "encode", "-m", tmp_path / "m", "-t", "x", "-o", tmp_path / "d.npy",
+                           "--prompt-name", "doc")
+    assert code == 2 and "the model has no prompt 'doc' (its prompts: query)" in err
 
 
 @pytest.mark.parametrize("flag, expected", [((), None), (("--fp32",), False), (("--bf16",), True)])

@@ -323,3 +323,66 @@ def test_classic_sentence_transformers_pooling_flags_are_read(tiny_model_dir, tm
     config = {"word_embedding_dimension": 32, **{f: f == flag for f in flags}, "include_prompt": True}
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(config))
     assert Encoder.from_pretrained(tmp_path).pooling == pooling
+
+
+def _st_with_prompts(tiny_model_dir, path, **kwargs):
+    """A sentence-transformers folder saved by sentence-transformers itself, E5 / BGE style."""
+    from sentence_transformers import models
+
+    st = SentenceTransformer(modules=[models.Transformer(str(tiny_model_dir), max_seq_length=40),
+                                      models.Pooling(32, pooling_mode="mean"), models.Normalize()],
+                             device="cpu", prompts={"query": "query: ", "passage": "passage: "}, **kwargs)
+    st.save(str(path))
+    return SentenceTransformer(str(path), device="cpu")
+
+
+def test_a_folders_prompts_are_used_for_queries_and_documents_as_sentence_transformers_does(tiny_model_dir, tmp_path):
+    """Prompts were read and then never used: evaluation, search and mining embedded without them."""
+    st = _st_with_prompts(tiny_model_dir, tmp_path / "st")
+    ours = Encoder.from_pretrained(tmp_path / "st")
+    np.testing.assert_allclose(ours.encode_queries(TEXTS), st.encode_query(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(ours.encode_documents(TEXTS), st.encode_document(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(ours.encode(TEXTS), st.encode(TEXTS), atol=1e-6)  # no default prompt: none
+    np.testing.assert_allclose(ours.encode(TEXTS, prompt_name="passage"), st.encode(TEXTS, prompt_name="passage"),
+                               atol=1e-6)
+    assert np.abs(ours.encode_queries(TEXTS) - ours.encode(TEXTS)).max() > 1e-3  # the prompt matters
+    with pytest.raises(ValueError, match="no prompt 'title'"):
+        ours.encode(TEXTS, prompt_name="title")
+
+
+def test_the_default_prompt_is_used_and_kept(tiny_model_dir, tmp_path):
+    st = _st_with_prompts(tiny_model_dir, tmp_path / "st", default_prompt_name="query")
+    ours = Encoder.from_pretrained(tmp_path / "st")
+    np.testing.assert_allclose(ours.encode(TEXTS), st.encode(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(ours.encode(TEXTS, prompt=""), st.encode(TEXTS, prompt=""), atol=1e-6)
+    ours.save(tmp_path / "again")  # it was written back as null: the model then behaved otherwise in ST
+    again = json.loads((tmp_path / "again" / "config_sentence_transformers.json").read_text())
+    assert again["default_prompt_name"] == "query"
+    assert again["prompts"] == {"query": "query: ", "document": "", "passage": "passage: "}  # ST 6 adds document ""
+    np.testing.assert_allclose(SentenceTransformer(str(tmp_path / "again"), device="cpu").encode(TEXTS),
+                               st.encode(TEXTS), atol=1e-6)
+
+
+def test_pooling_without_the_prompt_and_several_pooling_modes_are_refused_clearly(tiny_model_dir, tmp_path):
+    Encoder.from_pretrained(tiny_model_dir).save(tmp_path)
+    config_path = tmp_path / "1_Pooling" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "include_prompt": False}))
+    with pytest.raises(ModelLoadError, match="include_prompt: false"):
+        Encoder.from_pretrained(tmp_path)
+    config_path.write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode": ["mean", "max"]}))
+    with pytest.raises(ModelLoadError, match=r"pooling mode \['mean', 'max'\] is not supported"):
+        Encoder.from_pretrained(tmp_path)  # sentence-transformers 6 writes a list: a TypeError before
+    config_path.write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode": ["cls"]}))
+    assert Encoder.from_pretrained(tmp_path).pooling == "cls"
+
+
+def test_do_lower_case_is_applied_and_kept(tiny_model_dir, tmp_path):
+    Encoder.from_pretrained(tiny_model_dir).save(tmp_path)
+    (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16, "do_lower_case": True}))
+    ours, st = Encoder.from_pretrained(tmp_path), SentenceTransformer(str(tmp_path), device="cpu")
+    cased = ["Wing LIFT at Mach 2", "The Boundary Layer"]
+    np.testing.assert_allclose(ours.encode(cased), st.encode(cased), atol=1e-6)
+    np.testing.assert_allclose(ours.encode(cased), ours.encode([t.lower() for t in cased]), atol=0)
+    ours.save(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "sentence_bert_config.json").read_text())["do_lower_case"] is True

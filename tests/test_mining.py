@@ -365,3 +365,40 @@ def test_cache_dir_follows_contrastkit_cache(monkeypatch, tmp_path):
     assert default_cache_dir() == Path.home() / ".cache" / "contrastkit" / "embeddings"
     monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path / "own"))  # ours comes first
     assert default_cache_dir() == tmp_path / "own" / "embeddings"
+
+
+def test_the_embedding_cache_keys_on_pooling_and_the_models_path_not_its_spelling(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    """A CLS searcher was given the mean-pooled vectors cached for the same folder."""
+    from contrastkit.encoder import Encoder
+    from contrastkit.mining import embedding_cache_path
+
+    texts = ["wing lift", "jet noise"]
+    mean = Encoder.from_pretrained(tiny_model_dir, pooling="mean")
+    cls = Encoder.from_pretrained(tiny_model_dir, pooling="cls")
+    assert embedding_cache_path(mean, texts, tmp_path) != embedding_cache_path(cls, texts, tmp_path)
+    monkeypatch.chdir(tiny_model_dir.parent)
+    relative = Encoder.from_pretrained(f"./{tiny_model_dir.name}", pooling="mean")
+    assert embedding_cache_path(relative, texts, tmp_path) == embedding_cache_path(mean, texts, tmp_path)
+
+
+def test_mining_embeds_anchors_and_documents_with_the_models_prompts():
+    """An E5 / BGE-style model: anchors take the query prompt, the corpus (and positives outside it)
+    the document prompt, as its search would; without them the negatives were mined from other vectors."""
+    class Prompted(TableEncoder):
+        seen: list[str] = []
+
+        def side_prompt(self, side):
+            return {"query": "q: ", "document": "d: "}[side]
+
+        def encode(self, texts, batch_size=32, show_progress=False, prompt=None):
+            assert prompt == ""  # the prompt is in the texts: the model's default one is not added on top
+            self.seen.extend(texts)
+            return super().encode([t.split(": ", 1)[1] for t in texts], batch_size, show_progress)
+
+    encoder = Prompted(ANGLES)
+    corpus = [t for t in ANGLES if t not in ("query", "pos")]
+    mined, _ = mine_hard_negatives(encoder, [Pair("query", "pos")], corpus, quiet(num_negatives=1, relative_margin=None))
+    assert "q: query" in encoder.seen and "d: pos" in encoder.seen
+    assert {t for t in encoder.seen if t.startswith("d: ")} == {f"d: {t}" for t in corpus + ["pos"]}
+    assert mined[0].negatives

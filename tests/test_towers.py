@@ -99,6 +99,20 @@ def test_a_saved_shared_tower_is_a_sentence_transformers_model_with_the_prefixes
     np.testing.assert_allclose(st.encode(TEXTS, prompt_name="document"), model.encode_documents(TEXTS), atol=1e-5)
 
 
+def test_a_shared_tower_saved_again_with_other_prefixes_keeps_no_old_prompt(tiny_model_dir, tmp_path):
+    """The prompts were updated in place: an empty prefix left the folder's old "document" prompt."""
+    from sentence_transformers import SentenceTransformer
+
+    DualEncoder.shared(Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)).save(tmp_path / "first")
+    again = DualEncoder.shared(Encoder.from_pretrained(tmp_path / "first" / "query"),
+                               query_prefix="search_query: ", document_prefix="")
+    again.save(tmp_path / "second")
+    assert Encoder.from_pretrained(tmp_path / "second" / "query").prompts == {"query": "search_query: "}
+    st = SentenceTransformer(str(tmp_path / "second" / "query"), device="cpu")
+    np.testing.assert_allclose(st.encode_document(TEXTS), again.encode_documents(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(st.encode_query(TEXTS), again.encode_queries(TEXTS), atol=1e-5)
+
+
 def test_vit_and_plain_module_towers(tmp_path):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 12))

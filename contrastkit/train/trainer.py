@@ -101,6 +101,10 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> floa
     return max(0.0, 1.0 - progress)
 
 
+# a config's similarity → sentence-transformers' similarity_fn_name (its "euclidean" is the negative distance)
+ST_SIMILARITY = {"cosine": "cosine", "dot": "dot", "neg_euclidean": "euclidean"}
+
+
 def build_loss(config: TrainConfig) -> nn.Module:
     """The loss module the config names (InfoNCE holds the learnable temperature, in the config's dtype)."""
     if config.loss == "infonce":
@@ -237,6 +241,8 @@ class Trainer:
         # the loss in the weights' precision: float32 (bf16 autocast's outputs too), or float64 for exact checks
         self._loss_dtype = getattr(torch, config.dtype)
         self.loss_fn = build_loss(config).to(self.device, self._loss_dtype)
+        # the saved model says what it was trained to score with (sentence-transformers' model.similarity)
+        encoder.similarity_fn_name = ST_SIMILARITY[config.similarity]
         self._positives_of = (positives_by_anchor(self.examples)
                               if config.loss == "infonce" and config.mask_known_positives else {})
         self.output_dir = Path(config.output_dir)

@@ -625,3 +625,14 @@ def test_drop_last_false_says_how_many_batches_come_out_incomplete(tiny_model_di
     with pytest.warns(UserWarning, match=r"drop_last false: \d+ of the first epoch's \d+ batches are incomplete "
                                          r"\(down to 1 pair\(s\)\)"):
         Trainer(config(tmp_path, drop_last=False, max_steps=None), encoder, pairs)
+
+
+@pytest.mark.parametrize("similarity, name", [("dot", "dot"), ("neg_euclidean", "euclidean")])
+def test_the_saved_model_names_the_similarity_it_was_trained_with(tiny_model_dir, tmp_path, similarity, name):
+    """It always said "cosine": sentence-transformers' model.similarity then ranked by another function."""
+    from sentence_transformers import SentenceTransformer
+
+    encoder = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32, normalize=False)
+    out = Trainer(config(tmp_path, max_steps=1, similarity=similarity), encoder, make_pairs()).train()
+    assert json.loads((out / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == name
+    assert SentenceTransformer(str(out), device="cpu").similarity_fn_name == name
