@@ -206,12 +206,14 @@ def _refuse_a_list_in_one_negative(cell: str, path: str, line: int) -> None:
 
 def _refuse_merged_tsv_cells(header: list[str], row: list[str], path: str, line: int) -> None:
     """A TSV cell holding a tab: in a plain (unquoted) TSV, a cell that began with a double quote was
-    read as quoted up to a later quote, swallowing the tabs (and lines) between: refused, not merged."""
+    read as quoted up to a later quote, swallowing the tabs (and lines) between: refused, not merged.
+    (A quoted cell with a real tab in its text is refused too: the two cannot be told apart.)"""
     for name, cell in zip(header, row):
         if "\t" in cell:
-            raise DataError('holds a tab: TSV cells follow CSV quoting here (as pandas reads them), so a cell '
-                            'that begins with a double quote runs to the next quote, across tabs and lines; '
-                            'quote such cells whole (with "" for a quote inside), or write the pairs as JSONL',
+            raise DataError('holds a tab: most often a cell that begins with a double quote, read (TSV cells '
+                            'follow CSV quoting here, as pandas reads them) up to a later quote across tabs '
+                            'and lines; a tab inside a text cannot be told from that in a TSV: quote such a '
+                            'cell whole (with "" for a quote inside) and write the pairs as CSV or JSONL',
                             path=path, line=line, field=name)
 
 

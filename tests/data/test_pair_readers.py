@@ -65,7 +65,7 @@ def test_a_plain_tsv_cell_that_begins_with_a_quote_is_refused_not_merged(tmp_pat
     path = tmp_path / "pairs.tsv"
     path.write_text('anchor\tpositive\n"unterminated quote\tpassage one\nscreen of 13"\tpassage two\nq3\tp3\n',
                     encoding="utf-8")
-    with pytest.raises(DataError, match=r'line 2: field "anchor": holds a tab: TSV cells follow CSV quoting'):
+    with pytest.raises(DataError, match=r'line 2: field "anchor": holds a tab: most often a cell that begins with a double quote'):
         read_pairs(path)
     path.write_text('anchor\tpositive\n"free form" text\tp1\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"line 2: malformed TSV: .*a cell that begins with a double quote must be quoted"):
