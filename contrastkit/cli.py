@@ -37,6 +37,24 @@ def _load_encoder(model: str, max_seq_length: int | None):
     return Encoder.from_pretrained(model, max_seq_length=max_seq_length)
 
 
+def _load_retriever(model: str, max_seq_length: int | None):
+    """An Encoder, or a two-tower DualEncoder folder (dual_encoder.json) as `DualEncoder.load` reads it,
+    its text towers cut at `max_seq_length` when given; either has `max_seq_length` (the query side's)."""
+    from contrastkit.encoder import resolve_model_path
+    from contrastkit.towers import CONFIG_FILE, DualEncoder, TextTower
+
+    path = resolve_model_path(model)
+    if not (path / CONFIG_FILE).is_file():
+        return _load_encoder(model, max_seq_length)
+    dual = DualEncoder.load(path)
+    texts = [dual.tower(side) for side in ("query", "document") if isinstance(dual.tower(side), TextTower)]
+    for tower in texts:
+        if max_seq_length:
+            tower.encoder.max_seq_length = max_seq_length
+    dual.max_seq_length = texts[0].encoder.max_seq_length if texts else None
+    return dual
+
+
 def _writable(path: Path, option: str, *, folder: bool = False) -> Path:
     """`path` if a file (or, with `folder`, a folder) can be created or replaced there; else a usage error
     now, before any slow work, instead of a traceback at the end of it."""
@@ -323,7 +341,7 @@ def eval_(
     lengths: dict[str, int] = {}
 
     def run(name: str):
-        encoder = _load_encoder(name, max_seq_length)
+        encoder = _load_retriever(name, max_seq_length)
         lengths[name] = encoder.max_seq_length
         typer.echo(f"{name}: texts cut at {encoder.max_seq_length} tokens")
         return evaluate_retrieval(encoder, dataset, ks, batch_size=batch_size)

@@ -142,6 +142,9 @@ class Encoder(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve_model_path(name_or_path)
+        if (path / "dual_encoder.json").is_file():
+            raise ModelLoadError(f"'{path}' is a two-tower model (DualEncoder): `contrastkit eval` and "
+                                 f"`DualEncoder.load` take it whole; here give one tower's folder ('{path / 'query'}')")
         layout = read_st_layout(path) if is_st_folder(path) else None
         model_dir = layout.transformer_dir if layout else path
         if not (model_dir / "config.json").is_file():

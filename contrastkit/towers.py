@@ -153,11 +153,20 @@ class VisionTower(Tower):
             raise ModelLoadError(f"'{path}' has no .safetensors weights; contrastkit loads safetensors only")
         kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
         try:
-            model = AutoModel.from_pretrained(path, use_safetensors=True,
-                                              **({"dtype": torch_dtype} if torch_dtype else {}), **kwargs)
+            model, loading = AutoModel.from_pretrained(path, use_safetensors=True, output_loading_info=True,
+                                                       **({"dtype": torch_dtype} if torch_dtype else {}), **kwargs)
             processor = AutoImageProcessor.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load the vision model in '{path}': {exc}") from exc
+        missing = list(loading.get("missing_keys", []))
+        unpooled = [key for key in missing if key.startswith("pooler.")]
+        if len(unpooled) < len(missing):  # a part of the network would start from random numbers
+            raise ModelLoadError(f"the weights in '{path}' leave {len(missing) - len(unpooled)} of the model's tensors "
+                                 f"unset ({', '.join(k for k in missing if k not in unpooled)[:200]})")
+        if unpooled and getattr(model, "pooler", None) is not None:
+            # a checkpoint saved without its pooler (ViTForImageClassification's): a random pooler would
+            # be the default output, other at each load; without one, "pooler" takes the CLS token
+            model.pooler = None
         if getattr(model, "vision_model", None) is not None and hasattr(model, "text_model"):
             model = model.vision_model  # a whole CLIP folder: keep its vision tower
         return cls(model.eval(), processor, pooling=pooling)

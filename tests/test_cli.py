@@ -286,6 +286,24 @@ def test_a_damaged_index_is_named_and_rebuilt_from_the_corpus(monkeypatch, capsy
     assert code == 2 and "a damaged search index (FileNotFoundError" in err
 
 
+def test_eval_takes_a_two_tower_folder_and_other_commands_name_it(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    """docs/towers.md sends users to `contrastkit eval` for a DualEncoder; it said "neither ... folder"."""
+    from contrastkit.data import load_beir
+    from contrastkit.evaluate import evaluate_retrieval
+    from contrastkit.towers import DualEncoder
+
+    beir = make_beir(tmp_path / "beir")
+    model = DualEncoder.shared(Encoder.from_pretrained(tiny_model_dir, max_seq_length=32))
+    model.save(tmp_path / "dual")
+    code, out, err = run_cli(monkeypatch, capsys, "eval", "-d", beir, "-m", tmp_path / "dual", "-o", tmp_path / "m.json")
+    assert code == 0, err
+    expected = evaluate_retrieval(DualEncoder.load(tmp_path / "dual"), load_beir(beir, "test")).metrics
+    assert json.loads((tmp_path / "m.json").read_text())["ndcg@10"] == pytest.approx(expected["ndcg@10"])
+    assert "texts cut at 32 tokens" in out
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "-c", beir / "corpus.jsonl", "-m", tmp_path / "dual")
+    assert code == 2 and "is a two-tower model (DualEncoder)" in err and "query" in err
+
+
 def test_encode_takes_a_prompt_by_name(monkeypatch, capsys, tiny_model_dir, tmp_path):
     encoder = Encoder.from_pretrained(tiny_model_dir)
     encoder.prompts = {"query": "query: "}

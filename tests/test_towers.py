@@ -129,6 +129,24 @@ def test_vit_and_plain_module_towers(tmp_path):
     np.testing.assert_allclose(loaded.encode_queries(vectors), model.encode_queries(vectors), atol=1e-6)
 
 
+def test_a_vit_saved_without_its_pooler_embeds_by_cls_the_same_at_every_load(tmp_path):
+    """ViTForImageClassification's checkpoints hold no pooler: transformers made a random one, the
+    default output, so the same folder embedded otherwise at each load."""
+    from transformers import ViTModel
+
+    from contrastkit.towers import image_processor_for
+
+    torch.manual_seed(0)
+    ViTModel(tiny_vit_config(), add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    image_processor_for(tiny_vit_config()).save_pretrained(tmp_path / "vit")
+    records = read_image_captions(write_shapes_dataset(tmp_path / "data"))[:3]
+    first, second = (VisionTower.from_pretrained(tmp_path / "vit") for _ in range(2))
+    a = first(first.prepare([r.image for r in records]))
+    torch.testing.assert_close(a, second(second.prepare([r.image for r in records])), rtol=0, atol=0)
+    cls = VisionTower.from_pretrained(tmp_path / "vit", pooling="cls")
+    torch.testing.assert_close(a, cls(cls.prepare([r.image for r in records])), rtol=0, atol=0)
+
+
 def test_clear_errors(tiny_model_dir, tmp_path):
     text_only = DualEncoder.shared(Encoder.from_pretrained(tiny_model_dir))
     with pytest.raises(ValueError, match="no vision tower"):

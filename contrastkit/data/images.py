@@ -61,6 +61,10 @@ def read_image_captions(path: str | Path, image_dir: str | Path | None = None, *
     return records
 
 
+# Pillow's convert("RGB") clips float pixels to 0 or 1 of 255: a float TIFF in [0, 1] came out black
+FLOAT_PIXELS = "which have no one scale to 8-bit colour; save it as 8- or 16-bit first"
+
+
 def check_image(image: Path, *, relative: str, path: str | None = None, line: int | None = None,
                 field: str | None = None) -> None:
     """Raise a DataError naming file, line and field unless `image` exists and Pillow can read it."""
@@ -72,19 +76,30 @@ def check_image(image: Path, *, relative: str, path: str | None = None, line: in
     try:
         with Image.open(image) as opened:
             opened.load()  # decodes the data too: verify() reads a JPEG's header only, not a file cut short
+            mode = opened.mode
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"image '{relative}' cannot be read: {exc}", path=path, line=line, field=field) from exc
+    if mode == "F":
+        raise DataError(f"image '{relative}' has 32-bit float pixels, {FLOAT_PIXELS}", path=path, line=line,
+                        field=field)
 
 
 def load_image(image: str | Path):
     """Decode an image file into an RGB `PIL.Image` (a DataError naming the file if it cannot be read)."""
     from PIL import Image
 
+    from PIL import ImageOps
+
     try:
         with Image.open(image) as opened:
-            if opened.mode.startswith("I;16") or opened.mode == "I":
-                return _sixteen_bit_to_rgb(opened)
-            return opened.convert("RGB")
+            if opened.mode == "F":
+                raise DataError(f"the image has 32-bit float pixels, {FLOAT_PIXELS}", path=str(image))
+            # upright as the camera meant it (EXIF orientation), as transformers' and datasets' loaders
+            # turn it: a phone photo was trained and encoded on its side
+            upright = ImageOps.exif_transpose(opened)
+            if upright.mode.startswith("I;16") or upright.mode == "I":
+                return _sixteen_bit_to_rgb(upright)
+            return upright.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read the image: {exc}", path=str(image)) from exc
 

@@ -57,7 +57,8 @@ from contrastkit.train.grad_cache import (RandState, embed_in_chunks, forward_ch
                                          texts_per_forward)
 from contrastkit.train.optim import adamw, read_scalars, step_if_finite
 from contrastkit.train.sampler import no_duplicate_batches
-from contrastkit.train.trainer import TrainingError, known_positive_mask, lr_factor, positives_by_anchor
+from contrastkit.train.trainer import (TrainingError, examples_digest, known_positive_mask, lr_factor,
+                                       positives_by_anchor)
 
 
 def clip_loss(queries: Tensor, documents: Tensor, logit_scale: Tensor, known_positives: Tensor | None = None) -> Tensor:
@@ -90,13 +91,23 @@ def check_sides(model: DualEncoder, queries: Sequence, documents: Sequence) -> N
     for side, items in (("query", queries), ("document", documents)):
         tower = model.tower(side)
         for i, item in enumerate(items, 1):
-            if isinstance(tower, VisionTower) and not Path(str(item)).is_file():
+            if isinstance(tower, VisionTower) and not isinstance(item, (str, Path)):
+                raise ConfigError(f"{side} {i} goes to a vision tower as {type(item).__name__}: the trainer takes "
+                                  f"image files (it reads each when its batch comes)")
+            if isinstance(tower, VisionTower) and not _is_file(item):
                 swapped = " (are the queries and documents swapped?)" if isinstance(item, str) else ""
                 raise ConfigError(f"{side} {i} goes to a vision tower but is not an image file: {str(item)[:80]!r}"
                                   f"{swapped}")
             if isinstance(tower, TextTower) and not isinstance(item, str):
                 raise ConfigError(f"{side} {i} goes to a text tower but is {type(item).__name__} "
                                   f"{str(item)[:80]!r}, not a text (are the queries and documents swapped?)")
+
+
+def _is_file(item: str | Path) -> bool:
+    try:
+        return Path(item).is_file()
+    except OSError:  # a caption longer than a file name may be ("File name too long"): not a file
+        return False
 
 
 # TrainConfig settings this loop does not use, and why; set away from their defaults, they are refused
@@ -175,7 +186,11 @@ class DualTrainer:
                     tower.encoder.max_seq_length = config.max_seq_length
         self.queries, self.documents = list(queries), list(documents)
         # batches never repeat a text or an image file: a repeat would be its own false negative
-        self._keys = [(_key(q, i, "query"), _key(d, i, "document")) for i, (q, d) in enumerate(zip(queries, documents))]
+        # (an image file by its resolved path: "images/a.png" and its absolute path are one image)
+        images = {side for side in SIDES if model.tower(side).modality == "image"}
+        self._keys = [(_key(q, i, "query", "query" in images), _key(d, i, "document", "document" in images))
+                      for i, (q, d) in enumerate(zip(queries, documents))]
+        self._data_digest = examples_digest([Pair(q, d) for q, d in self._keys])  # resume refuses other data
         self._positives_of: dict[str, set[str]] = {}  # query key → its documents' keys, where it has several
         if config.mask_known_positives:
             self._positives_of = positives_by_anchor([Pair(q, d) for q, d in self._keys])
@@ -323,7 +338,8 @@ class DualTrainer:
         if not self.dist.is_main:
             return
         state = {"step": self.step, "epoch": epoch, "total_steps": self.total_steps,
-                 "nonfinite_in_a_row": self.nonfinite_in_a_row, "config": self.config.to_dict()}
+                 "nonfinite_in_a_row": self.nonfinite_in_a_row, "config": self.config.to_dict(),
+                 "data_digest": self._data_digest}
         tensors = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                    "torch_rng_per_rank": rng}
         save_checkpoint(self.checkpoint_dir, self.step, self.model, state, tensors, self.config.keep_checkpoints)
@@ -331,7 +347,8 @@ class DualTrainer:
     def _resume(self) -> bool:
         """Load the newest usable checkpoint into this trainer: weights, optimizer, scheduler, RNG, step;
         False when there is none (a fresh run)."""
-        found = resume_point(self.checkpoint_dir, self.total_steps, self.dist.world_size, self.config.to_dict())
+        found = resume_point(self.checkpoint_dir, self.total_steps, self.dist.world_size, self.config.to_dict(),
+                             self._data_digest)
         if found is None:
             return False
         path, state, tensors = found
@@ -347,6 +364,9 @@ class DualTrainer:
         return True
 
 
-def _key(item: object, index: int, side: str) -> str:
-    """What identifies an item for the no-duplicates sampler: a text or image path as itself, else its index."""
-    return f"{side}:{item}" if isinstance(item, (str, Path)) else f"{side}#{index}"
+def _key(item: object, index: int, side: str, image: bool = False) -> str:
+    """What identifies an item for the no-duplicates sampler: a text as itself, an image file by its
+    resolved path (two spellings of one file are one image), anything else by its index."""
+    if not isinstance(item, (str, Path)):
+        return f"{side}#{index}"
+    return f"{side}:{Path(item).resolve() if image else item}"

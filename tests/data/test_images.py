@@ -80,6 +80,34 @@ def test_a_sixteen_bit_grayscale_image_keeps_its_values(tmp_path):
     assert rgb.shape == (2, 2, 3) and rgb[..., 0].tolist() == [[0, 156], [255, 100]]  # not all white
 
 
+def test_a_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
+    """A phone photo stored sideways with Orientation=6 was trained and encoded on its side."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
+    pixels[:, :10] = 255  # a white band on the left
+    photo = Image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    photo.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = np.asarray(load_image(tmp_path / "phone.jpg"))
+    assert upright.shape == (60, 40, 3)
+    assert upright[:10].mean() > 200 and upright[-10:].mean() < 50  # the band on top, as the viewer sees it
+
+
+def test_float_pixels_are_refused_not_decoded_black(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((4, 4), 0.7, dtype=np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(DataError, match="32-bit float pixels"):
+        load_image(tmp_path / "float.tiff")
+    write_rows(tmp_path / "c.jsonl", [{"image": "float.tiff", "caption": "grey"}])
+    with pytest.raises(DataError, match=r"c.jsonl line 1: field \"image\": image 'float.tiff' has 32-bit float"):
+        read_image_captions(tmp_path / "c.jsonl")
+
+
 @pytest.mark.parametrize("row, expected", [
     ({"caption": "a cat"}, 'field "image": is missing'),
     ({"image": "a.png"}, 'field "caption": is missing'),

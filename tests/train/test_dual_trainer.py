@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,7 +239,24 @@ def test_sides_a_tower_cannot_take_are_refused_before_training(clip_tower_pair, 
     with pytest.raises(ConfigError, match=r"document 1 goes to a vision tower but is not an image file: "
                                           r"'a red circle' \(are the queries and documents swapped\?\)"):
         DualTrainer(config, model, queries, queries)
+    long = ["a red circle on a plain grey background " * 10] * len(queries)  # longer than a file name may be
+    with pytest.raises(ConfigError, match=r"document 1 goes to a vision tower but is not an image file"):
+        DualTrainer(config, model, queries, long)  # was an OSError: File name too long
+    with pytest.raises(ConfigError, match=r"document 1 goes to a vision tower as Tensor: the trainer takes image files"):
+        DualTrainer(config, model, queries, [torch.zeros(3, 8, 8)] * len(queries))
     assert not (tmp_path / "run").exists()
+
+
+def test_one_image_file_spelled_two_ways_is_one_image_to_the_sampler(clip_tower_pair, tmp_path):
+    """"images/a.png" and its absolute path in one batch: the image was its own unmasked negative."""
+    model, (queries, documents) = clip_tower_pair
+    documents = [str(d) for d in documents]
+    documents[1] = str(Path(documents[0]).resolve())  # the first image again, spelled otherwise
+    documents[0] = os.path.relpath(documents[0])
+    config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=4, max_steps=1, show_progress=False)
+    trainer = DualTrainer(config, model, queries, documents)
+    assert trainer._keys[0][1] == trainer._keys[1][1]
+    assert not any({0, 1} <= set(batch) for batch in trainer._batches(0))
 
 
 def _weights(out):
@@ -418,6 +436,17 @@ def test_a_fresh_run_removes_old_checkpoints_and_resume_refuses_another_run(tmp_
     (out / "checkpoints" / "checkpoint-00000099" / "trainer_state.json").write_text("{}")
     DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents).train()
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == [f"checkpoint-0000000{i}" for i in (1, 2, 3)]
+
+
+def test_resume_refuses_a_checkpoint_made_on_other_data(tmp_path, tiny_encoder):
+    out = tmp_path / "run"
+    queries, documents = sides_from_pairs(make_pairs(16))
+    config = TrainConfig(output_dir=str(out), batch_size=8, max_steps=2, checkpoint_every=1, show_progress=False)
+    DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents).train()
+    other = [d + " again" for d in documents]
+    with pytest.raises(ConfigError, match="made on other training data"):
+        DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, other).train(resume=True)
+    DualTrainer(config, DualEncoder.shared(tiny_encoder), queries, documents).train(resume=True)  # the same: resumes
 
 
 def test_dual_trainer_checkpoint_every_null_writes_no_checkpoint(tmp_path, tiny_encoder):
