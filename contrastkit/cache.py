@@ -23,3 +23,36 @@ def cache_root() -> Path:
         import tempfile
 
         return Path(tempfile.gettempdir()) / f"contrastkit-cache-{os.getuid()}"
+
+
+_private_fallback: Path | None = None
+
+
+def private_folder(folder: Path) -> Path:
+    """`folder` for files this process will run (compiled kernels): created private (mode 0700) where
+    missing, and used only when this user owns it and no one else may write to it. Otherwise (a
+    folder another user made first, such as a guessable /tmp/contrastkit-cache-<uid>, or a shared
+    group-writable one) a library planted there would run in this process: a fresh private
+    temporary folder of this process's own is used instead, and the kernels are built again there.
+    """
+    global _private_fallback
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if is_private(folder):
+            return folder
+    except OSError:
+        pass
+    if _private_fallback is None:
+        import tempfile
+        import warnings
+
+        _private_fallback = Path(tempfile.mkdtemp(prefix="contrastkit-kernels-"))
+        warnings.warn(f"{folder} is not this user's alone (or cannot be made); compiled kernels go to "
+                      f"{_private_fallback} for this run", stacklevel=2)
+    return _private_fallback
+
+
+def is_private(path: Path) -> bool:
+    """True when this user owns `path` (followed through links) and neither its group nor others may write to it."""
+    info = path.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & 0o022

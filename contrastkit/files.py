@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ def write_whole(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     _remove_dead_partials(path.parent, f".{path.name}.partial-")
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        with partial.open("wb") as handle:
+        with open_no_follow(partial, "wb", exclusive=True) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -37,6 +38,24 @@ def write_whole(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+_MODES = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+          "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND}
+
+
+def open_no_follow(path: str | Path, mode: str, *, exclusive: bool = False, encoding: str | None = None):
+    """`open(path, mode)` ("w", "a" or "a+", text or with "b") that never writes through a symbolic link:
+    in an output folder someone else could write to, a link named like a run's file (metrics.jsonl,
+    the lock) would have the run overwrite whatever it points at. `exclusive`: the file must be new."""
+    flags = _MODES[mode.replace("b", "")] | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | (os.O_EXCL if exclusive else 0)
+    try:
+        descriptor = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if Path(path).is_symlink():
+            raise OSError(exc.errno, f"{path} is a symbolic link: not written through") from exc
+        raise
+    return os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": encoding or "utf-8"}))
 
 
 def _remove_dead_partials(folder: Path, prefix: str) -> None:
@@ -89,7 +108,9 @@ def save_files_whole(folder: str | Path, save: Callable[[Path], object]) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".save-partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    partial = folder / f".save-partial-{os.getpid()}"
+    # inside a new folder of this process's own (not a name someone could have put a link under first)
+    own = Path(tempfile.mkdtemp(prefix=f".save-partial-{os.getpid()}-", dir=folder))
+    partial = own / "saved"
     try:
         with failed_writes_named(folder):
             save(partial)
@@ -106,7 +127,7 @@ def save_files_whole(folder: str | Path, save: Callable[[Path], object]) -> Path
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(own, ignore_errors=True)
     return folder
 
 
@@ -140,7 +161,7 @@ def run_lock(folder: str | Path, hold: bool = True) -> Iterator[None]:
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / ".contrastkit.lock", "a+", encoding="utf-8")
+    handle = open_no_follow(folder / ".contrastkit.lock", "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

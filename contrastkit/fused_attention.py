@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from contrastkit.cache import cache_root
+from contrastkit.cache import cache_root, is_private, private_folder
 from contrastkit.devices import cpu_flags
 from contrastkit.dropout_kernels import parallel_ok
 from contrastkit.fast_dropout import _unsigned, draw_seed, draws_from_torch, drop_threshold, fused_dropout_p
@@ -82,11 +82,11 @@ def build(source: Path = SOURCE, folder: Path | None = None) -> Path:
         raise RuntimeError("no C++ compiler (c++ or g++) on PATH")
     text = source.read_bytes() + b"".join(header.read_bytes() for header in HEADERS)
     key = hashlib.sha256(text + " ".join(FLAGS).encode() + compiler.encode()).hexdigest()[:16]
-    folder = folder or cache_root()
+    folder = private_folder(folder or cache_root())  # a library there runs in this process: this user's alone
     target = folder / f"{source.stem}-{key}.so"
-    if target.exists():
+    if target.exists() and is_private(target):
         return target
-    folder.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)  # not this user's own: built again
     handle, partial = tempfile.mkstemp(dir=folder, suffix=".so.partial")
     os.close(handle)
     try:
@@ -136,10 +136,10 @@ def load(source: Path, declare: Callable[[ctypes.CDLL], ctypes.CDLL], fallback: 
         built = build(source)
         try:
             return declare(ctypes.CDLL(str(built)))
-        except OSError:  # a cached build that does not load (damaged on disk): build it again, once
+        except (OSError, AttributeError):  # a cached build that does not load or lacks a function: once again
             built.unlink(missing_ok=True)
             return declare(ctypes.CDLL(str(build(source))))
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, AttributeError) as exc:
         log.warning("%s not available, using %s: %s", source.name, fallback, exc)
         return None
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.data.images import load_image
-from contrastkit.encoder import Encoder, encode_longest_first, resolve_model_path
+from contrastkit.encoder import Encoder, encode_longest_first, refuse_hub_code, resolve_model_path
 from contrastkit.errors import ModelLoadError
 from contrastkit.losses.info_nce import INFO_NCE_CITATION
 from contrastkit.st_layout import quiet_hf_progress
@@ -146,17 +146,20 @@ class VisionTower(Tower):
     def from_pretrained(cls, path: str | os.PathLike, *, pooling: str = "pooler",
                         trust_remote_code: bool = False, torch_dtype: torch.dtype | None = None) -> "VisionTower":
         """A local folder with config.json, .safetensors weights and preprocessor_config.json."""
-        from transformers import AutoImageProcessor, AutoModel
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
         path = resolve_model_path(path)
         if not any(path.glob("*.safetensors")):
             raise ModelLoadError(f"'{path}' has no .safetensors weights; contrastkit loads safetensors only")
         kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
         try:
-            model, loading = AutoModel.from_pretrained(path, use_safetensors=True, output_loading_info=True,
+            config = AutoConfig.from_pretrained(path, **kwargs)
+            refuse_hub_code(config, path, trust_remote_code)
+            model, loading = AutoModel.from_pretrained(path, config=config, use_safetensors=True,
+                                                       output_loading_info=True,
                                                        **({"dtype": torch_dtype} if torch_dtype else {}), **kwargs)
             processor = AutoImageProcessor.from_pretrained(path, **kwargs)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, ImportError) as exc:
             raise ModelLoadError(f"cannot load the vision model in '{path}': {exc}") from exc
         missing = list(loading.get("missing_keys", []))
         unpooled = [key for key in missing if key.startswith("pooler.")]

@@ -386,3 +386,16 @@ def test_do_lower_case_is_applied_and_kept(tiny_model_dir, tmp_path):
     np.testing.assert_allclose(ours.encode(cased), ours.encode([t.lower() for t in cased]), atol=0)
     ours.save(tmp_path / "again")
     assert json.loads((tmp_path / "again" / "sentence_bert_config.json").read_text())["do_lower_case"] is True
+
+
+def test_a_config_asking_for_hub_attention_code_is_refused(tiny_model_dir, tmp_path):
+    """"_attn_implementation": "org/repo" has transformers fetch and import a kernel from the Hub (or,
+    without the `kernels` package, crash with an ImportError), whatever trust_remote_code says."""
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "_attn_implementation": "kernels-community/flash-attn"}))
+    with pytest.raises(ModelLoadError, match="asks for the attention implementation 'kernels-community/flash-attn'"):
+        Encoder.from_pretrained(folder)

@@ -147,3 +147,39 @@ def test_a_killed_writers_hidden_file_is_removed_by_the_next_write(tmp_path):
     (tmp_path / f".e.npy.partial-{os.getpid()}x").write_bytes(b"not ours")  # not a pid: left alone
     write_text_whole(tmp_path / "e.npy", "whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".e.npy.partial-{os.getpid()}x", "e.npy"]
+
+
+def test_a_run_never_writes_through_a_link_someone_put_in_its_output_folder(tmp_path, tiny_model_dir):
+    """A link named .contrastkit.lock or metrics.jsonl in an output folder others may write to had the
+    run overwrite the file it pointed at (the victim's notes held "pid ..." and the training log)."""
+    from contrastkit.encoder import Encoder
+    from contrastkit.files import run_lock
+    from contrastkit.train import TrainConfig, Trainer
+
+    from _support import make_pairs
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / ".contrastkit.lock").symlink_to(notes)
+    with pytest.raises(OSError, match=r"\.contrastkit\.lock is a symbolic link: not written through"):
+        with run_lock(out):
+            pass
+    (out / ".contrastkit.lock").unlink()
+    (out / "metrics.jsonl").symlink_to(notes)
+    config = TrainConfig(data="unused", output_dir=str(out), batch_size=8, max_steps=1, show_progress=False,
+                         report=False, health_sample=0)
+    with pytest.raises(OSError, match=r"metrics\.jsonl is a symbolic link"):
+        Trainer(config, Encoder.from_pretrained(tiny_model_dir, max_seq_length=32), make_pairs()).train()
+    assert notes.read_text() == "mine\n"
+
+
+def test_a_folder_save_uses_a_hidden_folder_no_one_could_have_made_first(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f".save-partial-{os.getpid()}").symlink_to(elsewhere, target_is_directory=True)
+    save_files_whole(out, lambda folder: folder.mkdir() or (folder / "a.json").write_text("{}"))
+    assert (out / "a.json").read_text() == "{}" and not list(elsewhere.iterdir())

@@ -3,6 +3,9 @@ same mask."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -397,3 +400,43 @@ def test_a_failing_compiler_is_an_error_that_names_it_and_leaves_nothing(tmp_pat
     with pytest.raises(RuntimeError, match="/bin/false failed on broken.cpp"):
         fused_attention.build(source, folder=tmp_path / "cache")
     assert not list((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.skipif(fused_attention.library() is None, reason="needs a C++ compiler")
+def test_a_library_anyone_else_could_have_written_is_never_loaded(tmp_path, monkeypatch):
+    """Without a home folder the cache is /tmp/contrastkit-cache-<uid>, a name anyone can make first,
+    and the library's name is a hash anyone can compute: a planted one ran in this process."""
+    import warnings
+
+    from contrastkit import cache
+
+    fresh = tmp_path / "new" / "kernels"
+    assert fused_attention.build(folder=fresh).parent == fresh and (fresh.stat().st_mode & 0o777) == 0o700
+    target = fused_attention.build(folder=fresh)
+    target.chmod(0o666)  # a library others may write: built again, not loaded
+    stamp = target.stat().st_mtime_ns
+    rebuilt = fused_attention.build(folder=fresh)
+    assert rebuilt == target and rebuilt.stat().st_mtime_ns != stamp and not rebuilt.stat().st_mode & 0o022
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # a folder others may write to (or another user's): never used for code
+    monkeypatch.setattr(cache, "_private_fallback", None)
+    with pytest.warns(UserWarning, match="is not this user's alone"):
+        elsewhere = fused_attention.build(folder=shared)
+    assert elsewhere.parent != shared and not list(shared.iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one private folder a process, said once
+        assert cache.private_folder(shared) == elsewhere.parent
+
+
+def test_without_a_home_numba_caches_in_a_private_folder_not_a_literal_tilde(tmp_path):
+    code = ("import pathlib\n"
+            "def no_home(): raise RuntimeError('no home')\n"
+            "pathlib.Path.home = staticmethod(no_home)\n"
+            "import numba, contrastkit.dropout_kernels\n"
+            "print(numba.config.CACHE_DIR)")
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "NUMBA_CACHE_DIR")}
+    env["CONTRASTKIT_CACHE"] = str(tmp_path / "cache")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(tmp_path / "cache" / "numba")
+    assert ((tmp_path / "cache" / "numba").stat().st_mode & 0o777) == 0o700

@@ -31,12 +31,13 @@ def esc(value: Any) -> str:
 
 
 def fmt(value: Any, digits: int = 3) -> str:
-    """A number for a table: fixed digits; "–" for a missing or non-finite one; text as is."""
+    """A number for a table, as HTML: fixed digits; "–" for a missing or non-finite one; anything
+    else (a run's files may hold text where a number belongs) escaped, shown as text."""
     if isinstance(value, bool) or value is None:
         return "–" if value is None else str(value)
     if isinstance(value, float):
         return f"{value:.{digits}f}" if math.isfinite(value) else "–"
-    return str(value)
+    return esc(value)
 
 
 def signed(value: float, digits: int = 3) -> str:
@@ -290,7 +291,8 @@ table.kv td:last-child { font-family: ui-monospace, "DejaVu Sans Mono", monospac
 """
 
 # no script, no remote anything: the policy makes the browser refuse (and report) any load attempt
-CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+# nothing loads, runs, posts a form or changes the base address; the page's markup is still all escaped
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; base-uri 'none'"
 
 
 def render_report(run: RunData) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -161,6 +162,11 @@ def resume_point(checkpoint_dir: Path, total_steps: int, world_size: int, config
         try:
             state, tensors = _readable(path)
             break
+        except pickle.UnpicklingError as exc:  # weights_only refused an object: say so, not torch's advice
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            warnings.warn(f"{path / TENSORS_FILE} holds pickled objects other than tensors"
+                          f"{f' ({found.group(1)})' if found else ''}: refused, never loaded; resuming from the "
+                          f"checkpoint before it", stacklevel=2)
         except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises: JSON, zip, safetensors
             warnings.warn(f"{path} cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
                           f"resuming from the checkpoint before it", stacklevel=2)

@@ -45,7 +45,7 @@ from contrastkit.devices import to_device
 from contrastkit.errors import ConfigError
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.fast_linear import use_fast_linear
-from contrastkit.files import run_lock, save_files_whole, write_text_whole
+from contrastkit.files import open_no_follow, run_lock, save_files_whole, write_text_whole
 from contrastkit.losses import info_nce
 from contrastkit.towers import SIDES, DualEncoder, ModuleTower, TextTower
 from contrastkit.train.checkpoint import (checkpoint_due, drop_log_records_after, list_checkpoints,
@@ -285,7 +285,7 @@ class DualTrainer:
             write_text_whole(self.output_dir / "train_config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         barrier(self.dist)
         self.model.train()
-        log = (self.output_dir / "metrics.jsonl").open("a" if resumed else "w", encoding="utf-8") if main else None
+        log = open_no_follow(self.output_dir / "metrics.jsonl", "a" if resumed else "w") if main else None
         progress = tqdm(total=self.total_steps, initial=self.step, desc="training two towers", unit="step",
                         disable=not (config.show_progress and main), dynamic_ncols=True)
         try:

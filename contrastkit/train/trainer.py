@@ -33,7 +33,7 @@ from contrastkit.errors import ConfigError, ContrastkitError, DataError
 from contrastkit.evaluate import embedding_health, similarity_values
 from contrastkit.fast_dropout import use_fast_dropout
 from contrastkit.fast_linear import onednn_linear_enabled, use_fast_linear
-from contrastkit.files import run_lock, save_files_whole, write_text_whole
+from contrastkit.files import open_no_follow, run_lock, save_files_whole, write_text_whole
 from contrastkit.losses import InfoNCELoss, MarginContrastiveLoss, TripletLoss
 from contrastkit.packing import PackPlan, plan_packing, sparse_gradient_parameters
 from contrastkit.report.record import clear_records, record_environment, record_similarities
@@ -527,7 +527,7 @@ class Trainer:
         if self.device.type == "cpu":
             own_memory(self.encoder)
         self.encoder.train()
-        log = (self.output_dir / "metrics.jsonl").open("a" if resumed else "w", encoding="utf-8") if main else None
+        log = open_no_follow(self.output_dir / "metrics.jsonl", "a" if resumed else "w") if main else None
         writer = self._tensorboard() if main else None
         progress = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
                         disable=not (config.show_progress and main), dynamic_ncols=True)

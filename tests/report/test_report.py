@@ -86,6 +86,21 @@ def test_every_run_text_is_escaped(tmp_path):
     assert page.count(html.escape(evil)) >= 6  # subtitle, config key and value, command, label, query, document
 
 
+def test_text_where_a_number_belongs_is_escaped_too(tmp_path):
+    """A metric cell, a card or a health row printed a string as it was: a retrieval.json holding
+    markup sent the page elsewhere (a meta refresh, a form: the page's policy stops neither alone)."""
+    evil = '<meta http-equiv="refresh" content="0;url=https://example.invalid/">'
+    snap = {"metrics": {"ndcg@10": 0.5, "recall@10": 0.25}, "per_query": {"q": {"ndcg@10": 0.5}},
+            "top": {"q": [["d", 0.9]]}}
+    better = {**snap, "metrics": {"ndcg@10": 1.0, "recall@10": 0.5}, "per_query": {"q": {"ndcg@10": 1.0}}}
+    bm25 = {**snap, "metrics": {"ndcg@10": 0.4, "recall@10": evil}}
+    retrieval = {"systems": {"bm25": bm25, "before": snap, "after": better}, "queries": {"q": "q"}, "docs": {"d": "d"},
+                 "relevant": {"q": ["d"]}}
+    page = render_report(run_data(tmp_path, retrieval=retrieval))
+    assert "<meta http-equiv=\"refresh\"" not in page and html.escape(evil) in page
+    assert "form-action 'none'" in page and "base-uri 'none'" in page
+
+
 def test_missing_pieces_become_notes(tmp_path):
     log = [{"step": s, "loss": 1.0 / s, "lr": 1e-3, "grad_norm": 1.0, "temperature": float("nan"),
             "pairs_per_s": 5.0 + s, "skipped": s == 2} for s in (1, 2, 3)]

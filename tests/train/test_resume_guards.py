@@ -65,6 +65,26 @@ def test_resuming_in_another_precision_is_refused(tiny_model_dir, tmp_path, monk
     run(tmp_path, tiny_model_dir, bf16=False, resume=True)  # said explicitly: bf16 is not a setting that changed
 
 
+def test_a_checkpoint_with_a_pickled_object_is_refused_in_plain_words(tiny_model_dir, tmp_path):
+    """torch's own message, cut at 200 characters, ended in its advice to load with weights_only=False."""
+    import os
+
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, ("echo never",)
+
+    run(tmp_path, tiny_model_dir, max_steps=4)
+    newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    torch.save({"optimizer": Payload()}, newest / "trainer.pt")  # as a tampered checkpoint would be
+    with pytest.warns(UserWarning) as caught:
+        run(tmp_path, tiny_model_dir, max_steps=4, resume=True)
+    said = " ".join(str(w.message) for w in caught)
+    assert "trainer.pt holds pickled objects other than tensors (posix.system): refused, never loaded" in said
+    assert "weights_only" not in said
+
+
 def test_a_damaged_newest_checkpoint_is_passed_over_for_the_one_before(tiny_model_dir, tmp_path):
     run(tmp_path, tiny_model_dir, max_steps=6)
     straight = load_file(tmp_path / "run" / "model.safetensors")
