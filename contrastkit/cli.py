@@ -289,7 +289,10 @@ def train(
                                       torch_dtype=getattr(torch, settings.dtype))
     trainer = Trainer(settings, encoder, pairs, evaluator=evaluator)
     if trainer.dist.is_main:
-        typer.echo(f"training on {len(pairs)} pairs: {trainer.total_steps} steps of {settings.batch_size}"
+        k = settings.num_hard_negatives
+        negatives = (f"{k} negative(s) each" if settings.loss != "infonce" else
+                     f"up to {k} hard negative(s) each, and in-batch negatives" if k else "in-batch negatives only")
+        typer.echo(f"training on {len(pairs)} pairs ({negatives}): {trainer.total_steps} steps of {settings.batch_size}"
                    + (f" (gradient cache, mini-batch {settings.mini_batch_size})" if settings.mini_batch_size else ""))
     out = trainer.train(resume=resume)
     if trainer.dist.is_main:
@@ -458,9 +461,17 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning on the command line: one "warning: ..." line, not Python's file, line and source."""
+    typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+
+
 def main() -> None:
     """Console entry point: run the app; our errors become one clear line and exit code 2, the file
-    system's (permissions, a full disk) one line and exit code 1."""
+    system's (permissions, a full disk) one line and exit code 1, a warning one line too."""
+    import warnings
+
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         code = app(standalone_mode=False)
     except ContrastkitError as exc:
@@ -478,6 +489,8 @@ def main() -> None:
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in str(exc) else ""
         typer.secho(f"error: {exc}{where}", err=True, fg=typer.colors.RED)
         sys.exit(1)
+    finally:
+        warnings.showwarning = shown
     # without standalone mode click hands back the exit code of an Exit, Ctrl-C's 130 included
     if isinstance(code, int) and code != 0:
         if code == 130:

@@ -299,6 +299,7 @@ class MiningSummary:
     without: int                 # pairs that got none
     cache_hit: bool
     timings: dict[str, float] = field(default_factory=dict)
+    positives_outside: int = 0   # pairs whose positive the corpus holds by neither text nor id
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -313,6 +314,9 @@ class MiningSummary:
         short = (f"{self.without:,} pairs got none" if self.num_negatives == 1 else
                  f"{self.short:,} pairs got fewer than {self.num_negatives}, {self.without:,} got none")
         lines.append(f"  negatives kept         {self.negatives:>12,}  ({short})")
+        if self.positives_outside:
+            lines.append(f"  positives not in the corpus (by text or id): {self.positives_outside:,} of {self.pairs:,} "
+                         f"pairs; their own documents may be among their negatives")
         lines.append(f"  time: encode corpus {t.get('encode_corpus_s', 0):.1f} s "
                      f"({'cached' if self.cache_hit else 'encoded'}), encode anchors "
                      f"{t.get('encode_anchors_s', 0):.1f} s, index {t.get('index_s', 0):.1f} s, "
@@ -322,12 +326,19 @@ class MiningSummary:
 
 # ---------------------------------------------------------------------- mining
 def _documents(corpus, pairs: list[Pair]) -> tuple[list[str], dict[str, int], dict[str, int]]:
-    """(distinct non-empty texts, text → row, doc id → row) of the documents to mine from."""
+    """(distinct non-empty texts, text → row, doc id → row) of the documents to mine from.
+
+    The text → row map also holds each titled document's body alone (its "text" field), where no
+    document's whole text is that: a pair file written from the bodies finds its positives in a
+    corpus embedded as title + " " + text (else a pair's own document could be mined as its negative).
+    """
+    bodies: dict[str, str] = {}
     if corpus is None:  # the pair file is its own corpus: every positive and negative in it
         id_text: dict[str, str] = {}
         texts = [t for p in pairs for t in (p.positive, *p.negatives)]
     elif isinstance(corpus, Mapping):
         id_text = {str(i): (doc_text(d) if isinstance(d, Mapping) else d) for i, d in corpus.items()}
+        bodies = {str(i): d.get("text") or "" for i, d in corpus.items() if isinstance(d, Mapping)}
         texts = list(id_text.values())
     elif isinstance(corpus, Sequence) and not isinstance(corpus, (str, bytes)):
         id_text, texts = {}, list(corpus)
@@ -340,7 +351,11 @@ def _documents(corpus, pairs: list[Pair]) -> tuple[list[str], dict[str, int], di
     if not row_of_text:
         raise DataError("the corpus has no non-empty documents to mine from")
     row_of_id = {i: row_of_text[t.strip()] for i, t in id_text.items() if t.strip()}
-    return list(row_of_text), row_of_text, row_of_id
+    docs = list(row_of_text)
+    for i, body in bodies.items():
+        if body.strip() and i in row_of_id:
+            row_of_text.setdefault(body.strip(), row_of_id[i])
+    return docs, row_of_text, row_of_id
 
 
 def _known_positives(pairs: list[Pair], pair_anchor: np.ndarray, num_anchors: int, row_of_text: dict[str, int],
@@ -465,9 +480,15 @@ def mine_hard_negatives(encoder: TextEncoder, data: BeirDataset | Sequence[Pair]
         extra = [docs[r] for r in rows if docs[r] not in existing]
         out.append(replace(pair, negatives=[*pair.negatives, *extra]))  # source and ids kept
     counts = np.array([len(rows) for rows in mined])
+    outside_pairs = sum(p.positive.strip() not in row_of_text and p.positive_id not in row_of_id for p in pairs)
+    if corpus is not None and outside_pairs:
+        warnings.warn(f"{outside_pairs:,} of {len(pairs):,} pairs' positives are not in the corpus by text or "
+                      f"positive_id: where the corpus holds them otherwise written, a pair's own document may "
+                      f"be mined as its negative; give positive_id, or the corpus the pairs were made from",
+                      stacklevel=2)
     summary = MiningSummary(
         pairs=len(pairs), anchors=len(anchors), corpus=len(docs), index=index.kind, k=k, candidates=candidates,
         removed=removed, negatives=int(counts.sum()), num_negatives=config.num_negatives,
         short=int((counts < config.num_negatives).sum()), without=int((counts == 0).sum()),
-        cache_hit=cache_hit, timings=timings)
+        cache_hit=cache_hit, timings=timings, positives_outside=outside_pairs)
     return out, summary

@@ -441,3 +441,19 @@ def test_encode_failing_midway_leaves_the_old_file_whole(monkeypatch, capsys, ti
     assert code == 1 and "disk full" in err
     assert np.array_equal(np.load(out), np.zeros((1, 2), dtype=np.float32))
     assert not list(tmp_path.glob(".e.npy*"))  # nothing half-written left beside it
+
+
+def test_train_says_what_negatives_it_trains_on_and_that_mined_ones_go_unused(monkeypatch, capsys, tiny_model_dir,
+                                                                            tmp_path):
+    """The README's tour mined negatives and trained without num_hard_negatives: all left out, unsaid."""
+    from _support import make_pairs, write_pairs
+
+    data = write_pairs(tmp_path / "mined.jsonl", make_pairs(16, negatives=1))
+    args = ["train", "--model", tiny_model_dir, "--data", data, "--output", tmp_path / "run", "--set", "batch_size=8",
+            "--set", "max_steps=1", "--set", "report=false", "--set", "show_progress=false", "--set", "max_seq_length=32"]
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "training on 16 pairs (in-batch negatives only)" in out
+    assert "warning: the training pairs bring 16 hard negatives, but num_hard_negatives = 0" in err
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--set", "num_hard_negatives=1")
+    assert code == 0 and "(up to 1 hard negative(s) each, and in-batch negatives)" in out and "warning" not in err

@@ -4,6 +4,7 @@ the embedding cache, and the one promise above all: a known positive is never re
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from pathlib import Path
 
@@ -402,3 +403,30 @@ def test_mining_embeds_anchors_and_documents_with_the_models_prompts():
     assert "q: query" in encoder.seen and "d: pos" in encoder.seen
     assert {t for t in encoder.seen if t.startswith("d: ")} == {f"d: {t}" for t in corpus + ["pos"]}
     assert mined[0].negatives
+
+
+def test_a_titled_corpus_finds_a_pairs_positive_by_its_body_and_never_mines_it():
+    """The corpus embeds title + " " + text, a pair file holds the bodies: the positive matched no
+    document, and 35 of 40 pairs got their own document as first negative."""
+    docs = {f"d{i}": {"title": f"package {i}", "text": f"tool number {i} for the job"} for i in range(8)}
+    pairs = [Pair(f"which tool {i}", f"tool number {i} for the job") for i in range(8)]
+
+    class Texts:
+        name_or_path = "texts"
+
+        def encode(self, texts, batch_size=32, show_progress=False):
+            # every text about tool i at one point: a pair's own document is its query's nearest
+            return np.asarray([[1.0, float(re.findall(r"\d+", t)[0]), 0.0] for t in texts], dtype=np.float32)
+
+    mined, summary = mine_hard_negatives(Texts(), pairs, docs, quiet(num_negatives=2, relative_margin=None))
+    assert summary.removed["positive"] == 8 and summary.positives_outside == 0
+    for i, pair in enumerate(mined):
+        assert f"package {i} tool number {i} for the job" not in pair.negatives
+
+
+def test_positives_the_corpus_does_not_hold_are_counted_and_said():
+    pairs = [Pair("query", "a text the corpus lacks")]
+    with pytest.warns(UserWarning, match="1 of 1 pairs' positives are not in the corpus by text or positive_id"):
+        _, summary = mine_hard_negatives(TableEncoder({**ANGLES, "a text the corpus lacks": 15}), pairs,
+                                         ["a", "b", "c", "d"], quiet(num_negatives=1, relative_margin=None))
+    assert summary.positives_outside == 1 and "positives not in the corpus" in summary.format()

@@ -153,6 +153,11 @@ def check_examples(examples: Sequence, config: TrainConfig) -> None:
     if len(examples) < config.batch_size and config.drop_last:
         raise ConfigError(f"only {len(examples)} training pairs, fewer than batch_size {config.batch_size}")
     k = config.num_hard_negatives
+    brought = sum(len(ex.negatives) for ex in examples)
+    if not k and brought:  # mined negatives, then a run that leaves them all out: said, not silent
+        warnings.warn(f"the training pairs bring {brought:,} hard negatives, but num_hard_negatives = 0 trains on "
+                      f"in-batch negatives alone; set num_hard_negatives (1 uses each pair's first) to train on "
+                      f"them", stacklevel=3)
     if config.loss == "infonce":  # hard negatives are pooled: a pair may bring fewer than k, or none
         if k and not any(ex.negatives for ex in examples):
             raise ConfigError(f"num_hard_negatives = {k} but no training pair has negatives; mine them first "
@@ -179,7 +184,9 @@ def examples_digest(examples: Sequence) -> str:
 
 @contextlib.contextmanager
 def _saying(progress, what: str):
-    """The progress bar's label says `what` while the block runs (work between steps), then goes back."""
+    """The progress bar's label says `what` while the block runs (work between steps), then goes back,
+    and the bar's clock leaves the block's time out: its rate and time left are the steps' (an
+    evaluation before the first step read as a 42-second step, and 16 minutes left for one)."""
     if getattr(progress, "disable", False):  # a disabled tqdm has no label
         yield
         return
@@ -188,6 +195,7 @@ def _saying(progress, what: str):
     try:
         yield
     finally:
+        progress.unpause()  # tqdm: the clock restarts from its last print, the block's start
         progress.set_description_str(label, refresh=True)
 
 

@@ -327,6 +327,9 @@ def test_the_progress_bar_says_when_it_evaluates_and_its_speed_leaves_evaluation
         def update(self, n=1):
             pass
 
+        def unpause(self):
+            pass
+
         def close(self):
             pass
 
@@ -344,6 +347,32 @@ def test_the_progress_bar_says_when_it_evaluates_and_its_speed_leaves_evaluation
     steps = step_records(tmp_path / "run" / "metrics.jsonl")
     slowest_step = min(r["pairs_per_s"] for r in steps)
     assert float(bars[0].postfix["pairs_s"]) >= 0.9 * slowest_step  # not dragged down by the 1 s of evaluations
+
+
+def test_the_progress_bars_clock_leaves_evaluations_out(tiny_model_dir, tmp_path, monkeypatch):
+    """An evaluation before the first step read as a 42-second step: 16 minutes left, for one."""
+    from tqdm.auto import tqdm
+
+    bars = []
+
+    class Kept(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr("contrastkit.train.trainer.tqdm", Kept)
+
+    def slow_evaluator(encoder):
+        time.sleep(0.7)
+        return {"ndcg@10": 0.1}
+
+    trainer = Trainer(config(tmp_path, max_steps=3, eval_every=1, checkpoint_every=None, show_progress=True),
+                      Encoder.from_pretrained(tiny_model_dir), make_pairs(), evaluator=slow_evaluator)
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+    assert wall > 2.1  # three evaluations of 0.7 s
+    assert bars[0].format_dict["elapsed"] < wall - 1.8
 
 
 def test_an_old_report_does_not_survive_a_fresh_run_without_one(tiny_model_dir, tmp_path):
