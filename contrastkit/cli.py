@@ -163,6 +163,11 @@ def search(
                                      f" (its weights and settings as they were then); pass --corpus to "
                                      f"rebuild it for {model!r} as it is now")
         searcher = None
+    if searcher is not None and kind != "auto" and searcher.meta.get("index") != kind:  # asked for another kind
+        if corpus is None:
+            raise typer.BadParameter(f"the index in {index} is a {searcher.meta.get('index')} index, not {kind}; "
+                                     f"pass --corpus to rebuild it as {kind}", param_hint="--kind")
+        searcher = None
     if searcher is None:
         if corpus is None:
             raise typer.BadParameter(f"{index} holds no index yet: pass --corpus to build it")

@@ -359,24 +359,37 @@ def _documents(corpus, pairs: list[Pair]) -> tuple[list[str], dict[str, int], di
 
 
 def _known_positives(pairs: list[Pair], pair_anchor: np.ndarray, num_anchors: int, row_of_text: dict[str, int],
-                     row_of_id: dict[str, int]) -> np.ndarray:
-    """[A, M] document rows of every anchor's positives (by text and by id, over all its pairs), -1 padded."""
+                     row_of_id: dict[str, int]) -> list[list[int]]:
+    """The document rows of every anchor's positives (by text and by id, over all its pairs), sorted.
+
+    Kept ragged: a dense [anchors, most positives of any anchor] array grew with one query of 2,000
+    relevant documents to 1.3 GB for 40,000 anchors (`_padded` makes a chunk's)."""
     known: list[set[int]] = [set() for _ in range(num_anchors)]
     for p, a in zip(pairs, pair_anchor):
         known[a].update(row for row in (row_of_text.get(p.positive.strip()), row_of_id.get(p.positive_id))
                         if row is not None)
-    rows = np.full((num_anchors, max(1, max(map(len, known)))), -1, dtype=np.int64)
-    for a, found in enumerate(known):
-        rows[a, :len(found)] = sorted(found)
-    return rows
+    return [sorted(found) for found in known]
+
+
+def _padded(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """Ragged lists of rows as [n, longest] int64, padded with -1 (at least one column)."""
+    out = np.full((len(rows), max(1, max(map(len, rows), default=0))), -1, dtype=np.int64)
+    for i, found in enumerate(rows):
+        out[i, :len(found)] = found
+    return out
 
 
 def _search_and_filter(index: VectorIndex, anchor_emb: np.ndarray, pair_anchor: np.ndarray,
-                       positive_rows: np.ndarray, positive_scores: np.ndarray, k: int,
+                       positives: Sequence[Sequence[int]], positive_scores: np.ndarray,
                        config: MiningConfig, existing_rows: Sequence[set[int]] | None = None,
-                       ) -> tuple[list[list[int]], int, dict[str, int]]:
-    """(chosen document rows per pair, candidates retrieved, removed per filter), anchors in chunks.
+                       ) -> tuple[list[list[int]], int, dict[str, int], int]:
+    """(chosen document rows per pair, candidates retrieved, removed per filter, deepest search), anchors
+    in chunks.
 
+    Each chunk searches as deep as its anchors need: rank_range's stop plus the most positives one
+    of them has, so that stop is reachable once an anchor's positives are out. The rank window is
+    the first filter after the positives, so any deeper search keeps the same candidates: an anchor
+    with thousands of relevant documents deepens its own chunk's search, not every anchor's.
     existing_rows[p]: the corpus rows of pair p's own negatives, left out before sampling so that
     num_negatives new ones are chosen.
     """
@@ -386,15 +399,19 @@ def _search_and_filter(index: VectorIndex, anchor_emb: np.ndarray, pair_anchor: 
     order = np.argsort(pair_anchor, kind="stable")
     bounds = np.searchsorted(pair_anchor[order], np.arange(len(anchor_emb) + 1))
     mined: list[list[int]] = [[] for _ in pair_anchor]
+    deepest = 0
     with tqdm(total=len(anchor_emb), desc="mining", unit="anchor", disable=not config.show_progress) as bar:
         for lo in range(0, len(anchor_emb), _SEARCH_CHUNK):
             hi = min(lo + _SEARCH_CHUNK, len(anchor_emb))
+            chunk_positives = _padded(positives[lo:hi])
+            k = min(len(index), config.rank_range[1] + chunk_positives.shape[1])
+            deepest = max(deepest, k)
             scores, ids = index.search(anchor_emb[lo:hi], k)
             sel = order[bounds[lo]:bounds[hi]]  # the pairs of these anchors, one row each
             local = pair_anchor[sel] - lo
             ids = ids[local]
             candidates += int((ids >= 0).sum())
-            keep, counts = filter_candidates(scores[local], ids, positive_rows[pair_anchor[sel]],
+            keep, counts = filter_candidates(scores[local], ids, chunk_positives[local],
                                              positive_scores[sel], config)
             if existing_rows is not None:
                 own = np.array([[int(r) in existing_rows[p] for r in row] for p, row in zip(sel, ids)],
@@ -409,7 +426,7 @@ def _search_and_filter(index: VectorIndex, anchor_emb: np.ndarray, pair_anchor: 
             for p, rows in zip(sel, picked):
                 mined[p] = [int(r) for r in rows if r >= 0]
             bar.update(hi - lo)
-    return mined, candidates, removed
+    return mined, candidates, removed, deepest
 
 
 def mine_hard_negatives(encoder: TextEncoder, data: BeirDataset | Sequence[Pair], corpus=None,
@@ -465,12 +482,10 @@ def mine_hard_negatives(encoder: TextEncoder, data: BeirDataset | Sequence[Pair]
     index = VectorIndex.build(doc_emb, kind=config.index, seed=config.seed)
     lap("index_s")
 
-    positive_rows = _known_positives(pairs, pair_anchor, len(anchors), row_of_text, row_of_id)
-    # Enough candidates that rank_range's stop is reachable once an anchor's positives are out.
-    k = min(len(docs), config.rank_range[1] + positive_rows.shape[1])
+    positives = _known_positives(pairs, pair_anchor, len(anchors), row_of_text, row_of_id)
     existing_rows = [{row_of_text[n.strip()] for n in p.negatives if n.strip() in row_of_text} for p in pairs]
-    mined, candidates, removed = _search_and_filter(index, anchor_emb, pair_anchor, positive_rows,
-                                                    positive_scores, k, config,
+    mined, candidates, removed, k = _search_and_filter(index, anchor_emb, pair_anchor, positives,
+                                                       positive_scores, config,
                                                     existing_rows if any(existing_rows) else None)
     lap("search_s")
 

@@ -457,3 +457,18 @@ def test_train_says_what_negatives_it_trains_on_and_that_mined_ones_go_unused(mo
     assert "warning: the training pairs bring 16 hard negatives, but num_hard_negatives = 0" in err
     code, out, err = run_cli(monkeypatch, capsys, *args, "--set", "num_hard_negatives=1")
     assert code == 0 and "(up to 1 hard negative(s) each, and in-batch negatives)" in out and "warning" not in err
+
+
+def test_search_rebuilds_a_saved_index_of_another_kind_than_asked(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    """--kind flat on a saved HNSW index kept the approximate one without a word."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"text number {i}"} for i in range(6)])
+    index = tmp_path / "idx"
+    run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", tiny_model_dir)
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", tiny_model_dir, "--kind", "hnsw")
+    assert code == 2 and "is a flat index, not hnsw; pass --corpus to rebuild it as hnsw" in err
+    code, out, err = run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", tiny_model_dir,
+                             "--kind", "hnsw")
+    assert code == 0 and "saved a hnsw index of 6 documents" in out, err
+    assert json.loads((index / "meta.json").read_text())["index"] == "hnsw"
+    code, out, _ = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", tiny_model_dir)
+    assert code == 0 and "saved a" not in out  # auto: whatever kind is there

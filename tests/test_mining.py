@@ -430,3 +430,31 @@ def test_positives_the_corpus_does_not_hold_are_counted_and_said():
         _, summary = mine_hard_negatives(TableEncoder({**ANGLES, "a text the corpus lacks": 15}), pairs,
                                          ["a", "b", "c", "d"], quiet(num_negatives=1, relative_margin=None))
     assert summary.positives_outside == 1 and "positives not in the corpus" in summary.format()
+
+
+def test_an_anchor_with_many_positives_deepens_only_its_own_chunks_search(monkeypatch):
+    """The search went stop + (most positives of any anchor) deep for every anchor, with a dense
+    [anchors, that many] array: one query of 2,000 relevant documents took 1.3 GB for 40,000 anchors.
+    The negatives are the same whatever the depth: the rank window comes first after the positives."""
+    import contrastkit.mining as mining
+    from contrastkit.index import VectorIndex
+
+    class Gaussian:  # a vector of its own for every text: no ties, whose order faiss keeps per depth
+        name_or_path = "gaussian"
+
+        def encode(self, texts, batch_size=32, show_progress=False):
+            return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(16) for t in texts]
+                            ).astype(np.float32)
+
+    docs = [f"document {i}" for i in range(300)]
+    pairs = [Pair("popular query", d) for d in docs[:12]]  # one anchor, twelve positives
+    pairs += [Pair(f"query {i}", docs[40 + i]) for i in range(7)]
+    config = quiet(num_negatives=3, rank_range=(2, 20), relative_margin=None)
+    whole, _ = mine_hard_negatives(Gaussian(), pairs, docs, config)
+    depths = []
+    search = VectorIndex.search
+    monkeypatch.setattr(VectorIndex, "search", lambda self, q, k: depths.append(k) or search(self, q, k))
+    monkeypatch.setattr(mining, "_SEARCH_CHUNK", 2)
+    chunked, summary = mine_hard_negatives(Gaussian(), pairs, docs, config)
+    assert chunked == whole
+    assert depths == [20 + 12, 20 + 1, 20 + 1, 20 + 1] and summary.k == 32

@@ -216,3 +216,30 @@ def test_runs_with_the_real_encoder_class(tiny_beir, tiny_encoder):
     assert set(result.per_query) == {"q1", "q2"}
     assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
     assert all(len(docs) == 3 for docs in result.run.values())
+
+
+def test_a_large_corpus_is_still_searched_exactly_by_default(monkeypatch):
+    """Past 100,000 documents evaluation went through faiss (approximate past 200,000): other figures
+    for the same model, and slower than the chunked exact search."""
+
+    class Refused:
+        @staticmethod
+        def build(*args, **kwargs):
+            raise AssertionError("an evaluation must not take an approximate index unasked")
+
+    monkeypatch.setitem(sys.modules, "contrastkit.index", types.SimpleNamespace(VectorIndex=Refused))
+    rng = np.random.default_rng(3)
+    q, d = rng.standard_normal((3, 4)), rng.standard_normal((100_001, 4))
+    run = retrieve(q, d, ["a", "b", "c"], [f"d{i}" for i in range(100_001)], 10)
+    best = np.argmax((q / np.linalg.norm(q, axis=1, keepdims=True)) @ (d / np.linalg.norm(d, axis=1, keepdims=True)).T,
+                     axis=1)
+    assert [run[x][0][0] for x in "abc"] == [f"d{i}" for i in best]
+
+
+def test_non_finite_embeddings_are_refused_not_scored_zero():
+    from contrastkit.errors import DataError
+
+    q, d = np.ones((2, 3)), np.ones((4, 3))
+    q[1, 0] = np.nan
+    with pytest.raises(DataError, match="1 query embeddings hold NaN or infinity"):
+        retrieve(q, d, ["a", "b"], ["w", "x", "y", "z"], 2)
