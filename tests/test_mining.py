@@ -183,8 +183,9 @@ def test_margins_use_the_real_similarity_of_a_positive_missing_from_the_corpus()
     for anchors_before in ([], [Pair("far query", "g")]):  # the positive's row comes after every anchor
         angles = ANGLES | {"far query": 180}
         pairs = [*anchors_before, Pair("query", "pos")]
-        mined, summary = mine_hard_negatives(TableEncoder(angles), pairs, corpus,
-                                             quiet(relative_margin=None, margin=0.1))
+        with pytest.warns(UserWarning, match="positives are not in the corpus"):
+            mined, summary = mine_hard_negatives(TableEncoder(angles), pairs, corpus,
+                                                 quiet(relative_margin=None, margin=0.1))
         assert mined[-1].negatives == ["d", "e", "f"]
         assert summary.corpus == 7
 
@@ -399,7 +400,9 @@ def test_mining_embeds_anchors_and_documents_with_the_models_prompts():
 
     encoder = Prompted(ANGLES)
     corpus = [t for t in ANGLES if t not in ("query", "pos")]
-    mined, _ = mine_hard_negatives(encoder, [Pair("query", "pos")], corpus, quiet(num_negatives=1, relative_margin=None))
+    with pytest.warns(UserWarning, match="1 of 1 pairs' positives are not in the corpus"):
+        mined, _ = mine_hard_negatives(encoder, [Pair("query", "pos")], corpus,
+                                       quiet(num_negatives=1, relative_margin=None))
     assert "q: query" in encoder.seen and "d: pos" in encoder.seen
     assert {t for t in encoder.seen if t.startswith("d: ")} == {f"d: {t}" for t in corpus + ["pos"]}
     assert mined[0].negatives

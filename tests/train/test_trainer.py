@@ -52,7 +52,8 @@ def mean_pair_loss(encoder, pairs):
 def test_training_lowers_the_loss_and_saves_a_loadable_model(tiny_model_dir, tmp_path, options):
     from sentence_transformers import SentenceTransformer
 
-    pairs = make_pairs(negatives=2 if options.pop("uneven", False) else 1)
+    uneven = options.pop("uneven", False)
+    pairs = make_pairs(negatives=(2 if uneven else 1) if options.get("num_hard_negatives") else 0)
     if options.get("num_hard_negatives") == 2:
         for i, pair in enumerate(pairs):
             pair.negatives = pair.negatives[:i % 3]
