@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--ours-bf16", action="store_true", help="ours with bf16 autocast (bf16: true)")
     parser.add_argument("--torch-linear", action="store_true",
                         help="ours: fp32 dense layers by torch's matmul even where contrastkit.fast_linear picks oneDNN")
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--repeats", type=int, default=2,
                         help="train each tool this many times, in the order ours, ST, ST, ours, ...: a machine "
                              "whose speed drifts then slows both alike; pairs/s pools the runs")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)

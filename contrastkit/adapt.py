@@ -43,7 +43,7 @@ class AdaptConfig:
     max_steps: int | None = None
     batch_size: int = 64
     mini_batch_size: int | None = 16     # gradient caching: the memory of 16 pairs, the negatives of 64
-                                         # (a smaller batch_size is its own mini-batch)
+                                         # (None, or a batch_size no larger: no caching)
     temperature: float = 0.05            # SimCSE's and Contriever's τ
     lr: float = 2e-5                     # an already trained model: small steps
     max_seq_length: int = 128            # training
@@ -60,8 +60,9 @@ class AdaptConfig:
         return TrainConfig(model=self.model, data="(self-supervised pairs in memory)", output_dir=self.output_dir,
                            max_seq_length=self.max_seq_length, loss="infonce", temperature=self.temperature,
                            batch_size=self.batch_size, epochs=self.epochs,
-                           # a batch smaller than the mini-batch needs no caching: its own size
-                           mini_batch_size=min(self.mini_batch_size, self.batch_size) if self.mini_batch_size else None,
+                           # a batch no larger than the mini-batch fits in memory as it is: no caching
+                           mini_batch_size=(self.mini_batch_size if self.mini_batch_size
+                                            and self.mini_batch_size < self.batch_size else None),
                            max_steps=self.max_steps, lr=self.lr, seed=self.seed,
                            show_progress=self.show_progress, checkpoint_every=100, report=self.report)
 
@@ -145,7 +146,7 @@ def run_adapt(config: AdaptConfig, echo: Callable[[str], None] = print, *, befor
     train_config = config.train_config()
     echo(f"\nadapting: InfoNCE (τ={config.temperature}) over in-batch negatives, batch {config.batch_size}"
          + (f" with gradient caching (mini-batch {train_config.mini_batch_size})"
-            if train_config.mini_batch_size else ""))  # as the trainer takes it: at most the batch
+            if train_config.mini_batch_size else ""))  # as the trainer takes it
     started = time.perf_counter()
     trainer = Trainer(train_config, encoder, pairs)
     model_dir = trainer.train(resume=config.resume)

@@ -136,7 +136,7 @@ def search(
     """Search a corpus (or a saved index) with one or more queries; print the top-k with scores and titles."""
     from contrastkit.data.corpus import read_corpus
     from contrastkit.index import INDEX_KINDS
-    from contrastkit.search import CorpusSearcher
+    from contrastkit.search import FINGERPRINT_VERSION, CorpusSearcher
 
     if corpus is None and index is None:
         raise typer.BadParameter("give --corpus FILE, --index FOLDER, or both")
@@ -158,10 +158,12 @@ def search(
         documents = read_corpus(corpus)  # to build from: checked before the model loads
     encoder = _load_encoder(model, max_seq_length)
     if searcher is not None and not searcher.is_for(encoder, corpus):
+        older = searcher.meta.get("fingerprint_version") != FINGERPRINT_VERSION
         if corpus is None:
-            raise typer.BadParameter(f"the index in {index} was built with model {searcher.meta.get('model')!r}"
-                                     f" (its weights and settings as they were then); pass --corpus to "
-                                     f"rebuild it for {model!r} as it is now")
+            why = ("was saved by an earlier contrastkit, which fingerprinted models otherwise" if older else
+                   f"was built with model {searcher.meta.get('model')!r} (its weights and settings as they were then)")
+            raise typer.BadParameter(f"the index in {index} {why}; pass --corpus to rebuild it for {model!r} as it "
+                                     f"is now")
         searcher = None
     if searcher is not None and kind != "auto" and searcher.meta.get("index") != kind:  # asked for another kind
         if corpus is None:
@@ -428,7 +430,8 @@ def adapt(
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many steps")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="pairs per step (in-batch negatives)")] = 64,
     mini_batch_size: Annotated[Optional[int], typer.Option(
-        "--mini-batch-size", min=1, help="gradient caching: pairs per forward pass (at most the batch)")] = 16,
+        "--mini-batch-size", min=0,
+        help="gradient caching: pairs per forward pass; 0, or the batch size or more: no caching")] = 16,
     temperature: Annotated[float, typer.Option(help="InfoNCE τ")] = 0.05,
     lr: Annotated[float, typer.Option(help="learning rate")] = 2e-5,
     seed: int = 0,
@@ -443,7 +446,7 @@ def adapt(
     _writable(Path(output_dir), "--output", folder=True)
     config = AdaptConfig(corpus=corpus, model=model, output_dir=output_dir, strategy=strategy, augment=augment,
                          max_docs=max_docs, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                         mini_batch_size=mini_batch_size, temperature=temperature, lr=lr, seed=seed,
+                         mini_batch_size=mini_batch_size or None, temperature=temperature, lr=lr, seed=seed,
                          max_seq_length=max_seq_length, eval_data=eval_data, resume=resume)
     run_adapt(config, echo=typer.echo)
 

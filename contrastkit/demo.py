@@ -110,7 +110,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     lap("mine_s")
     encoder.max_seq_length = config.train_max_seq_length
 
-    mini = min(config.mini_batch_size, config.batch_size) if config.mini_batch_size else None  # a smaller batch
+    # a batch no larger than the mini-batch fits in memory as it is: no caching (its extra forward pass)
+    mini = config.mini_batch_size if config.mini_batch_size and config.mini_batch_size < config.batch_size else None
     how = f"gradient caching (mini-batch {mini})" if mini else "length-sorted chunks, no caching"
     settings = dict(
         data="(in memory)", output_dir=str(output / "model"), max_seq_length=config.train_max_seq_length,
@@ -174,14 +175,30 @@ class TextMemo:
         self.max_seq_length = encoder.max_seq_length
         self._memo: dict[str, np.ndarray] = {}
 
-    def encode(self, texts: list[str], batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 32, show_progress: bool = False,
+               prompt: str | None = None) -> np.ndarray:
+        """The encoder's `encode` (its default prompt unless `prompt` says otherwise), remembered by
+        the text as the model sees it."""
+        prompt = self.encoder.resolve_prompt(prompt)
+        texts = [prompt + t for t in texts] if prompt else list(texts)
         missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
         if missing:
-            vectors = self.encoder.encode(missing, batch_size=batch_size, show_progress=show_progress)
+            vectors = self.encoder.encode(missing, batch_size=batch_size, show_progress=show_progress, prompt="")
             self._memo.update(zip(missing, vectors))
         if not texts:
             return np.zeros((0, self.encoder.embedding_dim), dtype=np.float32)
         return np.stack([self._memo[t] for t in texts])
+
+    def side_prompt(self, side: str) -> str:
+        return self.encoder.side_prompt(side)
+
+    def encode_queries(self, texts: list[str], **kwargs) -> np.ndarray:
+        """As `Encoder.encode_queries`: the query prompt, so that the base model is measured as the
+        fine-tuned one is (a prompted model was scored without its prompts before, with them after)."""
+        return self.encode(texts, prompt=self.side_prompt("query"), **kwargs)
+
+    def encode_documents(self, texts: list[str], **kwargs) -> np.ndarray:
+        return self.encode(texts, prompt=self.side_prompt("document"), **kwargs)
 
 
 def _show_example(test, before, after, echo: Callable[[str], None], top: int = 3) -> None:

@@ -342,7 +342,7 @@ class Encoder(nn.Module):
         given neither, the model's default prompt (`default_prompt_name`), as sentence-transformers'
         `encode`. `prompt=""` prepends nothing.
         """
-        prompt = self._prompt(prompt, prompt_name)
+        prompt = self.resolve_prompt(prompt, prompt_name)
         texts = [prompt + t for t in texts] if prompt else list(texts)
         if not texts:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
@@ -352,7 +352,9 @@ class Encoder(nn.Module):
             return encode_longest_first(self, texts, self.token_lengths(texts), self.embed, self.embedding_dim,
                                         batch_size=batch_size, show_progress=show_progress)
 
-    def _prompt(self, prompt: str | None, prompt_name: str | None) -> str:
+    def resolve_prompt(self, prompt: str | None, prompt_name: str | None = None) -> str:
+        """The text `encode` prepends: `prompt` as given, else the prompt named `prompt_name`, else the
+        default prompt (or none)."""
         if prompt is not None:
             return prompt
         if prompt_name is not None:
@@ -371,7 +373,7 @@ class Encoder(nn.Module):
         for name in ("query",) if side == "query" else DOCUMENT_PROMPT_NAMES:
             if name in self.prompts:
                 return self.prompts[name]
-        return self._prompt(None, None)
+        return self.resolve_prompt(None, None)
 
     def encode_queries(self, texts: Sequence[str], **kwargs) -> np.ndarray:
         """`encode` with the model's query prompt (`side_prompt("query")`); evaluation, search and mining call this."""

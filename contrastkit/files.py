@@ -26,6 +26,7 @@ def write_whole(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_partials(path.parent, f".{path.name}.partial-")
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.unlink(missing_ok=True)  # a killed run's, under this same pid (containers reuse them)
     try:
         with open_no_follow(partial, "wb", exclusive=True) as handle:
             write(handle)

@@ -20,6 +20,9 @@ from contrastkit.files import write_text_whole
 from contrastkit.index import VectorIndex
 from contrastkit.vectors import l2_normalize
 
+# what model_fingerprint counts; 2 (2026-11-29): pooling, normalisation, precision and the model's
+# resolved path too. An index saved under another version is rebuilt, with a word saying why.
+FINGERPRINT_VERSION = 2
 SNIPPET_CHARS = 300
 
 
@@ -61,6 +64,7 @@ class CorpusSearcher:
                                       cache_dir=cache_dir or default_cache_dir(), side="document")
         index = VectorIndex.build(l2_normalize(embeddings), kind=kind)
         meta = {"model": str(getattr(encoder, "name_or_path", "")), "model_fingerprint": model_fingerprint(encoder),
+                "fingerprint_version": FINGERPRINT_VERSION,
                 "corpus": str(corpus_path),
                 "corpus_sha256": file_digest(corpus_path), "documents": len(ids), "index": index.kind}
         return cls(index, ids, titles, [" ".join(t.split())[:SNIPPET_CHARS] for t in texts], meta)

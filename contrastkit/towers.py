@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.data.images import load_image
-from contrastkit.encoder import Encoder, encode_longest_first, refuse_hub_code, resolve_model_path
+from contrastkit.encoder import (DOCUMENT_PROMPT_NAMES, Encoder, encode_longest_first, refuse_hub_code,
+                                 resolve_model_path)
 from contrastkit.errors import ModelLoadError
 from contrastkit.losses.info_nce import INFO_NCE_CITATION
 from contrastkit.st_layout import quiet_hf_progress
@@ -449,10 +450,12 @@ class DualEncoder(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if self.is_shared and isinstance(self.towers["query"], TextTower):
-            # the sides' prompts are exactly the prefixes (an empty one removes its side's old prompt)
+            # the sides' prompts are exactly the prefixes, empty ones too: "document" is the name
+            # sentence-transformers' encode_document (and side_prompt) take first, before an E5
+            # folder's "passage", which would otherwise outlive an empty prefix
             encoder = self.towers["query"].encoder
-            prompts = {k: v for k, v in encoder.prompts.items() if k not in self.prefixes}
-            encoder.prompts = {**prompts, **{side: prefix for side, prefix in self.prefixes.items() if prefix}}
+            prompts = {k: v for k, v in encoder.prompts.items() if k not in ("query", *DOCUMENT_PROMPT_NAMES)}
+            encoder.prompts = {**prompts, **self.prefixes}
             if encoder.default_prompt_name not in encoder.prompts:
                 encoder.default_prompt_name = None
         for name, tower in self.towers.items():

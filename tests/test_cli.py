@@ -265,6 +265,18 @@ def test_a_saved_index_is_reused_whatever_the_models_path_is_spelled(monkeypatch
         assert code == 0 and "1. [" in out, (spelling, err)
 
 
+def test_an_index_saved_by_an_earlier_version_says_so(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"text number {i}"} for i in range(6)])
+    index = tmp_path / "idx"
+    run_cli(monkeypatch, capsys, "search", "a", "-c", corpus, "--index", index, "-m", tiny_model_dir)
+    meta = json.loads((index / "meta.json").read_text())
+    meta.pop("fingerprint_version")
+    meta["model_fingerprint"] = "0123456789abcdef"  # as the earlier fingerprint read
+    (index / "meta.json").write_text(json.dumps(meta))
+    code, _, err = run_cli(monkeypatch, capsys, "search", "a", "--index", index, "-m", tiny_model_dir)
+    assert code == 2 and "was saved by an earlier contrastkit" in err and "pass --corpus to rebuild it" in err
+
+
 def test_a_damaged_index_is_named_and_rebuilt_from_the_corpus(monkeypatch, capsys, tiny_model_dir, tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"text number {i}"} for i in range(6)])
     index = tmp_path / "idx"

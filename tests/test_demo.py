@@ -65,6 +65,22 @@ def test_text_memo_encodes_each_text_once(tiny_encoder):
     np.testing.assert_allclose(second, real(["b", "c"]), atol=1e-6)
 
 
+def test_text_memo_takes_a_models_prompts_as_the_encoder_does(tiny_model_dir):
+    """The demo measured a prompted base model without its prompts and the fine-tuned one with them."""
+    import numpy as np
+
+    from contrastkit.demo import TextMemo
+    from contrastkit.encoder import Encoder
+
+    encoder = Encoder.from_pretrained(tiny_model_dir)
+    encoder.prompts = {"query": "query: ", "passage": "passage: "}
+    memo = TextMemo(encoder)
+    np.testing.assert_allclose(memo.encode_queries(["wing lift"]), encoder.encode_queries(["wing lift"]), atol=1e-6)
+    np.testing.assert_allclose(memo.encode_documents(["wing lift"]), encoder.encode_documents(["wing lift"]), atol=1e-6)
+    np.testing.assert_allclose(memo.encode(["wing lift"]), encoder.encode(["wing lift"]), atol=1e-6)
+    assert not np.allclose(memo.encode_queries(["wing lift"]), memo.encode(["wing lift"]))
+
+
 def test_train_overrides_reach_the_trainer_and_unknown_ones_stop_first(tiny_model_dir, tmp_path, monkeypatch):
     import pytest
     import yaml
@@ -103,4 +119,4 @@ def test_a_batch_the_data_cannot_fill_names_the_demos_flag_and_a_small_one_runs(
         run_demo(DemoConfig(**base, output_dir=str(tmp_path / "big")), echo=lambda line: None)
     lines = []
     run_demo(DemoConfig(**base, output_dir=str(tmp_path / "small"), batch_size=4), echo=lines.append)  # mini 16 > 4
-    assert any("batch 4 with gradient caching (mini-batch 4)" in line for line in lines)
+    assert any("batch 4 with length-sorted chunks, no caching" in line for line in lines)  # fits as it is

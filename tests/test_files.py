@@ -183,3 +183,11 @@ def test_a_folder_save_uses_a_hidden_folder_no_one_could_have_made_first(tmp_pat
     (out / f".save-partial-{os.getpid()}").symlink_to(elsewhere, target_is_directory=True)
     save_files_whole(out, lambda folder: folder.mkdir() or (folder / "a.json").write_text("{}"))
     assert (out / "a.json").read_text() == "{}" and not list(elsewhere.iterdir())
+
+
+def test_a_killed_runs_hidden_file_under_this_same_pid_does_not_block_the_write(tmp_path):
+    """Containers reuse pids: the hidden file a killed run left has this process's name, and the
+    exclusive open failed with "File exists"."""
+    (tmp_path / f".m.json.partial-{os.getpid()}").write_text("half")
+    write_text_whole(tmp_path / "m.json", "{}")
+    assert (tmp_path / "m.json").read_text() == "{}" and len(list(tmp_path.iterdir())) == 1

@@ -417,16 +417,24 @@ def test_a_library_anyone_else_could_have_written_is_never_loaded(tmp_path, monk
     stamp = target.stat().st_mtime_ns
     rebuilt = fused_attention.build(folder=fresh)
     assert rebuilt == target and rebuilt.stat().st_mtime_ns != stamp and not rebuilt.stat().st_mode & 0o022
-    shared = tmp_path / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)  # a folder others may write to (or another user's): never used for code
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o775)  # this user's, made under umask 002 by an earlier version: made private, kept
+    assert fused_attention.build(folder=loose).parent == loose and (loose.stat().st_mode & 0o777) == 0o700
+    if os.getuid() != 0:
+        return  # handing a folder to another user needs root
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)  # another user made it first (a guessable /tmp name)
+    inside = theirs / "kernels"
+    inside.mkdir()  # even a folder of ours inside theirs: they could swap it
     monkeypatch.setattr(cache, "_private_fallback", None)
     with pytest.warns(UserWarning, match="is not this user's alone"):
-        elsewhere = fused_attention.build(folder=shared)
-    assert elsewhere.parent != shared and not list(shared.iterdir())
+        elsewhere = fused_attention.build(folder=theirs)
+    assert elsewhere.parent != theirs and not list(theirs.glob("*.so"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one private folder a process, said once
-        assert cache.private_folder(shared) == elsewhere.parent
+        assert cache.private_folder(inside) == elsewhere.parent
 
 
 def test_without_a_home_numba_caches_in_a_private_folder_not_a_literal_tilde(tmp_path):

@@ -103,11 +103,13 @@ def test_a_shared_tower_saved_again_with_other_prefixes_keeps_no_old_prompt(tiny
     """The prompts were updated in place: an empty prefix left the folder's old "document" prompt."""
     from sentence_transformers import SentenceTransformer
 
-    DualEncoder.shared(Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)).save(tmp_path / "first")
-    again = DualEncoder.shared(Encoder.from_pretrained(tmp_path / "first" / "query"),
+    base = Encoder.from_pretrained(tiny_model_dir, max_seq_length=32)
+    base.prompts = {"query": "query: ", "passage": "passage: "}  # an E5 folder's names
+    base.save(tmp_path / "first")
+    again = DualEncoder.shared(Encoder.from_pretrained(tmp_path / "first"),
                                query_prefix="search_query: ", document_prefix="")
     again.save(tmp_path / "second")
-    assert Encoder.from_pretrained(tmp_path / "second" / "query").prompts == {"query": "search_query: "}
+    assert Encoder.from_pretrained(tmp_path / "second" / "query").prompts == {"query": "search_query: ", "document": ""}
     st = SentenceTransformer(str(tmp_path / "second" / "query"), device="cpu")
     np.testing.assert_allclose(st.encode_document(TEXTS), again.encode_documents(TEXTS), atol=1e-5)
     np.testing.assert_allclose(st.encode_query(TEXTS), again.encode_queries(TEXTS), atol=1e-5)

@@ -2,7 +2,8 @@
 
 Columns: the anchor as "anchor" or "query", the positive as "positive" or "pos", optional hard
 negatives as "negative" (one text), "negatives" (a list; in a CSV/TSV cell, a JSON list; also
-"neg" as FlagEmbedding writes it, or "hard_negatives"), or "negative_1", "negative_2", ... (one text
+FlagEmbedding's "neg" (its "pos", a list there, must hold one text here: one pair a line), or
+"hard_negatives"), or "negative_1", "negative_2", ... (one text
 each, as sentence-transformers' n-tuple data sets), optional "anchor_id" and "positive_id", and an
 optional "source" (which data set the pair comes from: with `group_by_source` each training batch
 holds pairs of one source). Other columns are ignored. CSV and TSV cells follow CSV quoting (as

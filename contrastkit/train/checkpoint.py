@@ -130,8 +130,29 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+# settings the margin losses never read: a run saved with them set (earlier versions accepted that,
+# and ignored them) resumes with them at their defaults, as the config check now asks
+INFONCE_ONLY = ("temperature", "learnable_temperature", "symmetric", "mask_margin")
+
+
+def _what_trained(config: dict) -> dict:
+    """`config` with the settings that changed nothing in its run taken out: InfoNCE's own under the
+    margin losses (and similarity dot, which they read as cosine), refill_epochs without drop_last."""
+    config = dict(config)
+    if config.get("loss", "infonce") != "infonce":
+        for name in INFONCE_ONLY:
+            config.pop(name, None)
+        if config.get("similarity") == "dot":
+            config["similarity"] = "cosine"
+    if config.get("drop_last") is False:
+        config.pop("refill_epochs", None)
+    return config
+
+
 def config_changes(saved: dict, now: dict) -> list[str]:
-    """The training settings of `now` that differ from the checkpoint's `saved` config, as "name: a → b"."""
+    """The training settings of `now` that differ from the checkpoint's `saved` config, as "name: a → b"
+    (settings that changed nothing in the run, `_what_trained`, left out)."""
+    saved, now = _what_trained(saved), _what_trained(now)
     return [f"{name}: {saved[name]!r} then, {now.get(name)!r} now" for name in sorted(saved)
             if name not in MAY_CHANGE_ON_RESUME and name in now and saved[name] != now[name]]
 

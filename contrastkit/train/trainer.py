@@ -261,7 +261,8 @@ class Trainer:
         self.total_steps = config.max_steps or self._locate_epoch_start(config.epochs)
         if not config.drop_last:
             short = [len(b) for b in self._batches(0) if len(b) < config.batch_size]
-            if len(short) > 1:  # said before training: a step of one pair has no in-batch negative
+            sources = len({ex.source or "" for ex in self.examples}) if config.group_by_source else 1
+            if len(short) > sources:  # beyond each source's last: a step of one pair has no in-batch negative
                 warnings.warn(f"drop_last false: {len(short)} of the first epoch's {len(self._batches(0))} batches "
                               f"are incomplete (down to {min(short)} pair(s)): pairs that share a text (a query with "
                               f"several documents) cannot share a batch, so the end of each pass is cut into small "
@@ -521,6 +522,8 @@ class Trainer:
         torch.manual_seed(config.seed + self.dist.rank)
         # first: a checkpoint this run cannot take stops it with the old run's records intact
         resumed = self._resume() if resume else False
+        if resume and not resumed and main:
+            warnings.warn(f"--resume: no checkpoint in {self.checkpoint_dir} yet; training from the start", stacklevel=2)
         if not resumed and main:  # a fresh run: an old run's checkpoints and best model must never pass for this one's
             for stale in list_checkpoints(self.checkpoint_dir):
                 shutil.rmtree(stale)

@@ -46,6 +46,22 @@ def test_resuming_with_other_training_settings_is_refused(tiny_model_dir, tmp_pa
     run(tmp_path, tiny_model_dir, resume=True, log_every=2, checkpoint_every=1)  # what it shows and keeps may change
 
 
+def test_a_run_saved_with_settings_its_loss_ignored_resumes_without_them(tiny_model_dir, tmp_path):
+    """Earlier versions accepted temperature: 0.07 with the triplet loss (and ignored it); the config
+    check now refuses it, and the checkpoint must not then refuse the config without it."""
+    import json
+
+    pairs = make_pairs(negatives=1)
+    run(tmp_path, tiny_model_dir, pairs=pairs, loss="triplet", num_hard_negatives=1)
+    newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    state = json.loads((newest / "trainer_state.json").read_text())
+    state["config"].update(temperature=0.07, similarity="dot")  # as an earlier version saved them
+    (newest / "trainer_state.json").write_text(json.dumps(state))
+    run(tmp_path, tiny_model_dir, pairs=pairs, resume=True, loss="triplet", num_hard_negatives=1)
+    with pytest.raises(ConfigError, match="margin: 0.5 then, 0.3 now"):  # what it trained with still counts
+        run(tmp_path, tiny_model_dir, pairs=pairs, resume=True, loss="triplet", num_hard_negatives=1, margin=0.3)
+
+
 def test_resuming_on_other_data_is_refused(tiny_model_dir, tmp_path):
     run(tmp_path, tiny_model_dir)
     other = [Pair(p.anchor + " again", p.positive) for p in make_pairs()]
@@ -115,7 +131,8 @@ def test_a_copied_checkpoint_folder_is_not_a_checkpoint(tiny_model_dir, tmp_path
 def test_resume_without_a_checkpoint_is_a_fresh_run_not_an_appended_log(tiny_model_dir, tmp_path):
     run(tmp_path, tiny_model_dir, checkpoint_every=None)
     assert list_checkpoints(tmp_path / "run" / "checkpoints") == []
-    run(tmp_path, tiny_model_dir, checkpoint_every=None, resume=True)
+    with pytest.warns(UserWarning, match="--resume: no checkpoint in .* yet; training from the start"):
+        run(tmp_path, tiny_model_dir, checkpoint_every=None, resume=True)  # said, not silent
     assert steps_logged(tmp_path) == [1, 2, 3, 4]  # not 1-4 twice
 
 

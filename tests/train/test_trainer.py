@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -655,6 +656,12 @@ def test_drop_last_false_says_how_many_batches_come_out_incomplete(tiny_model_di
     with pytest.warns(UserWarning, match=r"drop_last false: \d+ of the first epoch's \d+ batches are incomplete "
                                          r"\(down to 1 pair\(s\)\)"):
         Trainer(config(tmp_path, drop_last=False, max_steps=None), encoder, pairs)
+    distinct = make_pairs(40)  # no shared text: one short batch per source is no news
+    for i, pair in enumerate(distinct):
+        pair.source = "a" if i < 20 else "b"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(config(tmp_path, drop_last=False, max_steps=None, group_by_source=True), encoder, distinct)
 
 
 @pytest.mark.parametrize("similarity, name", [("dot", "dot"), ("neg_euclidean", "euclidean")])
