@@ -24,7 +24,7 @@ from contrastkit.data.selfsup import STRATEGIES, self_supervised_pairs
 from contrastkit.data.subset import sample_indices
 from contrastkit.errors import ConfigError
 from contrastkit.files import save_files_whole, write_text_whole
-from contrastkit.train.config import TrainConfig
+from contrastkit.train.config import TrainConfig, caching_mini_batch
 
 ADAPT_METRICS = ("ndcg@10", "recall@10", "mrr@10")
 
@@ -60,9 +60,7 @@ class AdaptConfig:
         return TrainConfig(model=self.model, data="(self-supervised pairs in memory)", output_dir=self.output_dir,
                            max_seq_length=self.max_seq_length, loss="infonce", temperature=self.temperature,
                            batch_size=self.batch_size, epochs=self.epochs,
-                           # a batch no larger than the mini-batch fits in memory as it is: no caching
-                           mini_batch_size=(self.mini_batch_size if self.mini_batch_size
-                                            and self.mini_batch_size < self.batch_size else None),
+                           mini_batch_size=caching_mini_batch(self.mini_batch_size, self.batch_size),
                            max_steps=self.max_steps, lr=self.lr, seed=self.seed,
                            show_progress=self.show_progress, checkpoint_every=100, report=self.report)
 

@@ -69,6 +69,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     from contrastkit.report.record import clear_records, record_retrieval
     from contrastkit.errors import ConfigError
     from contrastkit.train import TrainConfig, Trainer
+    from contrastkit.train.config import caching_mini_batch
 
     unknown = sorted(set(config.train_overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:  # before a minute of evaluation, not after
@@ -110,8 +111,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     lap("mine_s")
     encoder.max_seq_length = config.train_max_seq_length
 
-    # a batch no larger than the mini-batch fits in memory as it is: no caching (its extra forward pass)
-    mini = config.mini_batch_size if config.mini_batch_size and config.mini_batch_size < config.batch_size else None
+    mini = caching_mini_batch(config.mini_batch_size, config.batch_size)
     how = f"gradient caching (mini-batch {mini})" if mini else "length-sorted chunks, no caching"
     settings = dict(
         data="(in memory)", output_dir=str(output / "model"), max_seq_length=config.train_max_seq_length,

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.files import default_file_mode, failed_writes_named
+from contrastkit.vectors import non_finite_rows
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 # Below this many vectors exact search costs a few milliseconds a query on 2 cores (about 2.4 ms at
@@ -35,7 +36,7 @@ def _as_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} must be a 2-D array [n, dim], got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} have dimension {x.shape[1]}, the index has {dim}")
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    bad = non_finite_rows(x)
     if len(bad):  # faiss drops them without a word (flat, HNSW) or stops in k-means with C++ (IVF)
         rows = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
         raise DataError(f"{len(bad):,} of the {name} hold NaN or infinity (rows {rows}): a model or data problem "

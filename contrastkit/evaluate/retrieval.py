@@ -22,7 +22,7 @@ from torch import Tensor
 
 from contrastkit.evaluate.metrics import DEFAULT_KS, Qrels, evaluate_run, mean_metrics, trec_score
 from contrastkit.errors import DataError
-from contrastkit.vectors import l2_normalize
+from contrastkit.vectors import l2_normalize, non_finite_rows
 
 __all__ = [
     "HEADLINE_METRICS",
@@ -164,7 +164,7 @@ def retrieve(query_embeddings: np.ndarray, doc_embeddings: np.ndarray, query_ids
     q = np.asarray(query_embeddings, dtype=np.float32)
     d = np.asarray(doc_embeddings, dtype=np.float32)
     for name, x in (("query", q), ("document", d)):
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1)) if x.ndim == 2 else []
+        bad = non_finite_rows(x) if x.ndim == 2 else []
         if len(bad):  # else such a query silently scored 0, such a document was never found
             raise DataError(f"{len(bad):,} {name} embeddings hold NaN or infinity (the first: row {bad[0]}); "
                             f"the model gave them: mend it before evaluating")

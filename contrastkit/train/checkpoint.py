@@ -21,6 +21,7 @@ import torch
 
 from contrastkit.errors import ConfigError
 from contrastkit.files import failed_writes_named, give_default_modes, write_text_whole
+from contrastkit.train.config import INFONCE_ONLY
 from contrastkit.train.grad_cache import RandState
 
 PREFIX = "checkpoint-"
@@ -130,14 +131,11 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-# settings the margin losses never read: a run saved with them set (earlier versions accepted that,
-# and ignored them) resumes with them at their defaults, as the config check now asks
-INFONCE_ONLY = ("temperature", "learnable_temperature", "symmetric", "mask_margin")
-
-
 def _what_trained(config: dict) -> dict:
     """`config` with the settings that changed nothing in its run taken out: InfoNCE's own under the
-    margin losses (and similarity dot, which they read as cosine), refill_epochs without drop_last."""
+    margin losses (and similarity dot, which they read as cosine), refill_epochs without drop_last.
+    Earlier versions accepted such settings and ignored them: a run saved with them resumes under a
+    config that leaves them at their defaults, as the config check now asks."""
     config = dict(config)
     if config.get("loss", "infonce") != "infonce":
         for name in INFONCE_ONLY:

@@ -18,6 +18,14 @@ from contrastkit.errors import ConfigError, parse_error_text
 
 LOSSES = ("infonce", "contrastive", "triplet")
 SCHEDULERS = ("linear", "cosine", "constant")
+# settings of the InfoNCE loss alone: refused with the margin losses, which would ignore them
+INFONCE_ONLY = ("temperature", "learnable_temperature", "symmetric", "mask_margin")
+
+
+def caching_mini_batch(mini_batch_size: int | None, batch_size: int) -> int | None:
+    """The mini-batch gradient caching takes: None (no caching) when none is asked or the batch is no
+    larger, for such a batch fits in memory as it is and caching would cost it an extra forward pass."""
+    return mini_batch_size if mini_batch_size and mini_batch_size < batch_size else None
 
 
 @dataclass
@@ -135,7 +143,7 @@ class TrainConfig:
             bad(f"temperature must be > 0; got {self.temperature}")
         if self.loss != "infonce":  # settings of InfoNCE alone: accepted, they would change nothing
             defaults = TrainConfig()
-            for name in ("temperature", "learnable_temperature", "symmetric", "mask_margin"):
+            for name in INFONCE_ONLY:
                 if getattr(self, name) != getattr(defaults, name):
                     bad(f"{name} applies to the infonce loss only; the {self.loss} loss would ignore it")
             if self.similarity == "dot":
